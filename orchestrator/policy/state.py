@@ -1,0 +1,242 @@
+"""The state the pure policies read: model calls, replicas, their queues and rates.
+
+The executor (live) and the simulator (virtual clock) own these objects and mutate them
+through the methods below; the policies only read them and return decisions. Aggregates
+are kept incrementally so that a routing decision is O(replicas), not O(queued calls).
+Times are seconds on the caller's clock; nothing here reads a clock.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+Metric = Literal["ttft", "e2e"]
+INF = math.inf
+
+
+@dataclass
+class Rates:
+    """Learned service rates of one replica (or a model's prior before it has data).
+
+    TTFT of a call alone ~ ``overhead_s + prompt_tokens * prefill_s_per_token``; each
+    further token ~ ``tpot_s``. Observations move the rates by an EWMA, so drift in
+    the engine (a busier GPU, a longer context) is followed.
+    """
+
+    overhead_s: float = 0.02
+    prefill_s_per_token: float = 1e-4
+    tpot_s: float = 0.02
+    alpha: float = 0.2
+
+    def prefill_s(self, prompt_tokens: int) -> float:
+        return self.overhead_s + prompt_tokens * self.prefill_s_per_token
+
+    def decode_s(self, output_tokens: int) -> float:
+        return output_tokens * self.tpot_s
+
+    def service_s(self, call: Call) -> float:
+        """Expected time on the replica until the call's SLA metric is reached."""
+        t = self.prefill_s(call.prompt_tokens)
+        if call.metric == "e2e":
+            t += self.decode_s(call.expected_output_tokens)
+        return t
+
+    def observe(self, prompt_tokens: int, ttft_s: float, output_tokens: int, decode_s: float) -> None:
+        """Fold one finished call (TTFT on the replica, and the decode time after it) in."""
+        a = self.alpha
+        if prompt_tokens > 0 and ttft_s > self.overhead_s:
+            per_token = (ttft_s - self.overhead_s) / prompt_tokens
+            self.prefill_s_per_token += a * (per_token - self.prefill_s_per_token)
+        elif ttft_s > 0:
+            self.overhead_s += a * (ttft_s - self.overhead_s)
+        if output_tokens > 1 and decode_s > 0:
+            tpot = decode_s / (output_tokens - 1)
+            self.tpot_s += a * (tpot - self.tpot_s)
+
+
+@dataclass(eq=False)
+class Call:
+    """One llm node: a single model call with its own deadline.
+
+    ``metric`` says which latency the node's deadline bounds (``ttft`` for a node whose
+    first token is what the user waits for, ``e2e`` otherwise).
+    """
+
+    id: str
+    model: str
+    deadline: float
+    prompt_tokens: int
+    expected_output_tokens: int
+    arrival: float
+    metric: Metric = "e2e"
+    task_id: str = ""
+    kind: str = ""
+    # Set by routing and dispatch.
+    priority: int = 2
+    replica: str | None = None
+    sort_key: float = 0.0
+    promote_at: float = INF
+    started_at: float | None = None
+    first_token_at: float | None = None
+    tokens_done: int = 0
+    _token: int = field(default=-1, repr=False)
+
+    @property
+    def remaining_output_tokens(self) -> int:
+        return max(self.expected_output_tokens - self.tokens_done, 0)
+
+
+class ReplicaQueue:
+    """Calls waiting for one replica, ordered by (priority, key) with lazy re-evaluation.
+
+    A call's priority only ever rises to 0 (its slack ran out while it waited), at a
+    time known when it was routed (``promote_at``). So instead of re-sorting at every
+    dispatch, a timer heap promotes calls as ``now`` passes that time: push, pop and
+    remove are all O(log n).
+    """
+
+    def __init__(self) -> None:
+        self._urgent: list[tuple[float, int, Call]] = []
+        self._normal: list[tuple[int, float, int, Call]] = []
+        self._timers: list[tuple[float, int, Call]] = []
+        self._live: dict[str, Call] = {}
+        self._seq = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def __contains__(self, call_id: object) -> bool:
+        return call_id in self._live
+
+    def calls(self) -> list[Call]:
+        return list(self._live.values())
+
+    def push(self, call: Call) -> None:
+        token = next(self._seq)
+        call._token = token
+        self._live[call.id] = call
+        if call.priority == 0:
+            heapq.heappush(self._urgent, (call.sort_key, token, call))
+            return
+        heapq.heappush(self._normal, (call.priority, call.sort_key, token, call))
+        if call.promote_at < INF:
+            heapq.heappush(self._timers, (call.promote_at, token, call))
+
+    def remove(self, call_id: str) -> Call | None:
+        call = self._live.pop(call_id, None)
+        if call is not None:
+            call._token = -1  # entries left in the heaps are now stale
+        return call
+
+    def promote(self, now: float) -> None:
+        """Raise to priority 0 every call whose slack has run out by ``now``."""
+        while self._timers and self._timers[0][0] <= now:
+            _, token, call = heapq.heappop(self._timers)
+            if call._token != token or call.id not in self._live:
+                continue
+            call.priority = 0
+            new = next(self._seq)
+            call._token = new
+            heapq.heappush(self._urgent, (call.sort_key, new, call))
+
+    def peek(self, now: float) -> Call | None:
+        self.promote(now)
+        for heap in (self._urgent, self._normal):
+            while heap:
+                entry = heap[0]
+                call = entry[-1]
+                assert isinstance(call, Call)
+                if call._token == entry[-2] and call.id in self._live:
+                    return call
+                heapq.heappop(heap)
+        return None
+
+    def pop(self, now: float) -> Call | None:
+        call = self.peek(now)
+        if call is not None:
+            self.remove(call.id)
+        return call
+
+
+@dataclass(eq=False)
+class ReplicaState:
+    """One replica as the policies see it: limits, rates, queue, calls in flight."""
+
+    id: str
+    model: str
+    concurrency_limit: int
+    rates: Rates = field(default_factory=Rates)
+    accepting: bool = True
+    queue: ReplicaQueue = field(default_factory=ReplicaQueue)
+    in_flight: dict[str, Call] = field(default_factory=dict)
+    # Aggregates over queue and in_flight, kept by the methods below.
+    queued_prompt_tokens: int = 0
+    queued_output_tokens: int = 0
+    inflight_prefill_tokens: int = 0
+    inflight_output_tokens: int = 0
+    busy_since: float | None = None
+    idle_since: float | None = 0.0
+
+    @property
+    def free_slots(self) -> int:
+        return max(self.concurrency_limit - len(self.in_flight), 0)
+
+    @property
+    def load(self) -> int:
+        """Requests queued or running here: what queue-length baselines compare."""
+        return len(self.queue) + len(self.in_flight)
+
+    def enqueue(self, call: Call) -> None:
+        call.replica = self.id
+        self.queue.push(call)
+        self.queued_prompt_tokens += call.prompt_tokens
+        self.queued_output_tokens += call.expected_output_tokens
+
+    def dequeue(self, call_id: str) -> Call | None:
+        call = self.queue.remove(call_id)
+        if call is not None:
+            self.queued_prompt_tokens -= call.prompt_tokens
+            self.queued_output_tokens -= call.expected_output_tokens
+        return call
+
+    def start(self, call: Call, now: float) -> None:
+        """Move a call (already taken off the queue) into flight."""
+        call.started_at = now
+        call.replica = self.id
+        self.in_flight[call.id] = call
+        self.inflight_prefill_tokens += call.prompt_tokens
+        self.inflight_output_tokens += call.remaining_output_tokens
+        if self.busy_since is None:
+            self.busy_since = now
+        self.idle_since = None
+
+    def first_token(self, call_id: str, now: float) -> None:
+        call = self.in_flight.get(call_id)
+        if call is None or call.first_token_at is not None:
+            return
+        call.first_token_at = now
+        self.inflight_prefill_tokens -= call.prompt_tokens
+
+    def tokens(self, call_id: str, n: int = 1) -> None:
+        call = self.in_flight.get(call_id)
+        if call is None:
+            return
+        before = call.remaining_output_tokens
+        call.tokens_done += n
+        self.inflight_output_tokens -= before - call.remaining_output_tokens
+
+    def finish(self, call_id: str, now: float) -> Call | None:
+        call = self.in_flight.pop(call_id, None)
+        if call is None:
+            return None
+        if call.first_token_at is None:
+            self.inflight_prefill_tokens -= call.prompt_tokens
+        self.inflight_output_tokens -= call.remaining_output_tokens
+        if not self.in_flight:
+            self.busy_since = None
+            self.idle_since = now
+        return call

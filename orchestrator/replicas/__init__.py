@@ -1,0 +1,1 @@
+"""Talking to and managing model replicas (vLLM or anything OpenAI-compatible)."""
