@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import uuid
 from enum import StrEnum
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-API_VERSION = 1
+API_VERSION: Final = 1
 
 
 class TaskKind(StrEnum):

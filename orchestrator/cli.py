@@ -14,6 +14,9 @@ from collections.abc import Sequence
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "emulate": ("orchestrator.emulator.cli", "run a vLLM-compatible engine emulator"),
+    "serve": ("orchestrator.commands.serve", "run the team service over managed replicas"),
+    "status": ("orchestrator.commands.status", "show a running service's replicas and SLAs"),
+    "config": ("orchestrator.config", "check a cato.toml or hash a bearer token"),
 }
 
 

@@ -16,6 +16,9 @@ from typing import Literal
 
 Metric = Literal["ttft", "e2e"]
 INF = math.inf
+# Added to a replica's ``route_key`` per call queued or running there, so that among
+# replicas with the same expected wait (idle ones, typically) the emptier one wins.
+TIE_BREAK_S = 1e-9
 
 
 @dataclass
@@ -45,7 +48,9 @@ class Rates:
             t += self.decode_s(call.expected_output_tokens)
         return t
 
-    def observe(self, prompt_tokens: int, ttft_s: float, output_tokens: int, decode_s: float) -> None:
+    def observe(
+        self, prompt_tokens: int, ttft_s: float, output_tokens: int, decode_s: float
+    ) -> None:
         """Fold one finished call (TTFT on the replica, and the decode time after it) in."""
         a = self.alpha
         if prompt_tokens > 0 and ttft_s > self.overhead_s:
@@ -145,14 +150,18 @@ class ReplicaQueue:
 
     def peek(self, now: float) -> Call | None:
         self.promote(now)
-        for heap in (self._urgent, self._normal):
-            while heap:
-                entry = heap[0]
-                call = entry[-1]
-                assert isinstance(call, Call)
-                if call._token == entry[-2] and call.id in self._live:
-                    return call
-                heapq.heappop(heap)
+        urgent = self._urgent
+        while urgent:
+            _, token, call = urgent[0]
+            if call._token == token and call.id in self._live:
+                return call
+            heapq.heappop(urgent)  # stale: removed, re-pushed or promoted
+        normal = self._normal
+        while normal:
+            _, _, token, call = normal[0]
+            if call._token == token and call.id in self._live:
+                return call
+            heapq.heappop(normal)
         return None
 
     def pop(self, now: float) -> Call | None:
@@ -164,7 +173,13 @@ class ReplicaQueue:
 
 @dataclass(eq=False)
 class ReplicaState:
-    """One replica as the policies see it: limits, rates, queue, calls in flight."""
+    """One replica as the policies see it: limits, rates, queue, calls in flight.
+
+    ``wait_s`` (the expected wait of a call routed here now) and ``route_key`` are kept
+    current by every method that changes the replica, so that routing reads one plain
+    attribute per replica. Change ``rates`` or ``concurrency_limit`` through
+    ``observe`` or follow the change with ``refresh()``.
+    """
 
     id: str
     model: str
@@ -180,6 +195,12 @@ class ReplicaState:
     inflight_output_tokens: int = 0
     busy_since: float | None = None
     idle_since: float | None = 0.0
+    # Derived from the above by refresh().
+    wait_s: float = field(default=0.0, init=False)
+    route_key: float = field(default=0.0, init=False)
+
+    def __post_init__(self) -> None:
+        self.refresh()
 
     @property
     def free_slots(self) -> int:
@@ -190,17 +211,57 @@ class ReplicaState:
         """Requests queued or running here: what queue-length baselines compare."""
         return len(self.queue) + len(self.in_flight)
 
+    def estimate_wait_s(self) -> float:
+        """Expected time before a call routed here now starts being served.
+
+        Zero with a free slot and an empty queue. Otherwise the prefill still owed to
+        the calls ahead (they prefill first; prefill is compute-bound, so serial), plus
+        the time until enough of them finish to free a slot: decode runs up to
+        ``concurrency_limit`` sequences per step, so the decode work ahead drains at
+        that many tokens per ``tpot_s``, and a slot is needed once ``ahead - limit + 1``
+        of the ``ahead`` calls are done. The whole queue counts as ahead (a call with
+        an earlier deadline may overtake it, so this errs on the safe side).
+        """
+        queued = len(self.queue)
+        running = len(self.in_flight)
+        limit = max(self.concurrency_limit, 1)
+        if queued == 0 and running < limit:
+            return 0.0
+        rates = self.rates
+        wait = (
+            self.inflight_prefill_tokens + self.queued_prompt_tokens
+        ) * rates.prefill_s_per_token + queued * rates.overhead_s
+        ahead = queued + running
+        if ahead >= limit:
+            decode = (self.inflight_output_tokens + self.queued_output_tokens) * rates.tpot_s
+            wait += decode / limit * (ahead - limit + 1) / ahead
+        return wait
+
+    def refresh(self) -> None:
+        """Recompute ``wait_s`` and ``route_key`` after a change to the replica."""
+        self.wait_s = wait = self.estimate_wait_s()
+        self.route_key = wait + (len(self.queue) + len(self.in_flight)) * TIE_BREAK_S
+
+    def observe(
+        self, prompt_tokens: int, ttft_s: float, output_tokens: int, decode_s: float
+    ) -> None:
+        """Fold one finished call into the replica's rates (see ``Rates.observe``)."""
+        self.rates.observe(prompt_tokens, ttft_s, output_tokens, decode_s)
+        self.refresh()
+
     def enqueue(self, call: Call) -> None:
         call.replica = self.id
         self.queue.push(call)
         self.queued_prompt_tokens += call.prompt_tokens
         self.queued_output_tokens += call.expected_output_tokens
+        self.refresh()
 
     def dequeue(self, call_id: str) -> Call | None:
         call = self.queue.remove(call_id)
         if call is not None:
             self.queued_prompt_tokens -= call.prompt_tokens
             self.queued_output_tokens -= call.expected_output_tokens
+            self.refresh()
         return call
 
     def start(self, call: Call, now: float) -> None:
@@ -208,11 +269,13 @@ class ReplicaState:
         call.started_at = now
         call.replica = self.id
         self.in_flight[call.id] = call
-        self.inflight_prefill_tokens += call.prompt_tokens
+        if call.first_token_at is None:
+            self.inflight_prefill_tokens += call.prompt_tokens
         self.inflight_output_tokens += call.remaining_output_tokens
         if self.busy_since is None:
             self.busy_since = now
         self.idle_since = None
+        self.refresh()
 
     def first_token(self, call_id: str, now: float) -> None:
         call = self.in_flight.get(call_id)
@@ -220,6 +283,7 @@ class ReplicaState:
             return
         call.first_token_at = now
         self.inflight_prefill_tokens -= call.prompt_tokens
+        self.refresh()
 
     def tokens(self, call_id: str, n: int = 1) -> None:
         call = self.in_flight.get(call_id)
@@ -228,6 +292,7 @@ class ReplicaState:
         before = call.remaining_output_tokens
         call.tokens_done += n
         self.inflight_output_tokens -= before - call.remaining_output_tokens
+        self.refresh()
 
     def finish(self, call_id: str, now: float) -> Call | None:
         call = self.in_flight.pop(call_id, None)
@@ -239,4 +304,5 @@ class ReplicaState:
         if not self.in_flight:
             self.busy_since = None
             self.idle_since = now
+        self.refresh()
         return call

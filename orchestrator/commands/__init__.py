@@ -1,0 +1,1 @@
+"""``cato`` sub-commands that glue the pieces together (each: ``configure`` and ``run``)."""

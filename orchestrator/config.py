@@ -1,0 +1,574 @@
+"""``cato.toml``: the one configuration file of the team service, validated up front.
+
+Everything is checked when the file is read, not when a replica first needs it: unknown
+keys (typos) are errors, and each problem names the file, the dotted key
+(``models[1].gpus_per_replica``, ``tasks.complete.sla_ms``) and what was expected. All
+problems of a file are reported together in one ``ConfigError``.
+
+Without a file the built-in default applies: one emulated model (``tiny``) with two to
+four replicas serving every task kind, so a machine without a GPU runs the whole stack.
+``examples/default.toml`` spells the same default out as a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import hashlib
+import hmac
+import os
+import sys
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from orchestrator.api import SLA, SLAMetric, TaskKind
+from orchestrator.engine_model import builtin_profiles
+
+EngineName = Literal["vllm", "emulated", "external"]
+SchedulerPolicy = Literal["cato", "round_robin", "pow2", "least_loaded"]
+ProvisionerPolicy = Literal["cato", "queue_length", "fixed"]
+
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "complete": {"sla_metric": "ttft", "sla_ms": 500.0, "max_tokens": 64},
+    "generate": {"sla_metric": "ttft", "sla_ms": 1000.0, "max_tokens": 256},
+    "summarize": {"sla_metric": "e2e", "sla_ms": 6000.0, "max_tokens": 160},
+    "translate": {"sla_metric": "e2e", "sla_ms": 20000.0, "max_tokens": 1024},
+}
+
+# What ``load_config(None)`` validates: the rest comes from the field defaults.
+DEFAULT_CONFIG: dict[str, Any] = {
+    "models": [
+        {
+            "name": "tiny",
+            "engine": "emulated",
+            "profile": "tiny@cpu",
+            "min_replicas": 2,
+            "max_replicas": 4,
+        }
+    ],
+}
+
+DEFAULT_VLLM_MAX_NUM_SEQS = 256
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; ``problems`` holds one line per problem."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        count = f"{len(problems)} problem" + ("" if len(problems) == 1 else "s")
+        lines = "\n".join(f"  {p}" for p in problems)
+        super().__init__(f"invalid configuration {source} ({count}):\n{lines}")
+
+
+class _Problems(ValueError):
+    """Problems found across fields; keys are relative to the section that found them."""
+
+    def __init__(self, items: list[tuple[str, str]]) -> None:
+        super().__init__("; ".join(f"{k}: {m}" for k, m in items))
+        self.items = items
+
+
+def _raise_if(items: list[tuple[str, str]]) -> None:
+    if items:
+        raise _Problems(items)
+
+
+class _Section(BaseModel):
+    """Strict types (a quoted number is an error) and no unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def hash_token(token: str) -> str:
+    """The value to put in ``token_sha256`` for a bearer token."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+class User(_Section):
+    """One bearer token of the team service; only its SHA-256 is stored."""
+
+    name: str = Field(min_length=1, max_length=128)
+    token_sha256: str
+    max_concurrency: int = Field(default=8, ge=1, le=10_000)
+
+    @field_validator("token_sha256")
+    @classmethod
+    def _hex_digest(cls, value: str) -> str:
+        value = value.strip().lower()
+        if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+            raise ValueError(
+                "expected the hex SHA-256 of the bearer token (64 hex digits), "
+                "e.g. from `python -m orchestrator.config hash-token`"
+            )
+        return value
+
+
+class ServerConfig(_Section):
+    """The HTTP side of ``cato serve``: where it binds, request limits and users."""
+
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: int = Field(default=8000, ge=0, le=65535)
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_prompt_chars: int = Field(default=200_000, ge=1)
+    max_tokens_limit: int = Field(default=4096, ge=1, le=32_768)
+    users: list[User] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_users(self) -> ServerConfig:
+        problems: list[tuple[str, str]] = []
+        names: set[str] = set()
+        hashes: set[str] = set()
+        for i, user in enumerate(self.users):
+            if user.name in names:
+                problems.append((f"users[{i}].name", f"duplicate user name {user.name!r}"))
+            if user.token_sha256 in hashes:
+                problems.append((f"users[{i}].token_sha256", "same token as an earlier user"))
+            names.add(user.name)
+            hashes.add(user.token_sha256)
+        _raise_if(problems)
+        return self
+
+    def user_for_token(self, token: str) -> User | None:
+        """The user whose token this is, comparing in constant time against every user."""
+        if not token:
+            return None
+        digest = hash_token(token)
+        found: User | None = None
+        for user in self.users:
+            if hmac.compare_digest(digest, user.token_sha256):
+                found = user
+        return found
+
+
+class GpusConfig(_Section):
+    """The GPU ids replicas may use (as ``CUDA_VISIBLE_DEVICES`` numbers them)."""
+
+    devices: list[int] = Field(default_factory=list)
+
+    @field_validator("devices")
+    @classmethod
+    def _non_negative(cls, devices: list[int]) -> list[int]:
+        if any(d < 0 for d in devices):
+            raise ValueError("GPU ids must be >= 0")
+        return devices
+
+    @model_validator(mode="after")
+    def _unique(self) -> GpusConfig:
+        seen: set[int] = set()
+        problems: list[tuple[str, str]] = []
+        for i, device in enumerate(self.devices):
+            if device in seen:
+                problems.append((f"devices[{i}]", f"GPU {device} is listed twice"))
+            seen.add(device)
+        _raise_if(problems)
+        return self
+
+
+class ModelConfig(_Section):
+    """One served model and how its replicas are launched."""
+
+    name: str = Field(min_length=1, max_length=128, pattern=r"^\S+$")
+    engine: EngineName
+    model: str | None = Field(default=None, min_length=1)
+    url: str | None = None
+    gpus_per_replica: int | None = Field(default=None, ge=0, le=64)
+    min_replicas: int = Field(default=1, ge=0, le=4096)
+    max_replicas: int | None = Field(default=None, ge=1, le=4096)
+    concurrency_limit: int | None = Field(default=None, ge=1)
+    fim_family: str | None = Field(default=None, min_length=1)
+    vllm_args: list[str] = Field(default_factory=list)
+    profile: str = Field(default="tiny@cpu", min_length=1)
+    speed: float = Field(default=1.0, gt=0)
+    max_model_len: int | None = Field(default=None, ge=16)
+
+    @model_validator(mode="after")
+    def _check_engine(self) -> ModelConfig:
+        problems = self._engine_problems()
+        if self.gpus_per_replica is None:
+            self.gpus_per_replica = 1 if self.engine == "vllm" else 0
+        if self.max_replicas is None:
+            self.max_replicas = max(self.min_replicas, 1)
+        elif self.max_replicas < self.min_replicas:
+            problems.append(
+                (
+                    "max_replicas",
+                    f"must be >= min_replicas ({self.min_replicas}), got {self.max_replicas}",
+                )
+            )
+        _raise_if(problems)
+        return self
+
+    def _engine_problems(self) -> list[tuple[str, str]]:
+        engine = self.engine
+        problems: list[tuple[str, str]] = []
+        if engine == "vllm" and self.model is None:
+            problems.append(
+                ("model", "required for engine 'vllm' (a Hugging Face id or a local path)")
+            )
+        if engine == "vllm" and self.gpus_per_replica == 0:
+            problems.append(("gpus_per_replica", "must be >= 1 for engine 'vllm'"))
+        if engine != "vllm" and self.gpus_per_replica not in (None, 0):
+            problems.append(("gpus_per_replica", f"must be 0 for engine {engine!r}"))
+        if engine == "external" and self.url is None:
+            problems.append(("url", "required for engine 'external' (the server's base URL)"))
+        if engine != "external" and self.url is not None:
+            problems.append(("url", f"only for engine 'external', not {engine!r}"))
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            problems.append(("url", f"expected an http:// or https:// URL, got {self.url!r}"))
+        if engine != "vllm" and self.vllm_args:
+            problems.append(("vllm_args", f"only for engine 'vllm', not {engine!r}"))
+        if engine == "emulated":
+            problems += _profile_problems(self.profile)
+        for key in ("profile", "speed"):
+            if engine != "emulated" and key in self.model_fields_set:
+                problems.append((key, f"only for engine 'emulated', not {engine!r}"))
+        return problems
+
+    @property
+    def gpus(self) -> int:
+        """GPUs one replica takes (resolved: 1 for vllm, 0 otherwise, unless set)."""
+        return self.gpus_per_replica or 0
+
+    @property
+    def replicas_max(self) -> int:
+        return self.max_replicas if self.max_replicas is not None else max(self.min_replicas, 1)
+
+    def effective_concurrency_limit(self) -> int | None:
+        """``concurrency_limit``, else vLLM's ``--max-num-seqs``; None: the engine decides."""
+        if self.concurrency_limit is not None:
+            return self.concurrency_limit
+        seqs = _flag_value(self.vllm_args, "--max-num-seqs")
+        if seqs is not None and seqs.isdigit() and int(seqs) > 0:
+            return int(seqs)
+        return DEFAULT_VLLM_MAX_NUM_SEQS if self.engine == "vllm" else None
+
+
+def _profile_problems(profile: str) -> list[tuple[str, str]]:
+    """A profile is a built-in name or the path of a profile ``.toml`` file."""
+    known = builtin_profiles()
+    if profile in known or profile.endswith(".toml"):
+        return []
+    names = ", ".join(sorted(known))
+    return [("profile", f"unknown engine profile {profile!r} (built in: {names}; or a .toml path)")]
+
+
+def _flag_value(args: list[str], flag: str) -> str | None:
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+class TaskConfig(_Section):
+    """Which model serves a task kind and the latency it promises."""
+
+    model: str | None = Field(default=None, min_length=1)
+    sla_metric: Literal["ttft", "e2e"]
+    sla_ms: float = Field(gt=0, le=3_600_000)
+    max_tokens: int = Field(ge=1, le=32_768)
+
+    @property
+    def sla(self) -> SLA:
+        return SLA(metric=SLAMetric(self.sla_metric), target_ms=self.sla_ms)
+
+
+def _task_default(kind: str) -> TaskConfig:
+    return TaskConfig.model_validate(TASK_DEFAULTS[kind])
+
+
+class TasksConfig(_Section):
+    """One section per task kind; a key left out takes that kind's default."""
+
+    complete: TaskConfig = Field(default_factory=lambda: _task_default("complete"))
+    generate: TaskConfig = Field(default_factory=lambda: _task_default("generate"))
+    summarize: TaskConfig = Field(default_factory=lambda: _task_default("summarize"))
+    translate: TaskConfig = Field(default_factory=lambda: _task_default("translate"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        merged: dict[str, Any] = dict(data)
+        for kind, defaults in TASK_DEFAULTS.items():
+            section = merged.get(kind)
+            if isinstance(section, Mapping):
+                merged[kind] = {**defaults, **section}
+        return merged
+
+    def for_kind(self, kind: TaskKind | str) -> TaskConfig:
+        task: TaskConfig = getattr(self, TaskKind(kind).value)
+        return task
+
+
+class SchedulerConfig(_Section):
+    """Which routing policy places model calls on replicas."""
+
+    policy: SchedulerPolicy = "cato"
+    seed: int = 0
+
+
+class ProvisionerConfig(_Section):
+    """Which autoscaling policy adds and releases replicas, and its knobs.
+
+    ``window_s`` .. ``idle_timeout_s`` drive CATO Algorithm 2; ``target_ongoing_requests``
+    .. ``downscaling_factor`` drive the Ray-Serve-style ``queue_length`` baseline.
+    """
+
+    policy: ProvisionerPolicy = "cato"
+    interval_s: float = Field(default=1.0, gt=0)
+    window_s: float = Field(default=10.0, gt=0)
+    violation_threshold: float = Field(default=0.1, ge=0, le=1)
+    windows_in_row: int = Field(default=2, ge=1)
+    scale_factor: float = Field(default=1.0, gt=0)
+    idle_timeout_s: float = Field(default=120.0, ge=0)
+    target_ongoing_requests: float = Field(default=2.0, gt=0)
+    upscale_delay_s: float = Field(default=30.0, ge=0)
+    downscale_delay_s: float = Field(default=600.0, ge=0)
+    look_back_s: float = Field(default=30.0, gt=0)
+    upscaling_factor: float = Field(default=1.0, gt=0)
+    downscaling_factor: float = Field(default=1.0, gt=0)
+
+
+class CatoConfig(_Section):
+    """The whole ``cato.toml``."""
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    gpus: GpusConfig = Field(default_factory=GpusConfig)
+    models: list[ModelConfig] = Field(min_length=1)
+    tasks: TasksConfig = Field(default_factory=TasksConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    provisioner: ProvisionerConfig = Field(default_factory=ProvisionerConfig)
+
+    @model_validator(mode="after")
+    def _cross_check(self) -> CatoConfig:
+        problems = self._duplicate_models()
+        problems += self._resolve_task_models()
+        problems += self._gpu_fit()
+        _raise_if(problems)
+        return self
+
+    def _duplicate_models(self) -> list[tuple[str, str]]:
+        seen: set[str] = set()
+        problems: list[tuple[str, str]] = []
+        for i, model in enumerate(self.models):
+            if model.name in seen:
+                problems.append((f"models[{i}].name", f"duplicate model name {model.name!r}"))
+            seen.add(model.name)
+        return problems
+
+    def _resolve_task_models(self) -> list[tuple[str, str]]:
+        names = [m.name for m in self.models]
+        problems: list[tuple[str, str]] = []
+        for kind in TaskKind:
+            task = self.tasks.for_kind(kind)
+            if task.model is None:
+                task.model = names[0]
+            elif task.model not in names:
+                known = ", ".join(repr(n) for n in names)
+                problems.append(
+                    (
+                        f"tasks.{kind.value}.model",
+                        f"{task.model!r} is not a [[models]] name ({known})",
+                    )
+                )
+        return problems
+
+    def _gpu_fit(self) -> list[tuple[str, str]]:
+        available = len(self.gpus.devices)
+        problems: list[tuple[str, str]] = []
+        for i, model in enumerate(self.models):
+            if model.gpus > available:
+                problems.append(
+                    (
+                        f"models[{i}].gpus_per_replica",
+                        f"{model.gpus} GPUs per replica but gpus.devices has {available}",
+                    )
+                )
+        needed = sum(m.min_replicas * m.gpus for m in self.models)
+        if needed > available:
+            problems.append(
+                (
+                    "gpus.devices",
+                    f"the models' min_replicas need {needed} GPUs but {available} are listed",
+                )
+            )
+        return problems
+
+    def model(self, name: str) -> ModelConfig:
+        for model in self.models:
+            if model.name == name:
+                return model
+        raise KeyError(name)
+
+    def task(self, kind: TaskKind | str) -> TaskConfig:
+        return self.tasks.for_kind(kind)
+
+
+# ---------------------------------------------------------------- loading and errors
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> CatoConfig:
+    """Read and validate ``path``; None gives the built-in default."""
+    if path is None:
+        return config_from_dict(DEFAULT_CONFIG, "<built-in default>")
+    source = os.fspath(path)
+    try:
+        raw = Path(source).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(source, [f"{source}: no such file"]) from None
+    except OSError as exc:
+        raise ConfigError(source, [f"{source}: cannot read: {exc.strerror or exc}"]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, [f"{source}: not UTF-8 text (byte {exc.start})"]) from None
+    return parse_config(text, source)
+
+
+def parse_config(text: str, source: str = "<string>") -> CatoConfig:
+    """Validate TOML text; ``source`` names it in error messages."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, [f"{source}: invalid TOML: {exc}"]) from None
+    return config_from_dict(data, source)
+
+
+def config_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> CatoConfig:
+    try:
+        return CatoConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = [f"{source}: {line}" for line in _describe(exc)]
+        raise ConfigError(source, problems) from None
+
+
+def _describe(exc: ValidationError) -> list[str]:
+    lines: list[str] = []
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        cause = error.get("ctx", {}).get("error")
+        if isinstance(cause, _Problems):
+            lines += [f"{_join(_key(loc), key)}: {msg}" for key, msg in cause.items]
+        else:
+            lines.append(f"{_key(loc) or '(top level)'}: {_message(error, loc)}")
+    return lines
+
+
+def _key(loc: tuple[int | str, ...]) -> str:
+    key = ""
+    for part in loc:
+        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+    return key
+
+
+def _join(base: str, key: str) -> str:
+    if not base:
+        return key
+    return f"{base}{key}" if key.startswith("[") else f"{base}.{key}"
+
+
+def _message(error: Any, loc: tuple[int | str, ...]) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return _unknown_key(loc)
+    if kind == "missing":
+        return "missing (required)"
+    msg = str(error["msg"]).removeprefix("Value error, ")
+    if kind in ("value_error", "assertion_error"):
+        return msg
+    got = repr(error.get("input"))
+    return f"{msg}, got {got[:60] + '...' if len(got) > 60 else got}"
+
+
+def _unknown_key(loc: tuple[int | str, ...]) -> str:
+    name = str(loc[-1])
+    known = _fields_at(loc[:-1])
+    if loc[:-1] == ("tasks",):
+        return f"unknown task kind {name!r} (expected one of {', '.join(known)})"
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown key{hint}; expected one of: {', '.join(known)}"
+
+
+def _fields_at(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys the section at ``loc`` accepts, found by walking the model classes."""
+    tp: Any = CatoConfig
+    for part in loc:
+        if isinstance(part, int):
+            args = get_args(tp)
+            tp = args[0] if args else None
+        elif isinstance(tp, type) and issubclass(tp, BaseModel) and part in tp.model_fields:
+            tp = tp.model_fields[part].annotation
+        else:
+            return []
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return list(tp.model_fields)
+    return []
+
+
+# ---------------------------------------------------------------- command line
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """``check [FILE]`` validates a config; ``hash-token [TOKEN]`` prints a token's hash."""
+    sub = parser.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    check = sub.add_parser("check", help="validate a cato.toml (or the built-in default)")
+    check.add_argument("file", nargs="?", default=None, help="path to cato.toml")
+    token = sub.add_parser("hash-token", help="print the token_sha256 value for a bearer token")
+    token.add_argument(
+        "token", nargs="?", default=None, help="the token (read from stdin if absent)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.config_command == "hash-token":
+        token = args.token if args.token is not None else sys.stdin.readline().strip()
+        if not token:
+            print("empty token", file=sys.stderr)
+            return 2
+        print(hash_token(token))
+        return 0
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(summary(config, args.file or "<built-in default>"))
+    return 0
+
+
+def summary(config: CatoConfig, source: str) -> str:
+    """A few lines saying what a valid config will run."""
+    lines = [f"{source}: ok"]
+    for m in config.models:
+        what = m.model or m.url or m.profile
+        lines.append(
+            f"  model {m.name}: {m.engine} {what}, replicas {m.min_replicas}..{m.replicas_max}, "
+            f"{m.gpus} GPU(s) each"
+        )
+    for kind in TaskKind:
+        t = config.task(kind)
+        lines.append(f"  task {kind.value}: {t.model}, {t.sla_metric} <= {t.sla_ms:g} ms")
+    lines.append(f"  scheduler {config.scheduler.policy}, provisioner {config.provisioner.policy}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m orchestrator.config", description=configure.__doc__
+    )
+    configure(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,422 @@
+"""Iteration-level timing model of one vLLM engine.
+
+One ``step`` is one forward pass of a vLLM V1 engine with chunked prefill: running
+sequences decode one token each, the rest of the token budget goes to prompt chunks,
+new sequences are admitted while ``max_num_seqs`` and the KV cache allow, and sequences
+are preempted (by recompute) when the KV cache runs out. The emulator (real time) and
+the simulator (virtual clock) both drive this class, so live and simulated runs agree.
+
+The model is PURE: the caller passes ``now`` and arrivals in, advances its own clock by
+``StepResult.duration_s`` and then delivers the outputs. Nothing here sleeps, reads a
+clock or does I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import itertools
+import tomllib
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+Policy = Literal["fcfs", "priority"]
+POLICIES: tuple[Policy, ...] = ("fcfs", "priority")
+
+_WAITING, _RUNNING, _DONE = 0, 1, 2
+
+
+@dataclass(frozen=True, slots=True)
+class EngineProfile:
+    """Limits and step costs of one model on one accelerator, calibrated from public figures.
+
+    Step time = ``step_overhead_s`` (weights read once per step, scheduling, sampling)
+    + ``prefill_s_per_token`` per prompt token computed + ``decode_s_per_seq`` per
+    decoding sequence + ``kv_read_s_per_token`` per context token attended. Times are
+    seconds on the engine's own clock. ``cold_start_s`` is the time from process start
+    to a ready server; the output length of a request (when the caller samples one) is
+    lognormal with mean ``output_mean_tokens`` and shape ``output_sigma``.
+    """
+
+    name: str
+    step_overhead_s: float
+    prefill_s_per_token: float
+    decode_s_per_seq: float
+    kv_read_s_per_token: float
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    block_size: int
+    num_kv_blocks: int
+    max_model_len: int
+    cold_start_s: float = 0.0
+    output_mean_tokens: float = 128.0
+    output_sigma: float = 0.8
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("step_overhead_s", "prefill_s_per_token", "decode_s_per_seq"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"profile {self.name!r}: {name} must be >= 0")
+        if self.kv_read_s_per_token < 0 or self.cold_start_s < 0:
+            raise ValueError(f"profile {self.name!r}: times must be >= 0")
+        for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "num_kv_blocks"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"profile {self.name!r}: {name} must be >= 1")
+        if self.max_model_len < 2:
+            raise ValueError(f"profile {self.name!r}: max_model_len must be >= 2")
+        if self.kv_capacity_tokens < self.max_model_len:
+            raise ValueError(
+                f"profile {self.name!r}: the KV cache ({self.kv_capacity_tokens} tokens) "
+                f"cannot hold one sequence of max_model_len={self.max_model_len}"
+            )
+        if self.output_mean_tokens <= 0 or self.output_sigma < 0:
+            raise ValueError(f"profile {self.name!r}: bad output length distribution")
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        return self.num_kv_blocks * self.block_size
+
+    def step_time_s(self, prefill_tokens: int, decode_seqs: int, context_tokens: int) -> float:
+        """Duration of one forward pass with this much work in the batch."""
+        return (
+            self.step_overhead_s
+            + prefill_tokens * self.prefill_s_per_token
+            + decode_seqs * self.decode_s_per_seq
+            + context_tokens * self.kv_read_s_per_token
+        )
+
+    def with_overrides(self, **changes: Any) -> EngineProfile:
+        """A copy with some fields changed (``None`` values are ignored), re-validated."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+_PROFILE_FIELDS = {f.name for f in dataclasses.fields(EngineProfile)}
+
+
+def profile_from_toml(text: str, origin: str = "<string>") -> EngineProfile:
+    """Parse a profile from TOML text: flat keys named like ``EngineProfile`` fields."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{origin}: invalid TOML: {exc}") from exc
+    unknown = sorted(set(data) - _PROFILE_FIELDS)
+    if unknown:
+        raise ValueError(f"{origin}: unknown profile key(s): {', '.join(unknown)}")
+    try:
+        return EngineProfile(**data)
+    except TypeError as exc:
+        raise ValueError(f"{origin}: {exc}") from exc
+
+
+@cache
+def builtin_profiles() -> dict[str, EngineProfile]:
+    """The profiles shipped in ``orchestrator/profiles/*.toml``, by name."""
+    found: dict[str, EngineProfile] = {}
+    folder = resources.files("orchestrator").joinpath("profiles")
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".toml"):
+            profile = profile_from_toml(entry.read_text(encoding="utf-8"), entry.name)
+            found[profile.name] = profile
+    return found
+
+
+def load_profile(name_or_path: str) -> EngineProfile:
+    """A built-in profile by name (``codellama-7b@a100``) or a profile TOML file by path."""
+    known = builtin_profiles()
+    if name_or_path in known:
+        return known[name_or_path]
+    path = Path(name_or_path)
+    if name_or_path.endswith(".toml") or path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"cannot read profile {name_or_path!r}: {exc}") from exc
+        return profile_from_toml(text, name_or_path)
+    raise ValueError(
+        f"unknown engine profile {name_or_path!r}; known profiles: {', '.join(sorted(known))} "
+        "(or give the path of a profile TOML file)"
+    )
+
+
+@dataclass(eq=False, slots=True)
+class _Seq:
+    seq_id: str
+    prompt_tokens: int
+    max_output_tokens: int
+    key: tuple[int, float, int]  # waiting order; the largest running key is the victim
+    output_tokens: int = 0
+    computed_tokens: int = 0  # tokens whose KV is in the cache
+    blocks: int = 0
+    state: int = _WAITING
+    preemptions: int = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return self.prompt_tokens + self.output_tokens
+
+
+@dataclass(slots=True)
+class TokenOutput:
+    """What one sequence got from a step: its next token (this model yields one per step)."""
+
+    seq_id: str
+    new_tokens: int
+    output_tokens: int
+    first_token: bool
+    finished: bool
+
+
+@dataclass(slots=True)
+class StepResult:
+    """One forward pass: how long it takes and what it yields once it is over."""
+
+    duration_s: float
+    outputs: list[TokenOutput] = field(default_factory=list)
+    preempted: list[str] = field(default_factory=list)
+    prefill_tokens: int = 0
+    decode_seqs: int = 0
+    context_tokens: int = 0
+    scheduled_seqs: int = 0
+
+
+class EngineModel:
+    """Waiting and running queues, a KV block pool and the vLLM V1 scheduling rules.
+
+    ``policy="fcfs"`` serves in arrival order; ``"priority"`` serves lower ``priority``
+    first, ties by arrival (vLLM's ``--scheduling-policy priority``). Preemption picks
+    the running sequence that comes last in that order and sends it back to waiting,
+    where it recomputes its prompt and the tokens it had generated.
+    """
+
+    def __init__(self, profile: EngineProfile, policy: Policy = "fcfs") -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"unknown scheduling policy {policy!r}; use one of {POLICIES}")
+        self.profile = profile
+        self.policy: Policy = policy
+        self._seqs: dict[str, _Seq] = {}
+        self._running: dict[str, _Seq] = {}  # admission order
+        self._waiting: list[tuple[tuple[int, float, int], _Seq]] = []  # heap, lazy deletes
+        self._num_waiting = 0
+        self._free_blocks = profile.num_kv_blocks
+        self._order = itertools.count()
+        self.busy_until = 0.0
+        self.num_preemptions = 0
+        self.num_steps = 0
+
+    # -- read-only counters -------------------------------------------------------------
+
+    @property
+    def num_running(self) -> int:
+        return len(self._running)
+
+    @property
+    def num_waiting(self) -> int:
+        return self._num_waiting
+
+    @property
+    def kv_usage(self) -> float:
+        """Fraction of KV blocks in use, 0..1 (vLLM's ``kv_cache_usage_perc``)."""
+        total = self.profile.num_kv_blocks
+        return (total - self._free_blocks) / total
+
+    @property
+    def free_blocks(self) -> int:
+        return self._free_blocks
+
+    @property
+    def idle(self) -> bool:
+        return not self._seqs
+
+    def __contains__(self, seq_id: object) -> bool:
+        return seq_id in self._seqs
+
+    def __len__(self) -> int:
+        return len(self._seqs)
+
+    # -- requests -----------------------------------------------------------------------
+
+    def add(
+        self,
+        seq_id: str,
+        prompt_tokens: int,
+        max_output_tokens: int,
+        priority: int = 0,
+        now: float = 0.0,
+    ) -> None:
+        """Queue a sequence that will generate exactly ``max_output_tokens`` tokens."""
+        if seq_id in self._seqs:
+            raise ValueError(f"sequence {seq_id!r} is already in the engine")
+        if prompt_tokens < 1 or max_output_tokens < 1:
+            raise ValueError("prompt_tokens and max_output_tokens must be >= 1")
+        if prompt_tokens + max_output_tokens > self.profile.max_model_len:
+            raise ValueError(
+                f"{prompt_tokens} prompt + {max_output_tokens} output tokens exceed "
+                f"max_model_len={self.profile.max_model_len}"
+            )
+        rank = priority if self.policy == "priority" else 0
+        seq = _Seq(seq_id, prompt_tokens, max_output_tokens, (rank, now, next(self._order)))
+        self._seqs[seq_id] = seq
+        self._push_waiting(seq)
+
+    def abort(self, seq_id: str) -> bool:
+        """Drop a sequence wherever it is and free its KV blocks; False if unknown."""
+        seq = self._seqs.pop(seq_id, None)
+        if seq is None:
+            return False
+        if seq.state == _RUNNING:
+            del self._running[seq_id]
+            self._free_blocks += seq.blocks
+            seq.blocks = 0
+        else:
+            self._num_waiting -= 1
+            if len(self._waiting) > 64 and len(self._waiting) > 2 * self._num_waiting:
+                self._compact_waiting()
+        seq.state = _DONE
+        return True
+
+    # -- one forward pass ---------------------------------------------------------------
+
+    def step(self, now: float) -> StepResult | None:
+        """Schedule and cost one forward pass starting at ``now``; None when idle.
+
+        The outputs become visible at ``now + duration_s``; call ``step`` again no
+        earlier than that (``busy_until``).
+        """
+        if now < self.busy_until - 1e-9:
+            raise ValueError(f"step at {now} while the previous step runs until {self.busy_until}")
+        if not self._seqs:
+            return None
+        result = StepResult(duration_s=0.0)
+        scheduled: dict[_Seq, int] = {}
+        budget = self._schedule_running(scheduled, result.preempted)
+        if not (result.preempted and scheduled):
+            self._admit_waiting(scheduled, budget)
+        if not scheduled:
+            return None
+        self._run_batch(scheduled, result)
+        result.duration_s = self.profile.step_time_s(
+            result.prefill_tokens, result.decode_seqs, result.context_tokens
+        )
+        self.busy_until = now + result.duration_s
+        self.num_steps += 1
+        return result
+
+    def _schedule_running(self, scheduled: dict[_Seq, int], preempted: list[str]) -> int:
+        """Decodes first (one token each), then chunks of unfinished prompts."""
+        budget = self.profile.max_num_batched_tokens
+        prefilling: list[_Seq] = []
+        for seq in list(self._running.values()):
+            if seq.state != _RUNNING:
+                continue  # preempted earlier in this loop
+            if seq.num_tokens - seq.computed_tokens > 1:
+                prefilling.append(seq)
+            elif budget > 0:
+                budget = self._schedule_one(seq, 1, budget, scheduled, preempted)
+        for seq in prefilling:
+            if budget <= 0:
+                break
+            if seq.state == _RUNNING:
+                chunk = min(seq.num_tokens - seq.computed_tokens, budget)
+                budget = self._schedule_one(seq, chunk, budget, scheduled, preempted)
+        return budget
+
+    def _schedule_one(
+        self, seq: _Seq, tokens: int, budget: int, scheduled: dict[_Seq, int], preempted: list[str]
+    ) -> int:
+        """Give ``seq`` room for ``tokens`` more, preempting others when KV runs out."""
+        needed = self._blocks_for(seq.computed_tokens + tokens) - seq.blocks
+        while needed > self._free_blocks:
+            victim = max(self._running.values(), key=lambda s: s.key)
+            budget += scheduled.pop(victim, 0)
+            self._preempt(victim)
+            preempted.append(victim.seq_id)
+            if victim is seq:
+                return budget
+        self._free_blocks -= needed
+        seq.blocks += needed
+        scheduled[seq] = tokens
+        return budget - tokens
+
+    def _admit_waiting(self, scheduled: dict[_Seq, int], budget: int) -> None:
+        """Start waiting sequences in policy order while seats, tokens and KV allow."""
+        while budget > 0 and len(self._running) < self.profile.max_num_seqs:
+            seq = self._peek_waiting()
+            if seq is None:
+                return
+            chunk = min(seq.num_tokens, budget)
+            needed = self._blocks_for(chunk)
+            if needed > self._free_blocks:
+                return
+            heapq.heappop(self._waiting)
+            self._num_waiting -= 1
+            seq.state = _RUNNING
+            seq.blocks = needed
+            self._free_blocks -= needed
+            self._running[seq.seq_id] = seq
+            scheduled[seq] = chunk
+            budget -= chunk
+
+    def _run_batch(self, scheduled: dict[_Seq, int], result: StepResult) -> None:
+        """Compute the scheduled tokens; a sequence whose KV is complete samples a token."""
+        for seq, tokens in scheduled.items():
+            if tokens == 1 and seq.output_tokens > 0 and seq.computed_tokens + 1 == seq.num_tokens:
+                result.decode_seqs += 1
+            else:
+                result.prefill_tokens += tokens
+            seq.computed_tokens += tokens
+            result.context_tokens += seq.computed_tokens
+            if seq.computed_tokens < seq.num_tokens:
+                continue  # a prompt chunk that does not finish the prompt
+            seq.output_tokens += 1
+            done = seq.output_tokens >= seq.max_output_tokens
+            result.outputs.append(
+                TokenOutput(seq.seq_id, 1, seq.output_tokens, seq.output_tokens == 1, done)
+            )
+            if done:
+                self._finish(seq)
+        result.scheduled_seqs = len(scheduled)
+
+    # -- bookkeeping --------------------------------------------------------------------
+
+    def _blocks_for(self, tokens: int) -> int:
+        return -(-tokens // self.profile.block_size)
+
+    def _finish(self, seq: _Seq) -> None:
+        del self._running[seq.seq_id]
+        del self._seqs[seq.seq_id]
+        self._free_blocks += seq.blocks
+        seq.blocks = 0
+        seq.state = _DONE
+
+    def _preempt(self, seq: _Seq) -> None:
+        del self._running[seq.seq_id]
+        self._free_blocks += seq.blocks
+        seq.blocks = 0
+        seq.computed_tokens = 0
+        seq.preemptions += 1
+        self.num_preemptions += 1
+        self._push_waiting(seq)
+
+    def _push_waiting(self, seq: _Seq) -> None:
+        seq.state = _WAITING
+        heapq.heappush(self._waiting, (seq.key, seq))
+        self._num_waiting += 1
+
+    def _peek_waiting(self) -> _Seq | None:
+        while self._waiting:
+            seq = self._waiting[0][1]
+            if seq.state == _WAITING and self._seqs.get(seq.seq_id) is seq:
+                return seq
+            heapq.heappop(self._waiting)  # aborted while waiting
+        return None
+
+    def _compact_waiting(self) -> None:
+        self._waiting = [
+            (key, seq)
+            for key, seq in self._waiting
+            if seq.state == _WAITING and self._seqs.get(seq.seq_id) is seq
+        ]
+        heapq.heapify(self._waiting)

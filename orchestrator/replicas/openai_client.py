@@ -1,0 +1,618 @@
+"""Streaming client for one OpenAI-compatible replica (vLLM, or the emulator).
+
+The executor needs three things a generic OpenAI SDK does not give it: the time of every
+token on its own clock, errors that say whether a token had already been sent (a call
+may move to another replica only before that), and an abort that reaches the engine.
+vLLM aborts a sequence when its client disconnects, so closing a stream closes the TCP
+connection instead of reading the response to the end.
+
+Streams are async generators: close them with ``contextlib.aclosing`` (or cancel the
+task) to abort at once. Breaking out of a bare ``async for`` also aborts, but only when
+the event loop finalizes the abandoned generator, one loop turn later.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import time
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Final, Self
+
+import aiohttp
+
+from orchestrator.api import Usage
+
+Clock = Callable[[], float]
+Message = Mapping[str, Any]
+
+ERROR_BODY_LIMIT: Final = 64 * 1024
+DONE: Final = "[DONE]"
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class ReplicaError(Exception):
+    """Any failure talking to a replica.
+
+    ``after_first_token`` is true when the caller had already been given a token from
+    this call, so retrying elsewhere would repeat text the user has seen.
+    """
+
+    def __init__(self, message: str, *, after_first_token: bool = False, url: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.after_first_token = after_first_token
+        self.url = url
+
+
+class ReplicaUnreachable(ReplicaError):
+    """No response at all: refused, reset, DNS failure or connect timeout."""
+
+
+class ReplicaHTTPError(ReplicaError):
+    """The replica answered with a non-2xx status, or sent an error object mid-stream."""
+
+    def __init__(
+        self,
+        status: int,
+        body: str,
+        message: str,
+        *,
+        after_first_token: bool = False,
+        url: str = "",
+    ) -> None:
+        super().__init__(message, after_first_token=after_first_token, url=url)
+        self.status = status
+        self.body = body
+
+
+class ReplicaProtocolError(ReplicaError):
+    """The response was not the stream promised: bad SSE or JSON, or no ``[DONE]``."""
+
+
+class ReplicaTimeout(ReplicaError):
+    """No byte arrived within the read timeout."""
+
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """One non-empty text delta; ``first`` marks the call's first token (its TTFT)."""
+
+    text: str
+    t: float
+    first: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """The call ended normally; ``text`` is every delta joined.
+
+    ``usage`` is what the replica reported (``None`` when it sent no usage chunk).
+    """
+
+    finish_reason: str | None
+    usage: Usage | None
+    t: float
+    text: str = ""
+
+
+StreamEvent = Token | Finished
+
+
+# --------------------------------------------------------------------------- SSE
+
+
+@dataclass(frozen=True, slots=True)
+class SSEEvent:
+    """One dispatched server-sent event (its ``data:`` lines joined by newlines)."""
+
+    data: str
+    event: str | None = None
+
+
+@dataclass
+class SSEDecoder:
+    """Incremental SSE parser: feed it bytes in arbitrary pieces, get whole events.
+
+    Follows the WHATWG rules: CRLF, LF or CR end a line (a CR at the end of a piece
+    waits for the next piece, which may start with its LF), ``:`` lines are comments,
+    one optional space after the field colon, a blank line dispatches. UTF-8 sequences
+    split between pieces are reassembled.
+    """
+
+    _decoder: codecs.IncrementalDecoder = field(
+        default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="strict")
+    )
+    _buf: str = ""
+    _data: list[str] = field(default_factory=list)
+    _event: str | None = None
+    _started: bool = False
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        return self._feed_text(self._decode(chunk, final=False), final=False)
+
+    def close(self) -> list[SSEEvent]:
+        """Flush at end of stream; a last event without its blank line still counts."""
+        events = self._feed_text(self._decode(b"", final=True), final=True)
+        if self._buf:
+            events.extend(self._line(self._buf))
+            self._buf = ""
+        events.extend(self._dispatch())
+        return events
+
+    def _decode(self, chunk: bytes, *, final: bool) -> str:
+        try:
+            text = self._decoder.decode(chunk, final)
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"invalid UTF-8 in event stream: {exc}") from exc
+        if not self._started and text:
+            self._started = True
+            text = text.removeprefix("\ufeff")
+        return text
+
+    def _feed_text(self, text: str, *, final: bool) -> list[SSEEvent]:
+        buf = self._buf + text
+        held = ""
+        if buf.endswith("\r") and not final:
+            buf, held = buf[:-1], "\r"
+        lines = buf.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        self._buf = lines.pop() + held
+        events: list[SSEEvent] = []
+        for line in lines:
+            events.extend(self._line(line))
+        return events
+
+    def _line(self, line: str) -> Iterator[SSEEvent]:
+        if not line:
+            yield from self._dispatch()
+            return
+        if line.startswith(":"):
+            return
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+
+    def _dispatch(self) -> Iterator[SSEEvent]:
+        if self._data:
+            yield SSEEvent(data="\n".join(self._data), event=self._event)
+        self._data = []
+        self._event = None
+
+
+# --------------------------------------------------------------------------- chunks
+
+
+def _error_message(payload: Any) -> str | None:
+    """The message of an OpenAI (``{"error": {...}}``) or vLLM (``object: error``) body."""
+    if not isinstance(payload, dict):
+        return None
+    err = payload.get("error")
+    if isinstance(err, dict) and isinstance(err.get("message"), str):
+        return str(err["message"])
+    if isinstance(err, str):
+        return err
+    if payload.get("object") == "error" and isinstance(payload.get("message"), str):
+        return str(payload["message"])
+    return None
+
+
+def _error_status(payload: Mapping[str, Any]) -> int:
+    err = payload.get("error")
+    source = err if isinstance(err, dict) else payload
+    code = source.get("code")
+    return code if isinstance(code, int) and 400 <= code <= 599 else 500
+
+
+def _parse_usage(raw: Any) -> Usage | None:
+    if not isinstance(raw, dict):
+        return None
+    prompt, completion = raw.get("prompt_tokens"), raw.get("completion_tokens")
+    if not isinstance(prompt, int) or not isinstance(completion, int):
+        return None
+    return Usage(prompt_tokens=prompt, completion_tokens=completion)
+
+
+def completion_text(choice: Mapping[str, Any]) -> str | None:
+    """Text delta of a ``/v1/completions`` chunk choice."""
+    text = choice.get("text")
+    return text if isinstance(text, str) else None
+
+
+def chat_text(choice: Mapping[str, Any]) -> str | None:
+    """Text delta of a ``/v1/chat/completions`` chunk choice (``delta.content``)."""
+    delta = choice.get("delta")
+    if not isinstance(delta, dict):
+        return None
+    content = delta.get("content")
+    return content if isinstance(content, str) else None
+
+
+TextOf = Callable[[Mapping[str, Any]], str | None]
+
+
+@dataclass
+class _Progress:
+    """What one stream has produced so far."""
+
+    url: str
+    clock: Clock
+    parts: list[str] = field(default_factory=list)
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    done: bool = False
+
+    @property
+    def after_first_token(self) -> bool:
+        return bool(self.parts)
+
+    def protocol_error(self, message: str) -> ReplicaProtocolError:
+        return ReplicaProtocolError(message, after_first_token=self.after_first_token, url=self.url)
+
+    def tokens(self, decoder: SSEDecoder, chunk: bytes, text_of: TextOf) -> Iterator[Token]:
+        """Tokens of the events ``chunk`` completes, up to ``[DONE]``; ``b""`` ends it."""
+        try:
+            events = decoder.feed(chunk) if chunk else decoder.close()
+        except ValueError as exc:
+            raise self.protocol_error(str(exc)) from exc
+        for event in events:
+            token = self.handle(event, text_of)
+            if token is not None:
+                yield token
+            if self.done:
+                return
+
+    def handle(self, event: SSEEvent, text_of: TextOf) -> Token | None:
+        """Fold one SSE event in; return the token it carries, if any."""
+        if event.data.strip() == DONE:
+            self.done = True
+            return None
+        try:
+            payload = json.loads(event.data)
+        except json.JSONDecodeError as exc:
+            raise self.protocol_error(f"invalid JSON in stream: {exc}") from exc
+        if not isinstance(payload, dict):
+            raise self.protocol_error("stream chunk is not a JSON object")
+        message = _error_message(payload)
+        if message is not None:
+            raise ReplicaHTTPError(
+                _error_status(payload),
+                event.data,
+                message,
+                after_first_token=self.after_first_token,
+                url=self.url,
+            )
+        return self._chunk(payload, text_of)
+
+    def _chunk(self, payload: Mapping[str, Any], text_of: TextOf) -> Token | None:
+        usage = _parse_usage(payload.get("usage"))
+        if usage is not None:
+            self.usage = usage
+        choices = payload.get("choices")
+        if choices is None:
+            return None
+        if not isinstance(choices, list):
+            raise self.protocol_error("'choices' is not a list")
+        text = ""
+        for choice in choices:
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            text += text_of(choice) or ""
+            reason = choice.get("finish_reason")
+            if isinstance(reason, str):
+                self.finish_reason = reason
+        if not text:
+            return None
+        token = Token(text=text, t=self.clock(), first=not self.parts)
+        self.parts.append(text)
+        return token
+
+    def finished(self) -> Finished:
+        return Finished(
+            finish_reason=self.finish_reason,
+            usage=self.usage,
+            t=self.clock(),
+            text="".join(self.parts),
+        )
+
+
+# --------------------------------------------------------------------------- client
+
+
+def _root_url(base_url: str) -> str:
+    """Accept ``http://host:port`` as well as the OpenAI-style ``http://host:port/v1``."""
+    root = base_url.rstrip("/")
+    return root.removesuffix("/v1")
+
+
+def _request_body(
+    model: str,
+    *,
+    max_tokens: int,
+    stop: Sequence[str],
+    temperature: float,
+    seed: int | None,
+    priority: int | None,
+    extra: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": model,
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    if stop:
+        body["stop"] = list(stop)
+    if seed is not None:
+        body["seed"] = seed
+    if priority is not None:
+        body["priority"] = priority
+    if extra:
+        body.update(extra)
+    return body
+
+
+class ReplicaClient:
+    """A pooled HTTP client for one replica; create and use it inside the running loop.
+
+    ``read_timeout_s`` bounds the gap between two reads (waiting for the response head
+    included), not the whole call, so a long generation never times out while it
+    streams. ``keepalive_s`` stays below uvicorn's 5 s keep-alive so that a pooled
+    connection is not reused just as vLLM closes it.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        connect_timeout_s: float = 5.0,
+        read_timeout_s: float | None = 60.0,
+        api_key: str | None = None,
+        limit: int = 512,
+        keepalive_s: float = 4.0,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.base_url = _root_url(base_url)
+        self.clock = clock
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s
+        )
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._limit = limit
+        self._keepalive_s = keepalive_s
+        self._session: aiohttp.ClientSession | None = None
+
+    # ---- lifecycle
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=self._limit, keepalive_timeout=self._keepalive_s)
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=self._timeout, headers=self._headers
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # ---- streaming calls
+
+    def stream_completion(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        max_tokens: int,
+        stop: Sequence[str] = (),
+        temperature: float = 0.0,
+        seed: int | None = None,
+        priority: int | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """Stream ``POST /v1/completions``: ``Token`` events, then one ``Finished``."""
+        body = _request_body(
+            model,
+            max_tokens=max_tokens,
+            stop=stop,
+            temperature=temperature,
+            seed=seed,
+            priority=priority,
+            extra=extra,
+        )
+        body["prompt"] = prompt
+        return self._stream("/v1/completions", body, completion_text)
+
+    def stream_chat(
+        self,
+        model: str,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int,
+        stop: Sequence[str] = (),
+        temperature: float = 0.0,
+        seed: int | None = None,
+        priority: int | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """Stream ``POST /v1/chat/completions``; the same events as ``stream_completion``."""
+        body = _request_body(
+            model,
+            max_tokens=max_tokens,
+            stop=stop,
+            temperature=temperature,
+            seed=seed,
+            priority=priority,
+            extra=extra,
+        )
+        body["messages"] = [dict(m) for m in messages]
+        return self._stream("/v1/chat/completions", body, chat_text)
+
+    async def _stream(
+        self, path: str, body: Mapping[str, Any], text_of: TextOf
+    ) -> AsyncGenerator[StreamEvent, None]:
+        url = self.base_url + path
+        progress = _Progress(url=url, clock=self.clock)
+        resp = await self._open(url, body)
+        decoder = SSEDecoder()
+        try:
+            while True:
+                chunk = await _read_chunk(resp, progress)
+                for token in progress.tokens(decoder, chunk, text_of):
+                    yield token
+                if progress.done:
+                    break
+                if not chunk:
+                    raise progress.protocol_error("stream ended without [DONE]")
+            resp.release()
+            yield progress.finished()
+        finally:
+            resp.close()
+
+    async def _open(self, url: str, body: Mapping[str, Any]) -> aiohttp.ClientResponse:
+        """Send the request and wait for the response head; raise on non-2xx."""
+        try:
+            resp = await self._get_session().post(
+                url, json=body, headers={"Accept": "text/event-stream"}
+            )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise _before_response_error(exc, url) from exc
+        if 200 <= resp.status < 300:
+            return resp
+        try:
+            raise await _http_error(resp, url)
+        finally:
+            resp.close()
+
+    # ---- small requests
+
+    async def health(self, timeout_s: float = 2.0) -> bool:
+        """True when ``GET /health`` answers 200 within ``timeout_s`` seconds."""
+        try:
+            async with self._get_session().get(
+                self.base_url + "/health", timeout=aiohttp.ClientTimeout(total=timeout_s)
+            ) as resp:
+                return resp.status == 200
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return False
+
+    async def models(self) -> list[str]:
+        """The model ids of ``GET /v1/models``."""
+        text = await self._get_text("/v1/models")
+        try:
+            payload = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ReplicaProtocolError(f"invalid JSON: {exc}", url=self.base_url) from exc
+        data = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(data, list):
+            raise ReplicaProtocolError("/v1/models has no 'data' list", url=self.base_url)
+        return [str(m["id"]) for m in data if isinstance(m, dict) and "id" in m]
+
+    async def metrics_text(self) -> str:
+        """The Prometheus exposition text of ``GET /metrics``."""
+        return await self._get_text("/metrics")
+
+    async def _get_text(self, path: str) -> str:
+        url = self.base_url + path
+        try:
+            resp = await self._get_session().get(url)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise _before_response_error(exc, url) from exc
+        try:
+            if not 200 <= resp.status < 300:
+                raise await _http_error(resp, url)
+            return await resp.text()
+        except TimeoutError as exc:
+            raise ReplicaTimeout(f"read timeout on {url}", url=url) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise ReplicaProtocolError(f"response broken: {exc}", url=url) from exc
+        finally:
+            resp.release()
+
+
+async def _read_chunk(resp: aiohttp.ClientResponse, progress: _Progress) -> bytes:
+    """The next bytes of the body, ``b""`` at its end, with failures classified."""
+    try:
+        return await resp.content.readany()
+    except TimeoutError as exc:
+        raise ReplicaTimeout(
+            "no data from replica within the read timeout",
+            after_first_token=progress.after_first_token,
+            url=progress.url,
+        ) from exc
+    except (aiohttp.ClientError, OSError) as exc:
+        raise progress.protocol_error(f"stream broken: {type(exc).__name__}: {exc}") from exc
+
+
+def _before_response_error(exc: BaseException, url: str) -> ReplicaError:
+    """Classify a failure that happened before any response head arrived."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return ReplicaUnreachable(f"connect timeout to {url}", url=url)
+    if isinstance(exc, TimeoutError):
+        return ReplicaTimeout(f"no response head from {url} within the read timeout", url=url)
+    return ReplicaUnreachable(f"cannot reach {url}: {type(exc).__name__}: {exc}", url=url)
+
+
+async def _read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """Up to ``limit`` bytes of the body; whatever arrived if reading it fails."""
+    parts: list[bytes] = []
+    size = 0
+    try:
+        while size < limit:
+            chunk = await resp.content.read(limit - size)
+            if not chunk:
+                break
+            parts.append(chunk)
+            size += len(chunk)
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        pass
+    return b"".join(parts)
+
+
+async def _http_error(resp: aiohttp.ClientResponse, url: str) -> ReplicaHTTPError:
+    """Build the error for a non-2xx response, with the OpenAI error message if any."""
+    body = (await _read_limited(resp, ERROR_BODY_LIMIT)).decode("utf-8", errors="replace")
+    try:
+        message = _error_message(json.loads(body))
+    except json.JSONDecodeError:
+        message = None
+    if message is None:
+        message = f"HTTP {resp.status} {resp.reason or ''}".strip()
+    return ReplicaHTTPError(resp.status, body, message, url=url)
+
+
+__all__ = [
+    "Finished",
+    "ReplicaClient",
+    "ReplicaError",
+    "ReplicaHTTPError",
+    "ReplicaProtocolError",
+    "ReplicaTimeout",
+    "ReplicaUnreachable",
+    "SSEDecoder",
+    "SSEEvent",
+    "StreamEvent",
+    "Token",
+]

@@ -1,0 +1,220 @@
+"""A running orchestrator built from a ``cato.toml``: replicas, scheduler, autoscaler.
+
+``cato serve`` puts the HTTP layer in front of a ``Runtime``; the language server's
+embedded mode runs one in its own event loop. The control loop here is the only place
+that turns the provisioner's pure decisions into process starts and drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from orchestrator.api import Status, TaskKind
+from orchestrator.config import CatoConfig, ModelConfig, load_config
+from orchestrator.engine_model import load_profile
+from orchestrator.executor import Orchestrator
+from orchestrator.graphs import BUILTIN_KINDS, KindDefaults, TaskDefaults
+from orchestrator.policy.provisioner import ClusterView, ModelView, ReplicaView, make_provisioner
+from orchestrator.policy.scheduler import make_scheduler
+from orchestrator.policy.state import Call, Rates
+from orchestrator.replicas.launchers import LaunchSpec
+from orchestrator.replicas.manager import Lifecycle, ManagedReplica, ReplicaManager
+
+log = logging.getLogger(__name__)
+
+
+def task_defaults(config: CatoConfig) -> TaskDefaults:
+    """The graphs' per-kind defaults with the config's models, SLAs and budgets."""
+    kinds: dict[TaskKind, KindDefaults] = {}
+    for kind, builtin in BUILTIN_KINDS.items():
+        task = config.task(kind)
+        kinds[kind] = KindDefaults(
+            model=task.model or config.models[0].name,
+            sla=task.sla,
+            max_tokens=task.max_tokens,
+            expected_output_ratio=builtin.expected_output_ratio,
+            stop=builtin.stop,
+        )
+    return TaskDefaults(kinds=kinds)
+
+
+def launch_spec(model: ModelConfig) -> LaunchSpec:
+    limit = model.effective_concurrency_limit()
+    if limit is None and model.engine == "emulated":
+        limit = load_profile(model.profile).max_num_seqs
+    return LaunchSpec(
+        name=model.name,
+        engine=model.engine,
+        model=model.model,
+        url=model.url,
+        gpus_per_replica=model.gpus,
+        concurrency_limit=limit or 16,
+        extra_args=tuple(model.vllm_args),
+        profile=model.profile,
+        speed=model.speed,
+    )
+
+
+def prior_rates(model: ModelConfig) -> Rates:
+    """The scheduler's starting point for a model before it has measured anything."""
+    if model.engine != "emulated":
+        return Rates()
+    p = load_profile(model.profile)
+    speed = model.speed
+    return Rates(
+        overhead_s=p.step_overhead_s / speed,
+        prefill_s_per_token=p.prefill_s_per_token / speed,
+        tpot_s=(p.step_overhead_s + p.decode_s_per_seq) / speed,
+    )
+
+
+class Runtime:
+    """An orchestrator with managed replicas and an autoscaling control loop."""
+
+    def __init__(
+        self,
+        config: CatoConfig,
+        *,
+        workdir: Path | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="cato-replicas-"))
+        self.orchestrator = Orchestrator(
+            defaults=task_defaults(config),
+            scheduler=make_scheduler(config.scheduler.policy, seed=config.scheduler.seed),
+            clock=clock,
+        )
+        for model in config.models:
+            self.orchestrator.set_prior(model.name, prior_rates(model))
+        self.orchestrator.on_call_done = self._on_call_done
+        self.manager = ReplicaManager(
+            self.orchestrator, gpus=list(config.gpus.devices), workdir=self.workdir, clock=clock
+        )
+        self.provisioner = make_provisioner(config=config.provisioner)
+        self.specs = {m.name: launch_spec(m) for m in config.models}
+        self._loop_task: asyncio.Task[None] | None = None
+        self._drains: set[asyncio.Task[None]] = set()
+        self.scale_events: list[tuple[float, str, int, int]] = []
+
+    @classmethod
+    def from_config_path(cls, path: str | os.PathLike[str] | None) -> Runtime:
+        return cls(load_config(path))
+
+    async def start(self, *, wait_ready_s: float | None = 600.0) -> None:
+        """Start every model's minimum replicas; wait until each has one READY."""
+        for model in self.config.models:
+            for _ in range(max(model.min_replicas, 1 if model.engine == "external" else 0)):
+                await self.manager.start(self.specs[model.name])
+        self._loop_task = asyncio.create_task(self._control_loop(), name="cato autoscaler")
+        if wait_ready_s:
+            await self.wait_ready(wait_ready_s)
+
+    async def wait_ready(self, timeout_s: float) -> None:
+        deadline = self.clock() + timeout_s
+        while self.clock() < deadline:
+            if all(
+                self.manager.of_model(m.name, Lifecycle.READY) or m.min_replicas == 0
+                for m in self.config.models
+            ):
+                return
+            await asyncio.sleep(0.1)
+        raise TimeoutError(
+            f"replicas not ready within {timeout_s:.0f} s; see their logs in {self.workdir}"
+        )
+
+    async def stop(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        await self.manager.shutdown()
+        await self.orchestrator.close()
+
+    def status(self) -> Status:
+        """The orchestrator's status plus what only the runtime knows (GPUs, provisioner)."""
+        return self.orchestrator.status().model_copy(
+            update={
+                "provisioner": self.provisioner.name,
+                "gpus_total": self.manager.slots.total,
+                "gpus_free": self.manager.slots.free,
+            }
+        )
+
+    # -- autoscaling ------------------------------------------------------------
+
+    def _on_call_done(self, call: Call, violated: bool, now: float) -> None:
+        self.provisioner.observe_task(call.model, violated, now)
+
+    def cluster_view(self, now: float) -> ClusterView:
+        models = []
+        for m in self.config.models:
+            views = [
+                self._replica_view(r)
+                for r in self.manager.of_model(
+                    m.name, Lifecycle.PENDING, Lifecycle.READY, Lifecycle.FAILED
+                )
+            ]
+            models.append(
+                ModelView(
+                    name=m.name,
+                    replicas=tuple(views),
+                    gpus_per_replica=m.gpus,
+                    min_replicas=m.min_replicas,
+                    max_replicas=m.replicas_max,
+                )
+            )
+        return ClusterView(models=tuple(models), free_gpus=self.manager.slots.free)
+
+    def _replica_view(self, rep: ManagedReplica) -> ReplicaView:
+        in_flight, queued = self.orchestrator.replica_load(rep.id)
+        idle_since = self.orchestrator.idle_since(rep.id)
+        ready = rep.state == Lifecycle.READY
+        return ReplicaView(
+            id=rep.id,
+            phase="ready" if ready else "pending",
+            started_at=rep.started_at,
+            ready_at=rep.ready_at,
+            in_flight=in_flight,
+            queued=queued,
+            idle_since=idle_since if ready else None,
+        )
+
+    async def _control_loop(self) -> None:
+        interval = self.config.provisioner.interval_s
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.autoscale_once()
+            except Exception:
+                log.exception("autoscaler step failed")
+
+    async def autoscale_once(self) -> None:
+        now = self.clock()
+        for decision in self.provisioner.decide(self.cluster_view(now), now):
+            if decision.empty:
+                continue
+            before = len(self.manager.of_model(decision.model))
+            log.info(
+                "autoscaler: %s +%d -%d (%s)",
+                decision.model,
+                decision.add,
+                len(decision.remove),
+                decision.reason,
+            )
+            for _ in range(decision.add):
+                await self.manager.start(self.specs[decision.model])
+            for rid in decision.remove:
+                task = asyncio.create_task(self.manager.drain(rid), name=f"drain {rid}")
+                self._drains.add(task)
+                task.add_done_callback(self._drains.discard)
+            after = before + decision.add - len(decision.remove)
+            self.scale_events.append((now, decision.model, before, after))

@@ -1,0 +1,332 @@
+"""``cato.toml`` loading: defaults, the example files, and an error naming every bad key."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from orchestrator.api import SLAMetric, TaskKind
+from orchestrator.config import (
+    TASK_DEFAULTS,
+    CatoConfig,
+    ConfigError,
+    load_config,
+    main,
+    parse_config,
+)
+from orchestrator.policy.provisioner import PROVISIONERS
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+VLLM_MODEL = """
+[gpus]
+devices = [0, 1]
+
+[[models]]
+name = "coder"
+engine = "vllm"
+model = "bigcode/starcoder2-7b"
+"""
+
+
+def problems_of(text: str, source: str = "cato.toml") -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, source)
+    assert str(info.value).count(source) >= len(info.value.problems)
+    return info.value.problems
+
+
+def one_problem(text: str) -> str:
+    problems = problems_of(text)
+    assert len(problems) == 1, problems
+    return problems[0]
+
+
+# ---------------------------------------------------------------- defaults and examples
+
+
+def test_builtin_default_needs_no_gpu_and_serves_every_kind() -> None:
+    config = load_config(None)
+    assert [m.name for m in config.models] == ["tiny"]
+    tiny = config.models[0]
+    assert (tiny.engine, tiny.profile, tiny.min_replicas, tiny.max_replicas) == (
+        "emulated",
+        "tiny@cpu",
+        2,
+        4,
+    )
+    assert tiny.gpus == 0 and config.gpus.devices == []
+    assert {config.task(k).model for k in TaskKind} == {"tiny"}
+    assert config.scheduler.policy == "cato" and config.provisioner.policy == "cato"
+    assert config.server.host == "127.0.0.1"
+
+
+def test_default_example_file_equals_builtin_default() -> None:
+    assert load_config(EXAMPLES / "default.toml") == load_config(None)
+
+
+def test_gpu_example_loads() -> None:
+    config = load_config(EXAMPLES / "cato.toml")
+    assert config.gpus.devices == list(range(8))
+    by_name = {m.name: m for m in config.models}
+    assert by_name["codellama-7b"].model == "codellama/CodeLlama-7b-hf"
+    assert by_name["codellama-7b"].fim_family == "codellama"
+    assert by_name["starcoder2-7b"].fim_family == "starcoder2"
+    assert sum(m.replicas_max * m.gpus for m in config.models) <= len(config.gpus.devices)
+    assert config.task("complete").model == "codellama-7b"
+    assert {config.task(k).model for k in ("generate", "summarize", "translate")} == {
+        "starcoder2-7b"
+    }
+    assert config.models[0].effective_concurrency_limit() == 64
+    assert config.server.user_for_token("alice-change-me") is not None
+
+
+def test_task_defaults_per_kind_and_partial_sections() -> None:
+    config = parse_config(VLLM_MODEL + "\n[tasks.summarize]\nsla_ms = 8000\n")
+    summarize = config.task(TaskKind.SUMMARIZE)
+    assert (summarize.sla_metric, summarize.sla_ms, summarize.max_tokens) == ("e2e", 8000.0, 160)
+    assert summarize.model == "coder"
+    for kind in ("complete", "generate", "translate"):
+        task = config.task(kind)
+        assert task.sla_metric == TASK_DEFAULTS[kind]["sla_metric"]
+        assert task.sla_ms == TASK_DEFAULTS[kind]["sla_ms"]
+        assert task.max_tokens == TASK_DEFAULTS[kind]["max_tokens"]
+    sla = config.task("complete").sla
+    assert sla.metric is SLAMetric.TTFT and sla.target_ms == 500
+
+
+def test_engine_defaults_resolve() -> None:
+    config = parse_config(VLLM_MODEL)
+    coder = config.models[0]
+    assert coder.gpus_per_replica == 1 and coder.max_replicas == 1
+    assert coder.effective_concurrency_limit() == 256
+    emulated = parse_config('[[models]]\nname = "e"\nengine = "emulated"\n').models[0]
+    assert emulated.gpus == 0 and emulated.effective_concurrency_limit() is None
+
+
+def test_max_num_seqs_in_either_spelling() -> None:
+    text = VLLM_MODEL + 'vllm_args = ["--max-num-seqs=12"]\n'
+    assert parse_config(text).models[0].effective_concurrency_limit() == 12
+    text = VLLM_MODEL + "concurrency_limit = 5\n" + 'vllm_args = ["--max-num-seqs", "12"]\n'
+    assert parse_config(text).models[0].effective_concurrency_limit() == 5
+
+
+def test_config_policies_match_the_provisioner_registry() -> None:
+    schema = CatoConfig.model_json_schema()["$defs"]["ProvisionerConfig"]["properties"]
+    assert set(schema["policy"]["enum"]) == set(PROVISIONERS)
+
+
+# ---------------------------------------------------------------- users and tokens
+
+
+USERS = (
+    VLLM_MODEL
+    + f"""
+[[server.users]]
+name = "alice"
+token_sha256 = "{hashlib.sha256(b"s3cret-a").hexdigest()}"
+max_concurrency = 3
+
+[[server.users]]
+name = "bob"
+token_sha256 = "{hashlib.sha256(b"s3cret-b").hexdigest().upper()}"
+"""
+)
+
+
+def test_user_for_token_finds_the_right_user() -> None:
+    server = parse_config(USERS).server
+    alice = server.user_for_token("s3cret-a")
+    bob = server.user_for_token("s3cret-b")
+    assert alice is not None and alice.name == "alice" and alice.max_concurrency == 3
+    assert bob is not None and bob.name == "bob"
+
+
+@pytest.mark.parametrize("token", ["", "s3cret", "s3cret-a ", "S3CRET-A", "s3cret-c"])
+def test_user_for_token_rejects_wrong_tokens(token: str) -> None:
+    assert parse_config(USERS).server.user_for_token(token) is None
+
+
+def test_hash_token_command_prints_the_config_value(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["hash-token", "s3cret-a"]) == 0
+    assert capsys.readouterr().out.strip() == hashlib.sha256(b"s3cret-a").hexdigest()
+
+
+def test_check_command_reports_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "cato.toml"
+    bad.write_text("[server]\nprot = 1\n" + VLLM_MODEL)
+    assert main(["check", str(bad)]) == 1
+    assert "server.prot" in capsys.readouterr().err
+    assert main(["check", str(EXAMPLES / "cato.toml")]) == 0
+
+
+# ---------------------------------------------------------------- errors name file and key
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "expected"),
+    [
+        ("[server]\nport = '8000'\n" + VLLM_MODEL, "server.port", "valid integer"),
+        ("[server]\nport = 70000\n" + VLLM_MODEL, "server.port", "less than or equal to 65535"),
+        (VLLM_MODEL + "gpus_per_replica = 'one'\n", "models[0].gpus_per_replica", "integer"),
+        (VLLM_MODEL + "min_replicas = 1.5\n", "models[0].min_replicas", "integer"),
+        (
+            VLLM_MODEL + "[tasks.complete]\nsla_ms = 0\n",
+            "tasks.complete.sla_ms",
+            "greater than 0",
+        ),
+        (
+            VLLM_MODEL + "[tasks.summarize]\nsla_metric = 'p99'\n",
+            "tasks.summarize.sla_metric",
+            "'ttft' or 'e2e'",
+        ),
+        (VLLM_MODEL + "[scheduler]\npolicy = 'fifo'\n", "scheduler.policy", "'round_robin'"),
+        (
+            VLLM_MODEL + "[provisioner]\nviolation_threshold = 1.5\n",
+            "provisioner.violation_threshold",
+            "less than or equal to 1",
+        ),
+        (VLLM_MODEL.replace('"vllm"', '"tgi"'), "models[0].engine", "'vllm'"),
+    ],
+)
+def test_wrong_values_name_the_key(text: str, key: str, expected: str) -> None:
+    problem = one_problem(text)
+    assert problem.startswith(f"cato.toml: {key}: "), problem
+    assert expected in problem
+
+
+def test_duplicate_key_is_a_toml_error() -> None:
+    assert "invalid TOML" in one_problem(VLLM_MODEL + "engine = 'emulated'\n")
+
+
+def test_unknown_key_names_it_and_suggests_the_right_one() -> None:
+    problem = one_problem(VLLM_MODEL + "gpus_per_replicas = 2\n")
+    assert problem.startswith("cato.toml: models[0].gpus_per_replicas: unknown key")
+    assert "did you mean 'gpus_per_replica'" in problem
+
+
+def test_unknown_section_is_an_unknown_key() -> None:
+    problem = one_problem(VLLM_MODEL + "[schedular]\npolicy = 'cato'\n")
+    assert problem.startswith("cato.toml: schedular: unknown key")
+    assert "'scheduler'" in problem
+
+
+def test_unknown_task_kind_is_named() -> None:
+    problem = one_problem(VLLM_MODEL + "[tasks.refactor]\nsla_ms = 100\n")
+    assert problem.startswith("cato.toml: tasks.refactor: unknown task kind 'refactor'")
+    assert "complete, generate, summarize, translate" in problem
+
+
+def test_task_model_must_be_a_configured_model() -> None:
+    problem = one_problem(VLLM_MODEL + "[tasks.translate]\nmodel = 'gpt-4'\n")
+    assert problem.startswith("cato.toml: tasks.translate.model: 'gpt-4' is not a [[models]]")
+    assert "'coder'" in problem
+
+
+def test_min_above_max_replicas() -> None:
+    problem = one_problem(VLLM_MODEL + "min_replicas = 2\nmax_replicas = 1\n")
+    assert problem.startswith("cato.toml: models[0].max_replicas: must be >= min_replicas (2)")
+
+
+@pytest.mark.parametrize("digest", ["abc", "z" * 64, "a" * 63, "a" * 65])
+def test_bad_token_hash(digest: str) -> None:
+    text = VLLM_MODEL + f"[[server.users]]\nname = 'x'\ntoken_sha256 = '{digest}'\n"
+    problem = one_problem(text)
+    assert problem.startswith("cato.toml: server.users[0].token_sha256: expected the hex SHA-256")
+
+
+def test_duplicate_user_names() -> None:
+    text = VLLM_MODEL + "".join(
+        f"[[server.users]]\nname = 'x'\ntoken_sha256 = '{c * 64}'\n" for c in "ab"
+    )
+    assert one_problem(text).startswith("cato.toml: server.users[1].name: duplicate user name")
+
+
+def test_external_needs_url_and_only_external_takes_one() -> None:
+    problem = one_problem("[[models]]\nname = 'remote'\nengine = 'external'\n")
+    assert problem.startswith("cato.toml: models[0].url: required for engine 'external'")
+    problem = one_problem(VLLM_MODEL + "url = 'http://localhost:9000'\n")
+    assert problem.startswith("cato.toml: models[0].url: only for engine 'external'")
+    external = "[[models]]\nname = 'r'\nengine = 'external'\nurl = 'http://h:1/v1'\n"
+    assert parse_config(external).models[0].url == "http://h:1/v1"
+
+
+def test_vllm_needs_model_and_a_gpu() -> None:
+    text = "[gpus]\ndevices = [0]\n[[models]]\nname = 'm'\nengine = 'vllm'\n"
+    problem = one_problem(text)
+    assert problem.startswith("cato.toml: models[0].model: required for engine 'vllm'")
+    problem = one_problem(VLLM_MODEL + "gpus_per_replica = 0\n")
+    assert problem.startswith("cato.toml: models[0].gpus_per_replica: must be >= 1")
+
+
+def test_engine_specific_keys_on_the_wrong_engine() -> None:
+    problems = problems_of(VLLM_MODEL + "profile = 'tiny@cpu'\n")
+    assert problems == [
+        "cato.toml: models[0].profile: only for engine 'emulated', not 'vllm'",
+    ]
+    text = "[[models]]\nname = 'e'\nengine = 'emulated'\nvllm_args = ['--x']\n"
+    assert one_problem(text).startswith("cato.toml: models[0].vllm_args: only for engine 'vllm'")
+
+
+def test_unknown_emulator_profile() -> None:
+    text = "[[models]]\nname = 'e'\nengine = 'emulated'\nprofile = 'tiny@gpu'\n"
+    problem = one_problem(text)
+    assert problem.startswith("cato.toml: models[0].profile: unknown engine profile 'tiny@gpu'")
+    assert "tiny@cpu" in problem
+    text = text.replace("tiny@gpu", "profiles/mine.toml")
+    assert parse_config(text).models[0].profile == "profiles/mine.toml"
+
+
+def test_duplicate_model_names() -> None:
+    text = VLLM_MODEL + "\n[[models]]\nname = 'coder'\nengine = 'emulated'\n"
+    assert one_problem(text).startswith("cato.toml: models[1].name: duplicate model name 'coder'")
+
+
+def test_duplicate_gpu_ids() -> None:
+    text = VLLM_MODEL.replace("[0, 1]", "[0, 1, 1]")
+    assert one_problem(text).startswith("cato.toml: gpus.devices[2]: GPU 1 is listed twice")
+
+
+def test_min_replicas_must_fit_the_gpus() -> None:
+    problem = one_problem(VLLM_MODEL + "min_replicas = 3\nmax_replicas = 3\n")
+    assert problem.startswith("cato.toml: gpus.devices: the models' min_replicas need 3 GPUs")
+
+
+def test_models_are_required() -> None:
+    assert one_problem("[server]\nport = 1\n").startswith("cato.toml: models: missing")
+
+
+def test_all_problems_are_reported_together() -> None:
+    text = (
+        "[server]\nport = 'x'\n"
+        + VLLM_MODEL
+        + "[tasks.complete]\nsla_ms = -1\n[provisioner]\nwindow = 5\n"
+    )
+    keys = [p.split(": ")[1] for p in problems_of(text)]
+    assert keys == ["server.port", "tasks.complete.sla_ms", "provisioner.window"]
+
+
+def test_invalid_toml_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "cato.toml"
+    path.write_text('[server]\nport = 8000\nhost = "127.0.0.1\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert str(path) in message and "invalid TOML" in message and "line 3" in message
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "absent.toml"
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == [f"{path}: no such file"]
+
+
+def test_config_error_is_a_value_error_listing_every_problem() -> None:
+    text = "[server]\nport = 'x'\nhost = 1\n" + VLLM_MODEL
+    with pytest.raises(ValueError, match=r"2 problems") as info:
+        parse_config(text, "team.toml")
+    assert "team.toml: server.port" in str(info.value)
+    assert "team.toml: server.host" in str(info.value)

@@ -1,0 +1,272 @@
+"""LSP positions, prefix/suffix windows, binary detection and neighbouring-file snippets."""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cato_lsp.context import (
+    CHARS_PER_TOKEN,
+    Position,
+    PositionError,
+    Snippet,
+    approx_tokens,
+    identifiers,
+    jaccard,
+    looks_binary,
+    offset_at,
+    position_at,
+    prefix_suffix_window,
+    select_snippets,
+)
+
+ENCODINGS = ("utf-8", "utf-16", "utf-32")
+
+# --------------------------------------------------------------------------- positions
+
+
+def test_utf16_counts_an_emoji_before_the_cursor_as_two_units() -> None:
+    text = "s = '😀' + name\n"
+    # "s = '" is 5 units, the emoji 2, the quote 1: "name" starts at unit 11.
+    assert text[offset_at(text, 0, 11) :].startswith("name")
+    assert offset_at(text, 0, 11) == text.index("name")
+    assert position_at(text, text.index("name")) == Position(0, 11)
+
+
+def test_utf8_and_utf32_count_their_own_units() -> None:
+    text = "é😀x"
+    assert offset_at(text, 0, 6, "utf-8") == 2  # é is 2 bytes, the emoji 4
+    assert offset_at(text, 0, 2, "utf-32") == 2
+    assert position_at(text, 2, "utf-8") == Position(0, 6)
+    assert position_at(text, 2, "utf-32") == Position(0, 2)
+
+
+def test_position_inside_a_surrogate_pair_is_an_error() -> None:
+    with pytest.raises(PositionError, match="inside"):
+        offset_at("a😀b", 0, 2)
+
+
+def test_position_inside_a_utf8_sequence_is_an_error() -> None:
+    with pytest.raises(PositionError):
+        offset_at("aé", 0, 2, "utf-8")
+
+
+def test_line_past_the_end_is_an_error() -> None:
+    with pytest.raises(PositionError, match="line 2"):
+        offset_at("one\ntwo", 2, 0)
+
+
+def test_empty_line_after_final_newline_exists() -> None:
+    assert offset_at("one\ntwo\n", 2, 0) == 8
+
+
+def test_character_past_the_line_end_is_clamped() -> None:
+    assert offset_at("abc\ndef", 0, 99) == 3
+    assert offset_at("a😀\ndef", 0, 99) == 2
+
+
+def test_negative_positions_are_errors_and_value_errors() -> None:
+    with pytest.raises(ValueError):
+        offset_at("abc", -1, 0)
+    with pytest.raises(PositionError):
+        offset_at("abc", 0, -1)
+    with pytest.raises(PositionError):
+        position_at("abc", 4)
+
+
+def test_unknown_encoding_is_rejected() -> None:
+    with pytest.raises(ValueError, match="utf-7"):
+        offset_at("abc", 0, 0, "utf-7")
+
+
+def test_crlf_and_cr_line_endings() -> None:
+    crlf = "ab\r\ncd\r\nef"
+    assert offset_at(crlf, 1, 1) == 5
+    assert offset_at(crlf, 2, 0) == 8
+    assert offset_at(crlf, 0, 9) == 2  # clamped before the CR
+    assert position_at(crlf, 8) == Position(2, 0)
+    assert position_at(crlf, 3) == Position(0, 2)  # between CR and LF: the line's end
+    cr = "ab\rcd"
+    assert offset_at(cr, 1, 0) == 3
+    assert position_at(cr, 4) == Position(1, 1)
+
+
+_PIECES = st.sampled_from(["a", "z", " ", "\t", "é", "中", "😀", "𝔘", "\n", "\r", "\r\n", "\u0301"])
+TEXTS = st.lists(_PIECES, max_size=40).map("".join)
+
+
+@given(text=TEXTS, data=st.data())
+def test_offset_round_trips_through_position(text: str, data: st.DataObject) -> None:
+    offset = data.draw(st.integers(0, len(text)))
+    if 0 < offset < len(text) and text[offset - 1 : offset + 1] == "\r\n":
+        offset -= 1  # inside a line break is no position of its own
+    for encoding in ENCODINGS:
+        line, character = position_at(text, offset, encoding)
+        assert offset_at(text, line, character, encoding) == offset
+
+
+@given(text=TEXTS, data=st.data())
+def test_position_round_trips_through_offset(text: str, data: st.DataObject) -> None:
+    lines = re.split(r"\r\n|\r|\n", text)
+    line = data.draw(st.integers(0, len(lines) - 1))
+    split = data.draw(st.integers(0, len(lines[line])))
+    character = len(lines[line][:split].encode("utf-16-le")) // 2
+    offset = offset_at(text, line, character)
+    assert position_at(text, offset) == Position(line, character)
+    assert text[offset:].startswith(lines[line][split:])
+
+
+# --------------------------------------------------------------------------- windows
+
+
+def test_approx_tokens_rounds_up() -> None:
+    assert [approx_tokens(s) for s in ("", "abc", "abcd", "abcde")] == [0, 1, 1, 2]
+
+
+def _numbered(lines: int) -> str:
+    return "".join(f"line {i:04d} = compute({i})\n" for i in range(lines))
+
+
+def test_window_keeps_lines_nearest_the_cursor_and_cuts_at_line_starts() -> None:
+    text = _numbered(200)
+    offset = text.index("line 0100")
+    prefix, suffix = prefix_suffix_window(text, offset, budget_tokens=100)
+    assert text[offset - len(prefix) : offset] == prefix
+    assert text[offset : offset + len(suffix)] == suffix
+    assert prefix.startswith("line ") and prefix.endswith("\n")
+    assert suffix.endswith("\n")
+    assert "line 0099" in prefix and "line 0100" in suffix
+    assert len(prefix) + len(suffix) <= 100 * CHARS_PER_TOKEN
+    assert len(prefix) > len(suffix)
+
+
+def test_window_gives_unused_suffix_budget_to_the_prefix() -> None:
+    text = _numbered(200)
+    prefix, suffix = prefix_suffix_window(text, len(text), budget_tokens=100)
+    assert suffix == ""
+    assert len(prefix) > 0.9 * 100 * CHARS_PER_TOKEN - len("line 0000 = compute(0)\n")
+
+
+def test_window_returns_the_whole_small_document() -> None:
+    text = "a = 1\nb = 2\n"
+    assert prefix_suffix_window(text, 6, budget_tokens=1000) == ("a = 1\n", "b = 2\n")
+
+
+def test_window_on_one_long_line_cuts_at_characters() -> None:
+    text = "x" * 1000
+    prefix, suffix = prefix_suffix_window(text, 500, budget_tokens=10, prefix_share=0.5)
+    assert prefix == "x" * 20 and suffix == "x" * 20
+
+
+def test_window_with_zero_budget_is_empty() -> None:
+    assert prefix_suffix_window("abc\ndef", 3, budget_tokens=0) == ("", "")
+
+
+def test_window_of_a_crlf_document_never_starts_with_half_a_line_break() -> None:
+    text = "".join(f"row{i}\r\n" for i in range(100))
+    for budget in range(1, 40):
+        prefix, _ = prefix_suffix_window(text, len(text) // 2, budget_tokens=budget)
+        assert not prefix.startswith("\n")
+
+
+def test_window_of_a_5mb_document_is_bounded() -> None:
+    text = _numbered(5_000_000 // 24)
+    assert len(text) >= 5_000_000
+    offset = offset_at(text, 120_000, 4)
+    prefix, suffix = prefix_suffix_window(text, offset, budget_tokens=2048)
+    assert 0 < len(prefix) + len(suffix) <= 2048 * CHARS_PER_TOKEN
+    assert text[offset - len(prefix) : offset + len(suffix)] == prefix + suffix
+
+
+def test_window_rejects_bad_arguments() -> None:
+    with pytest.raises(PositionError):
+        prefix_suffix_window("abc", 4, 10)
+    with pytest.raises(ValueError):
+        prefix_suffix_window("abc", 1, -1)
+    with pytest.raises(ValueError):
+        prefix_suffix_window("abc", 1, 10, prefix_share=1.5)
+
+
+# --------------------------------------------------------------------------- binary
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "ELF\x00\x00\x01",
+        "\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
+        "abc" * 200 + "\x01\x02\x03\x04\x05\x06\x07",
+        "\ufffd\ufffd\ufffd" + "x" * 100,
+    ],
+)
+def test_binary_content_is_detected(text: str) -> None:
+    assert looks_binary(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "def f():\r\n\treturn 1\r\n", "x = '\x1b[31m'\n" + "y = 2\n" * 300, "中文 😀 é\n"],
+)
+def test_text_content_is_not_binary(text: str) -> None:
+    assert not looks_binary(text)
+
+
+# --------------------------------------------------------------------------- snippets
+
+
+def test_identifiers_and_jaccard() -> None:
+    assert identifiers("def total_price(items): return self.x") == {"total_price", "items", "x"}
+    assert jaccard(frozenset({"a", "b"}), frozenset({"b", "c"})) == pytest.approx(1 / 3)
+    assert jaccard(frozenset(), frozenset()) == 0.0
+
+
+CURSOR = "order = Order(customer)\ntotal = order.total_price(discount_rate)\n"
+RELATED = "class Order:\n    def total_price(self, discount_rate):\n        return customer\n"
+UNRELATED = "import os\nwidth = os.get_terminal_size().columns\nprint(width)\n"
+
+
+def test_snippet_selection_prefers_the_file_sharing_identifiers() -> None:
+    chosen = select_snippets(
+        CURSOR, [("cli.py", UNRELATED), ("order.py", RELATED)], budget_tokens=500, max_snippets=1
+    )
+    assert chosen == [Snippet("order.py", RELATED)]
+
+
+def test_snippet_selection_finds_nothing_without_shared_identifiers() -> None:
+    assert select_snippets(CURSOR, [("cli.py", UNRELATED)], 500, 3) == []
+    assert select_snippets("", [("order.py", RELATED)], 500, 3) == []
+
+
+def test_snippet_selection_respects_budget_and_count() -> None:
+    candidates = [(f"f{i}.py", RELATED) for i in range(5)]
+    assert len(select_snippets(CURSOR, candidates, budget_tokens=10_000, max_snippets=3)) == 3
+    one = approx_tokens(RELATED)
+    assert len(select_snippets(CURSOR, candidates, budget_tokens=2 * one, max_snippets=5)) == 2
+    assert select_snippets(CURSOR, candidates, budget_tokens=one - 1, max_snippets=5) == []
+
+
+def test_snippets_are_non_overlapping_windows_of_large_files() -> None:
+    def filler(name: str) -> str:
+        return "".join(f"{name}_{i} = {i}\n" for i in range(200))
+
+    big = filler("a") + RELATED + filler("b") + RELATED + filler("c")
+    chosen = select_snippets(CURSOR, [("big.py", big)], 10_000, 5, window_lines=10)
+    assert 2 <= len(chosen) <= 5
+    spans = []
+    for snippet in chosen:
+        assert snippet.content.count("\n") <= 10
+        assert "total_price" in snippet.content
+        start = big.index(snippet.content)
+        spans.append((start, start + len(snippet.content)))
+    # No two windows share a line.
+    spans.sort()
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in itertools.pairwise(spans))
+
+
+def test_binary_candidates_are_skipped() -> None:
+    binary = "\x00" + RELATED
+    assert select_snippets(CURSOR, [("blob.bin", binary)], 500, 3) == []

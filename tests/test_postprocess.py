@@ -1,0 +1,224 @@
+"""Turning raw model output into suggestions: modes, suffix repeats, blocks, indentation."""
+
+from __future__ import annotations
+
+import pytest
+
+from cato_lsp.postprocess import completion_mode, detect_indent, postprocess
+from cato_lsp.prompts import FimFamily, get_template
+
+# --------------------------------------------------------------------------- modes
+
+
+@pytest.mark.parametrize(
+    ("prefix", "suffix"),
+    [
+        ("total = ", "\n"),  # code before the cursor
+        ("def f(x):\n    ", "return x\n"),  # code after the cursor
+        ("print(", ")\n"),
+        ("def f(x):\n    return x\n", "\n"),  # empty line after a plain statement
+        ("", ""),  # empty document
+    ],
+)
+def test_python_line_mode(prefix: str, suffix: str) -> None:
+    assert completion_mode(prefix, suffix) == "line"
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        "def f(x):\n    ",
+        "def f(x):\n",
+        "class A:\n    def f(self):  # the method\n        ",
+        "if ready:\n\n    ",  # blank lines between the opener and the cursor
+        "items = [\n    ",
+    ],
+)
+def test_python_block_mode(prefix: str) -> None:
+    assert completion_mode(prefix, "\n\nprint(1)\n") == "block"
+
+
+@pytest.mark.parametrize(
+    ("prefix", "suffix", "mode"),
+    [
+        ("int main() {\n    ", "\n}\n", "block"),
+        ("for (int i = 0; i < n; i++) {  // loop\n        ", "\n    }\n", "block"),
+        ("const f = (x) => {\n  ", "\n};\n", "block"),
+        ("int x = 1;\n    ", "\n}\n", "line"),
+        ("if (x) {", "}\n", "line"),  # between braces on one line
+        ("    return compute(", ");\n", "line"),
+        ("items.each do |item|\n  ", "\nend\n", "block"),
+        ("if [ -f x ]; then\n  ", "\nfi\n", "block"),
+    ],
+)
+def test_c_like_and_keyword_block_openers(prefix: str, suffix: str, mode: str) -> None:
+    assert completion_mode(prefix, suffix) == mode
+
+
+# --------------------------------------------------------------------------- suffix repeats
+
+
+def test_drops_lines_that_repeat_the_suffix() -> None:
+    prefix = "def f(x):\n    "
+    suffix = "\n    return y\n\nprint(f(1))\n"
+    raw = "y = x + 1\n    return y\n\nprint(f(1))"
+    assert postprocess(raw, prefix, suffix, "block") == "y = x + 1"
+
+
+def test_drops_a_long_repeat_even_when_the_model_runs_on() -> None:
+    prefix = "def f(x):\n    "
+    suffix = "\n    a = 1\n    b = 2\n    c = 3\n    d = 4\n"
+    raw = "x += 1\n    a = 1\n    b = 2\n    c = 3\n    e = 5"
+    assert postprocess(raw, prefix, suffix, "block") == "x += 1"
+
+
+def test_a_single_matching_line_inside_new_code_is_kept() -> None:
+    prefix = "int main() {\n    "
+    suffix = "\n}\n"
+    raw = "if (x) {\n        y();\n    }\n    z();"
+    assert postprocess(raw, prefix, suffix, "block") == raw
+
+
+def test_line_that_repeats_the_next_line_gives_nothing() -> None:
+    prefix = "def f(x):\n    y = x\n    "
+    suffix = "\n    return y\n"
+    assert postprocess("return y", prefix, suffix, "line") is None
+
+
+def test_drops_the_rest_of_the_line_when_the_suggestion_ends_with_it() -> None:
+    assert postprocess("a, b) + 1", "x = foo(", ") + 1\n", "line") == "a, b"
+    assert postprocess("price * qty  # total", "value = ", "  # total\n", "line") == "price * qty"
+
+
+def test_closing_bracket_is_only_dropped_when_it_would_be_doubled() -> None:
+    assert postprocess("f(x))", "print(", ")\n", "line") == "f(x)"
+    assert postprocess("f(x)", "print(", ")\n", "line") == "f(x)"
+
+
+# --------------------------------------------------------------------------- modes applied
+
+
+def test_line_mode_keeps_the_first_line_only() -> None:
+    assert postprocess("a + b\nprint(total)", "total = ", "\n", "line") == "a + b"
+
+
+def test_block_mode_stops_at_the_first_dedent_in_python() -> None:
+    prefix = "def f(x):\n    "
+    raw = "y = x * 2\n\n    return y\n\ndef g():\n    pass"
+    assert postprocess(raw, prefix, "\n", "block") == "y = x * 2\n\n    return y"
+
+
+def test_block_mode_stops_before_else() -> None:
+    prefix = "def f(x):\n    if x:\n        "
+    raw = "a = 1\n    else:\n        a = 2"
+    assert postprocess(raw, prefix, "\n", "block") == "a = 1"
+
+
+def test_block_mode_in_c_drops_a_closing_brace_the_suffix_already_has() -> None:
+    prefix = "int main() {\n    "
+    raw = "int x = 1;\n    return x;\n}\n\nint g() {"
+    assert postprocess(raw, prefix, "\n}\n", "block") == "int x = 1;\n    return x;"
+
+
+def test_block_mode_in_c_keeps_a_missing_closing_brace() -> None:
+    prefix = "int main() {\n    "
+    raw = "int x = 1;\n    return x;\n}\n\nint g() {"
+    assert postprocess(raw, prefix, "\n", "block") == "int x = 1;\n    return x;\n}"
+
+
+# --------------------------------------------------------------------------- indentation
+
+
+FOUR_SPACE_DOC = "class A:\n    x = 1\n\n    def f(self):\n        return 1\n\n\n"
+
+
+def test_two_space_model_output_in_a_four_space_document() -> None:
+    prefix = FOUR_SPACE_DOC + "def f(a):\n"
+    raw = "  if a:\n    return 1\n  return 2"
+    expected = "    if a:\n        return 1\n    return 2"
+    assert postprocess(raw, prefix, "\n", "block") == expected
+
+
+def test_two_space_columns_after_document_indentation() -> None:
+    prefix = FOUR_SPACE_DOC + "def f(a):\n    "
+    raw = "if a:\n      return 1\n    return 2"
+    assert postprocess(raw, prefix, "\n", "block") == "if a:\n        return 1\n    return 2"
+
+
+def test_tabs_from_the_model_in_a_spaces_document() -> None:
+    prefix = "def f(a):\n    b = 1\n    if a:\n        pass\n    for i in b:\n        "
+    raw = "if i:\n\t\t\tcontinue\n\t\tprint(i)"
+    expected = "if i:\n            continue\n        print(i)"
+    assert postprocess(raw, prefix, "\n", "block") == expected
+
+
+def test_spaces_from_the_model_in_a_tabs_document() -> None:
+    prefix = "func f() {\n\tx := 1\n\tif x > 0 {\n\t\tx++\n\t}\n\tfor {\n\t\t"
+    raw = "if x > 0 {\n            return\n        }"
+    assert postprocess(raw, prefix, "\n\t}\n}\n", "block") == "if x > 0 {\n\t\t\treturn\n\t\t}"
+
+
+def test_explicit_indent_unit_wins_over_detection() -> None:
+    prefix = "def f(a):\n"
+    raw = "    if a:\n        return 1"
+    assert postprocess(raw, prefix, "\n", "block", indent_unit="\t") == "\tif a:\n\t\treturn 1"
+
+
+def test_output_matching_the_document_indentation_is_untouched() -> None:
+    prefix = "function f(a) {\n  if (a) {\n    a++;\n  }\n  "
+    raw = "while (a) {\n    a--;\n  }"
+    assert postprocess(raw, prefix, "\n}\n", "block") == raw
+
+
+@pytest.mark.parametrize(
+    ("text", "unit"),
+    [
+        ("def f():\n    if x:\n        y()\n    return 1\n", "    "),
+        ("function f() {\n  if (x) {\n    y();\n  }\n}\n", "  "),
+        ("func f() {\n\tif x {\n\t\ty()\n\t}\n}\n", "\t"),
+        ("x = 1\ny = 2\n", "    "),
+        ("/**\n * doc\n */\nint f() {\n  return 1;\n}\n", "  "),
+    ],
+)
+def test_detect_indent(text: str, unit: str) -> None:
+    assert detect_indent(text) == unit
+
+
+# --------------------------------------------------------------------------- cleanup
+
+
+def test_trailing_whitespace_is_trimmed() -> None:
+    prefix = "def f():\n    "
+    raw = "a = 1   \n    b = 2\t\n\n\n"
+    assert postprocess(raw, prefix, "\n", "block") == "a = 1\n    b = 2"
+
+
+def test_crlf_documents_get_crlf_suggestions() -> None:
+    prefix = "def f():\r\n    "
+    raw = "a = 1\n    return a"
+    assert postprocess(raw, prefix, "\r\n", "block") == "a = 1\r\n    return a"
+
+
+@pytest.mark.parametrize("raw", ["", "   ", "\n\n", ");", "}", "<|endoftext|>", "  ,\n"])
+def test_trivial_suggestions_are_dropped(raw: str) -> None:
+    assert postprocess(raw, "x = compute(", "\n", "line") is None
+    assert postprocess(raw, "def f():\n    ", "\n", "block") is None
+
+
+# --------------------------------------------------------------------------- special tokens
+
+
+@pytest.mark.parametrize("family", [f.value for f in FimFamily])
+def test_no_special_token_ever_leaks(family: str) -> None:
+    for token in get_template(family).special_tokens:
+        raw = f"compute(1){token}\nimport os{token}"
+        for mode in ("line", "block"):
+            result = postprocess(raw, "x = ", "\n", mode, family=family)
+            assert result == "compute(1)", (token, mode)
+
+
+def test_tokens_of_every_family_are_cut_without_a_family() -> None:
+    for family in FimFamily:
+        for token in get_template(family).special_tokens:
+            result = postprocess(f"value{token}junk", "x = ", "\n", "line")
+            assert result == "value", token

@@ -1,0 +1,331 @@
+"""Routing decisions of CATO (Algorithm 1) and the baselines, on a virtual clock."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from orchestrator.policy.scheduler import (
+    AT_RISK,
+    SAFE,
+    URGENT,
+    CatoScheduler,
+    LeastLoadedScheduler,
+    NoReplicaError,
+    PowerOfTwoScheduler,
+    RoundRobinScheduler,
+    SchedulerConfigError,
+    make_scheduler,
+    service_s,
+)
+from orchestrator.policy.state import Call, Rates, ReplicaQueue, ReplicaState
+
+RATES = Rates(overhead_s=0.01, prefill_s_per_token=0.001, tpot_s=0.01)
+_ids = itertools.count()
+
+
+def call(
+    deadline: float = 100.0,
+    prompt: int = 100,
+    output: int = 50,
+    metric: str = "ttft",
+    arrival: float = 0.0,
+) -> Call:
+    assert metric in ("ttft", "e2e")
+    return Call(
+        id=f"c{next(_ids)}",
+        model="m",
+        deadline=deadline,
+        prompt_tokens=prompt,
+        expected_output_tokens=output,
+        arrival=arrival,
+        metric="ttft" if metric == "ttft" else "e2e",
+    )
+
+
+def replica(rid: str, queued: int = 0, limit: int = 1, rates: Rates = RATES) -> ReplicaState:
+    """A replica with ``limit`` calls running and ``queued`` more waiting."""
+    r = ReplicaState(id=rid, model="m", concurrency_limit=limit, rates=Rates(**vars(rates)))
+    for _ in range(limit if queued else 0):
+        c = call()
+        r.start(c, 0.0)
+    for _ in range(queued):
+        r.enqueue(call())
+    return r
+
+
+def test_wait_is_zero_with_a_free_slot_and_empty_queue() -> None:
+    r = ReplicaState(id="r", model="m", concurrency_limit=2, rates=RATES)
+    r.start(call(), 0.0)
+    assert r.free_slots == 1 and r.wait_s == 0.0
+
+
+def test_wait_counts_prefill_ahead_and_decode_until_a_slot_frees() -> None:
+    r = ReplicaState(id="r", model="m", concurrency_limit=2, rates=RATES)
+    a, b = call(prompt=100, output=50), call(prompt=100, output=50)
+    r.start(a, 0.0)
+    r.start(b, 0.0)
+    r.first_token(a.id, 0.1)
+    r.tokens(a.id, 10)
+    r.enqueue(call(prompt=200, output=20))
+    # prefill still owed: b's 100 + the queued 200 tokens, plus one queued overhead.
+    prefill = 300 * 0.001 + 0.01
+    # decode ahead: 40 + 50 + 20 tokens over 2 slots; 2 of the 3 calls ahead must finish.
+    decode = 110 * 0.01 / 2 * 2 / 3
+    assert r.wait_s == pytest.approx(prefill + decode)
+    assert r.wait_s == r.estimate_wait_s()
+
+
+@given(st.lists(st.sampled_from(["enqueue", "start", "first", "tokens", "finish", "observe"])))
+@settings(max_examples=60, deadline=None)
+def test_kept_wait_and_aggregates_match_a_recount(ops: list[str]) -> None:
+    r = ReplicaState(id="r", model="m", concurrency_limit=2, rates=Rates())
+    rng = random.Random(len(ops))
+    for op in ops:
+        queued, running = r.queue.calls(), list(r.in_flight.values())
+        if op == "enqueue":
+            r.enqueue(call(prompt=rng.randint(1, 500), output=rng.randint(1, 80)))
+        elif op == "start" and queued:
+            head = r.queue.peek(0.0)
+            assert head is not None
+            r.dequeue(head.id)
+            r.start(head, 1.0)
+        elif op == "first" and running:
+            r.first_token(rng.choice(running).id, 1.0)
+        elif op == "tokens" and running:
+            r.tokens(rng.choice(running).id, rng.randint(1, 30))
+        elif op == "finish" and running:
+            r.finish(rng.choice(running).id, 2.0)
+        elif op == "observe":
+            r.observe(rng.randint(1, 100), 0.5, rng.randint(2, 50), 0.4)
+        queued, running = r.queue.calls(), list(r.in_flight.values())
+        assert r.queued_prompt_tokens == sum(c.prompt_tokens for c in queued)
+        assert r.queued_output_tokens == sum(c.expected_output_tokens for c in queued)
+        prefilling = [c for c in running if c.first_token_at is None]
+        assert r.inflight_prefill_tokens == sum(c.prompt_tokens for c in prefilling)
+        assert r.inflight_output_tokens == sum(c.remaining_output_tokens for c in running)
+        assert r.wait_s == r.estimate_wait_s()
+
+
+def test_safe_call_goes_to_an_idle_replica_with_priority_2() -> None:
+    replicas = [replica("busy", queued=3), replica("idle")]
+    c = call(deadline=5.0, prompt=200)
+    route = CatoScheduler().route(c, replicas, now=1.0)
+    service = 0.01 + 200 * 0.001
+    assert route.replica_id == "idle"
+    assert route.priority == SAFE
+    assert route.expected_wait_s == 0.0
+    assert route.expected_completion == pytest.approx(1.0 + service)
+    assert route.sort_key == 5.0
+    assert route.promote_at == pytest.approx(5.0 - service)
+
+
+def test_shortest_wait_wins_when_it_meets_the_deadline() -> None:
+    replicas = [replica("q3", queued=3), replica("q1", queued=1), replica("q2", queued=2)]
+    assert CatoScheduler().route(call(deadline=100.0), replicas, now=0.0).replica_id == "q1"
+
+
+def test_idle_replicas_tie_broken_by_fewer_calls() -> None:
+    a = ReplicaState(id="a", model="m", concurrency_limit=4, rates=RATES)
+    b = ReplicaState(id="b", model="m", concurrency_limit=4, rates=RATES)
+    a.start(call(), 0.0)
+    assert a.wait_s == b.wait_s == 0.0
+    assert CatoScheduler().route(call(), [a, b], now=0.0).replica_id == "b"
+
+
+def test_shortest_wait_among_replicas_that_meet_the_deadline() -> None:
+    slow = Rates(overhead_s=0.01, prefill_s_per_token=0.05, tpot_s=0.01)
+    short_wait_slow = replica("slow", queued=0, rates=slow)
+    meets_a = replica("a", queued=2)
+    meets_b = replica("b", queued=3)
+    c = call(deadline=0.0, prompt=100)
+    assert short_wait_slow.wait_s < meets_a.wait_s < meets_b.wait_s
+    # A deadline meetable on "a" and "b" but not on "slow" (its service is 5 s).
+    c.deadline = meets_b.wait_s + service_s(RATES, c) + 0.01
+    route = CatoScheduler().route(c, [short_wait_slow, meets_b, meets_a], now=0.0)
+    assert route.replica_id == "a" and route.priority == SAFE
+    assert route.expected_wait_s == pytest.approx(meets_a.wait_s)
+
+
+def test_no_replica_meets_the_deadline_gives_priority_1_and_the_shortest_wait() -> None:
+    replicas = [replica("q2", queued=2), replica("q1", queued=1)]
+    c = call(prompt=100)
+    service = service_s(RATES, c)
+    c.deadline = 10.0 + service + replicas[1].wait_s / 2  # slack left, but not enough
+    route = CatoScheduler().route(c, replicas, now=10.0)
+    assert route.replica_id == "q1" and route.priority == AT_RISK
+    assert route.promote_at == pytest.approx(c.deadline - service)
+    assert route.expected_completion > c.deadline
+
+
+def test_slack_already_gone_gives_priority_0() -> None:
+    c = call(deadline=10.05, prompt=100)  # service 0.11 s from now = 10.0
+    route = CatoScheduler().route(c, [replica("idle"), replica("busy", queued=1)], now=10.0)
+    assert route.priority == URGENT and route.replica_id == "idle"
+
+
+def test_e2e_calls_need_their_decode_time_too() -> None:
+    c_ttft = call(deadline=0.5, prompt=100, output=50, metric="ttft")
+    c_e2e = call(deadline=0.5, prompt=100, output=50, metric="e2e")
+    idle = [replica("idle")]
+    assert CatoScheduler().route(c_ttft, idle, now=0.0).priority == SAFE
+    route = CatoScheduler().route(c_e2e, idle, now=0.0)
+    assert route.priority == URGENT  # its decode alone outlasts the slack
+    assert route.expected_completion == pytest.approx(0.11 + 0.5)
+
+
+def test_queue_serves_by_priority_then_deadline() -> None:
+    r = replica("r", queued=0)
+    r.start(call(), 0.0)  # full: new calls queue
+    sched = CatoScheduler()
+    late = call(deadline=50.0)
+    early = call(deadline=20.0)
+    hopeless = call(deadline=0.05)
+    for c in (late, early, hopeless):
+        sched.route(c, [r], now=0.0).apply(c, r)
+    assert [late.priority, early.priority, hopeless.priority] == [SAFE, SAFE, URGENT]
+    order = []
+    while (head := sched.pick(r, now=0.0)) is not None:
+        r.dequeue(head.id)
+        order.append(head)
+    assert order == [hopeless, early, late]
+
+
+def test_a_waiting_call_is_promoted_to_0_when_its_slack_runs_out() -> None:
+    r = replica("r", queued=0)
+    r.start(call(), 0.0)  # the replica stays full: everything below waits
+    sched = CatoScheduler()
+    safe = call(deadline=5.0, prompt=100)
+    sched.route(safe, [r], now=0.0).apply(safe, r)
+    assert safe.priority == SAFE and safe.promote_at == pytest.approx(5.0 - 0.11)
+    # Later, a long call that cannot make its deadline here: priority 1, not yet 0.
+    # Expected: wait 1.21 s (queue of one, one in flight) + service 2.11 s from now = 4.
+    at_risk = call(deadline=7.11, prompt=100, output=200, metric="e2e")
+    sched.route(at_risk, [r], now=4.0).apply(at_risk, r)
+    assert at_risk.priority == AT_RISK and at_risk.promote_at == pytest.approx(5.0)
+    assert sched.pick(r, now=4.5) is at_risk
+    assert sched.pick(r, now=safe.promote_at - 1e-6) is at_risk and safe.priority == SAFE
+    # At promote_at the safe call's slack is gone: it rises to 0 and goes first.
+    assert sched.pick(r, now=safe.promote_at) is safe and safe.priority == URGENT
+    assert sched.pick(r, now=at_risk.promote_at) is safe  # both 0 now: earlier deadline
+    assert at_risk.priority == URGENT
+
+
+@st.composite
+def queue_entries(draw: st.DrawFn) -> list[tuple[int, float, float]]:
+    n = draw(st.integers(0, 30))
+    keys = draw(st.lists(st.integers(0, 10_000), min_size=n, max_size=n, unique=True))
+    out = []
+    for key in keys:
+        priority = draw(st.sampled_from([0, 1, 2]))
+        promote = draw(st.one_of(st.just(math.inf), st.floats(0, 100)))
+        out.append((priority, float(key), promote))
+    return out
+
+
+@given(queue_entries(), st.lists(st.floats(0, 120), max_size=40), st.data())
+@settings(max_examples=150, deadline=None)
+def test_queue_pops_in_priority_key_order_with_promotion(
+    entries: list[tuple[int, float, float]], times: list[float], data: st.DataObject
+) -> None:
+    q = ReplicaQueue()
+    calls = []
+    for priority, key, promote in entries:
+        c = call()
+        c.priority, c.sort_key, c.promote_at = priority, key, promote
+        calls.append(c)
+        q.push(c)
+    removed = data.draw(st.lists(st.sampled_from(calls), unique=True)) if calls else []
+    for c in removed:
+        assert q.remove(c.id) is c
+    left = {c.id: (c.priority, c.sort_key, c.promote_at) for c in calls if c not in removed}
+    for now in sorted(times):
+        got = q.pop(now)
+        if not left:
+            assert got is None
+            continue
+
+        def effective(cid: str, now: float = now) -> tuple[int, float]:
+            priority, key, promote = left[cid]
+            return (0 if promote <= now else priority, key)
+
+        expected = min(left, key=effective)
+        assert got is not None and got.id == expected
+        del left[expected]
+    assert len(q) == len(left)
+
+
+def test_round_robin_cycles_in_order() -> None:
+    replicas = [replica(f"r{i}") for i in range(3)]
+    sched = RoundRobinScheduler()
+    picked = [sched.route(call(), replicas, now=0.0).replica_id for _ in range(7)]
+    assert picked == ["r0", "r1", "r2", "r0", "r1", "r2", "r0"]
+
+
+def test_pow2_takes_the_shorter_of_two_draws_and_is_seeded() -> None:
+    replicas = [replica(f"r{i}", queued=i) for i in range(6)]
+    sched = PowerOfTwoScheduler(seed=7)
+    rng = random.Random(7)
+    picks = []
+    for _ in range(50):
+        i, j = rng.sample(range(len(replicas)), 2)
+        route = sched.route(call(), replicas, now=0.0)
+        assert route.replica_id == replicas[min(i, j, key=lambda k: replicas[k].load)].id
+        picks.append(route.replica_id)
+    again = PowerOfTwoScheduler(seed=7)
+    assert [again.route(call(), replicas, now=0.0).replica_id for _ in range(50)] == picks
+    other = PowerOfTwoScheduler(seed=8)
+    assert [other.route(call(), replicas, now=0.0).replica_id for _ in range(50)] != picks
+    assert "r5" not in picks  # the most loaded replica never wins a draw
+
+
+def test_least_loaded_picks_min_load_ties_by_id() -> None:
+    replicas = [replica("c", queued=1), replica("b", queued=0), replica("a", queued=0)]
+    replicas[1].start(call(), 0.0)
+    assert LeastLoadedScheduler().route(call(), replicas, now=0.0).replica_id == "a"
+    replicas[2].start(call(), 0.0)
+    assert LeastLoadedScheduler().route(call(), replicas, now=0.0).replica_id == "a"
+    replicas[2].start(call(), 0.0)
+    assert LeastLoadedScheduler().route(call(), replicas, now=0.0).replica_id == "b"
+
+
+@pytest.mark.parametrize("name", ["round_robin", "pow2", "least_loaded"])
+def test_baselines_keep_fifo_order(name: str) -> None:
+    sched = make_scheduler(name, seed=1)
+    r = replica("r", queued=0)
+    r.start(call(), 0.0)
+    urgent_late = call(deadline=0.01, arrival=2.0)
+    relaxed_early = call(deadline=99.0, arrival=1.0)
+    for c in (urgent_late, relaxed_early):
+        route = sched.route(c, [r], now=2.0)
+        assert route.priority == SAFE and route.promote_at == math.inf
+        assert route.sort_key == c.arrival
+        route.apply(c, r)
+    assert sched.pick(r, now=50.0) is relaxed_early
+
+
+def test_registry_and_errors() -> None:
+    assert isinstance(make_scheduler("cato"), CatoScheduler)
+    assert make_scheduler("pow2", seed=3).seed == 3
+    with pytest.raises(SchedulerConfigError, match="cato, least_loaded, pow2, round_robin"):
+        make_scheduler("fifo")
+    with pytest.raises(SchedulerConfigError, match="bad options"):
+        make_scheduler("cato", window=3)
+    for name in ("cato", "round_robin", "pow2", "least_loaded"):
+        with pytest.raises(NoReplicaError, match="model 'm'"):
+            make_scheduler(name).route(call(), [], now=0.0)
+
+
+def test_route_apply_checks_the_replica() -> None:
+    a, b = replica("a"), replica("b")
+    c = call()
+    route = CatoScheduler().route(c, [a], now=0.0)
+    with pytest.raises(ValueError, match="replica 'a'"):
+        route.apply(c, b)
+    route.apply(c, a)
+    assert c.id in a.queue and c.replica == "a" and c.sort_key == route.sort_key
