@@ -307,13 +307,19 @@ class EngineModel:
     def _schedule_running(self, scheduled: dict[_Seq, int], preempted: list[str]) -> int:
         """Decodes first (one token each), then chunks of unfinished prompts."""
         budget = self.profile.max_num_batched_tokens
+        block_size = self.profile.block_size
         prefilling: list[_Seq] = []
         for seq in list(self._running.values()):
             if seq.state != _RUNNING:
                 continue  # preempted earlier in this loop
-            if seq.num_tokens - seq.computed_tokens > 1:
+            if seq.prompt_tokens + seq.output_tokens - seq.computed_tokens > 1:
                 prefilling.append(seq)
-            elif budget > 0:
+            elif budget <= 0:
+                continue
+            elif seq.computed_tokens < seq.blocks * block_size:
+                scheduled[seq] = 1  # the usual decode: its block has room for one more
+                budget -= 1
+            else:
                 budget = self._schedule_one(seq, 1, budget, scheduled, preempted)
         for seq in prefilling:
             if budget <= 0:
@@ -361,22 +367,25 @@ class EngineModel:
 
     def _run_batch(self, scheduled: dict[_Seq, int], result: StepResult) -> None:
         """Compute the scheduled tokens; a sequence whose KV is complete samples a token."""
+        decodes = prefill = context = 0
+        outputs = result.outputs
         for seq, tokens in scheduled.items():
-            if tokens == 1 and seq.output_tokens > 0 and seq.computed_tokens + 1 == seq.num_tokens:
-                result.decode_seqs += 1
+            total = seq.prompt_tokens + seq.output_tokens
+            computed = seq.computed_tokens + tokens
+            seq.computed_tokens = computed
+            context += computed
+            if tokens == 1 and seq.output_tokens > 0 and computed == total:
+                decodes += 1
             else:
-                result.prefill_tokens += tokens
-            seq.computed_tokens += tokens
-            result.context_tokens += seq.computed_tokens
-            if seq.computed_tokens < seq.num_tokens:
+                prefill += tokens
+            if computed < total:
                 continue  # a prompt chunk that does not finish the prompt
-            seq.output_tokens += 1
-            done = seq.output_tokens >= seq.max_output_tokens
-            result.outputs.append(
-                TokenOutput(seq.seq_id, 1, seq.output_tokens, seq.output_tokens == 1, done)
-            )
+            made = seq.output_tokens = seq.output_tokens + 1
+            done = made >= seq.max_output_tokens
+            outputs.append(TokenOutput(seq.seq_id, 1, made, made == 1, done))
             if done:
                 self._finish(seq)
+        result.decode_seqs, result.prefill_tokens, result.context_tokens = decodes, prefill, context
         result.scheduled_seqs = len(scheduled)
 
     # -- bookkeeping --------------------------------------------------------------------

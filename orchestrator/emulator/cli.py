@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -122,7 +123,8 @@ async def _serve_until_signal(
 
 def _wait_for_eof(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
     """Block on stdin until its writer goes away, then stop the server."""
-    while sys.stdin.buffer.read(4096):
+    fd = sys.stdin.fileno()
+    while os.read(fd, 4096):  # the raw fd: a buffered read would block interpreter exit
         pass
     with contextlib.suppress(RuntimeError):  # the loop has already closed
         loop.call_soon_threadsafe(stop.set)

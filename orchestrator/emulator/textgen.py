@@ -40,7 +40,7 @@ _VERBS = (
 )  # fmt: skip
 _METHODS = ("append", "get", "items", "strip", "split", "join", "pop", "update", "extend")
 _BUILTINS = ("len", "sorted", "min", "max", "sum", "list", "str", "int", "tuple")
-_OPS = ("==", "!=", "<", ">", "<=", ">=", "is not", "in")
+_OPS = ("==", "!=", "<", ">", "<=", ">=", "in", "not in")
 _COMMENTS = (
     "keep the order stable",
     "skip empty entries",
@@ -171,34 +171,47 @@ def generate_tokens(
     rng: random.Random, names: Sequence[str] = _NAMES, depth: int = 0
 ) -> Iterator[str]:
     """An endless stream of code-like tokens: Python-ish lines split into small pieces."""
+    run = 0  # statements since the indentation last changed
     while True:
-        line, depth_after = _line(rng, depth, names)
+        line, depth_after = _line(rng, depth, run, names)
         yield from _PIECE.findall(line)
+        run = run + 1 if depth_after == depth else 0
         depth = depth_after
         yield ("\n\n" if depth == 0 else "\n") + "    " * depth
 
 
-def _line(rng: random.Random, depth: int, names: Sequence[str]) -> tuple[str, int]:
-    """One statement at ``depth`` and the indentation depth of the next line."""
+def _line(rng: random.Random, depth: int, run: int, names: Sequence[str]) -> tuple[str, int]:
+    """One statement at ``depth`` and the indentation depth of the next line.
+
+    Blocks close more and more likely as they grow, so functions stay a dozen lines long.
+    """
     name = rng.choice(names)
     other = rng.choice(names)
     if depth == 0:
         args = ", ".join(rng.sample(names, rng.randint(1, 3)))
         return f"def {rng.choice(_VERBS)}_{name}({args}):", 1
     roll = rng.random()
+    close = min(0.6, 0.06 * run)
+    if roll < close:
+        if depth == 1 or rng.random() < 0.3:
+            return f"return {name}", depth - 1
+        return f"{name} = {rng.choice(_BUILTINS)}({other})", depth - 1
+    roll = rng.random()
     if roll < 0.12 and depth < 4:
         return f"for {name} in {other}:", depth + 1
     if roll < 0.24 and depth < 4:
-        op = rng.choice(_OPS)
-        return f"if {name} {op} {rng.choice((other, str(rng.randint(0, 99)), 'None'))}:", depth + 1
-    if roll < 0.34:
-        return f"return {name}", depth - 1 if depth > 1 else 0
-    if roll < 0.42:
+        if rng.random() < 0.3:
+            return f"if {name} {rng.choice(('is', 'is not'))} None:", depth + 1
+        return (
+            f"if {name} {rng.choice(_OPS)} {rng.choice((other, str(rng.randint(0, 99))))}:",
+            depth + 1,
+        )
+    if roll < 0.32:
         return f"# {rng.choice(_COMMENTS)}", depth
-    if roll < 0.55:
+    if roll < 0.50:
         return f"{name}.{rng.choice(_METHODS)}({other})", depth
-    if roll < 0.70:
+    if roll < 0.68:
         return f"{name} = {rng.choice(_BUILTINS)}({other})", depth
-    if roll < 0.85:
+    if roll < 0.86:
         return f"{name} = {rng.choice(_VERBS)}_{other}({name}, {rng.randint(0, 64)})", depth
     return f"{name} += {other}[{rng.randint(0, 9)}]", depth
