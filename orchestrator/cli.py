@@ -1,6 +1,6 @@
 """The ``cato`` command: one sub-command per module, imported only when used.
 
-Each sub-command module exposes ``configure(parser)`` and ``run(args) -> int`` so that
+Each sub-command module exposes ``configure(parser)`` and ``run(args) -> int``, so that
 ``cato --help`` stays fast and an optional dependency only matters to its own command.
 """
 
@@ -13,33 +13,40 @@ from collections.abc import Sequence
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "emulate": ("orchestrator.emulator.cli", "run a vLLM-compatible engine emulator"),
     "serve": ("orchestrator.commands.serve", "run the team service over managed replicas"),
     "status": ("orchestrator.commands.status", "show a running service's replicas and SLAs"),
+    "emulate": ("orchestrator.emulator.cli", "run a vLLM-compatible engine emulator"),
     "config": ("orchestrator.config", "check a cato.toml or hash a bearer token"),
+    "models": ("orchestrator.models.cli", "prepare servable model folders from packaged weights"),
+    "bench": ("orchestrator.bench.cli", "simulate, benchmark and compare schedulers"),
+    "plan": ("orchestrator.bench.plan", "smallest replica count that meets a goodput target"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="cato", description="CATO: SLA-aware orchestration of coding-assistant LLM tasks."
+def _top_parser() -> argparse.ArgumentParser:
+    lines = "\n".join(f"  {name:<9} {text}" for name, (_, text) in COMMANDS.items())
+    return argparse.ArgumentParser(
+        prog="cato",
+        description="CATO: SLA-aware orchestration of coding-assistant LLM tasks.",
+        epilog=f"commands:\n{lines}\n\nRun 'cato COMMAND --help' for a command's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module_name, help_text) in COMMANDS.items():
-        module = importlib.import_module(module_name)
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        module.configure(p)
-        p.set_defaults(_run=module.run)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "_run", None) is None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] not in COMMANDS:
+        parser = _top_parser()
+        parser.add_argument("command", nargs="?", choices=list(COMMANDS), metavar="COMMAND")
+        parser.parse_args(args[:1])
         parser.print_help()
         return 2
-    code: int = args._run(args)
+    name = args[0]
+    module_name, help_text = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"cato {name}", description=help_text)
+    module.configure(parser)
+    code: int = module.run(parser.parse_args(args[1:]))
     return code
 
 
