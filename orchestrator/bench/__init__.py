@@ -1,0 +1,1 @@
+"""Benchmarks: real-code workloads, arrival processes, the paper's scenarios, reports."""

@@ -1,0 +1,153 @@
+"""``cato bench``: simulate the paper's experiments, or print the workload's shape.
+
+``cato bench sim --scenario rq1|rq2|rq3|all`` sweeps arrival rates for each policy (and
+provisioner, for rq3) in the simulator and writes JSON, markdown and PNG plots;
+``cato bench workloads`` prints the per-kind prompt and output length distributions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from orchestrator.bench import workloads
+from orchestrator.bench.report import markdown, write_report
+from orchestrator.bench.scenarios import POLICIES, SCENARIOS, Sweep, run_sweep, scenario
+from orchestrator.policy.provisioner import PROVISIONERS
+from orchestrator.sim.oracle import SIM_SCHEDULERS
+
+
+def _names(text: str, known: tuple[str, ...] | list[str], what: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown {what} {', '.join(unknown) or '(none given)'}; known: {', '.join(known)}"
+        )
+    return names
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="bench_command", metavar="ACTION", required=True)
+    sim = sub.add_parser("sim", help="simulate rq1-rq3 over a sweep of arrival rates")
+    sim.add_argument(
+        "--scenario",
+        default="all",
+        type=lambda s: list(SCENARIOS) if s == "all" else _names(s, list(SCENARIOS), "scenario"),
+        help="rq1, rq2, rq3, a comma list, or all (default)",
+    )
+    sim.add_argument("--quick", action="store_true", help="two rates, short runs (seconds)")
+    sim.add_argument(
+        "--policies",
+        type=lambda s: _names(s, SIM_SCHEDULERS, "policy"),
+        default=list(POLICIES),
+        help=f"comma list of {', '.join(SIM_SCHEDULERS)} (default: all)",
+    )
+    sim.add_argument(
+        "--provisioners",
+        type=lambda s: _names(s, list(PROVISIONERS), "provisioner"),
+        default=None,
+        help="comma list of cato, queue_length, fixed (default: the scenario's)",
+    )
+    sim.add_argument("--out", type=Path, default=Path("bench-results"), help="output folder")
+    sim.add_argument("--seed", type=int, default=0, help="seed of workload and arrivals")
+    sim.add_argument("--duration", type=float, default=None, help="seconds of arrivals per run")
+    sim.add_argument("--per-kind", type=int, default=200, help="distinct tasks per kind")
+    sim.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="calls in flight per replica (default: the engine's max_num_seqs)",
+    )
+    sim.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    shape = sub.add_parser("workloads", help="print per-kind prompt and output lengths")
+    workloads.configure(shape)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.bench_command == "workloads":
+        return workloads.run(args)
+    return _run_sim(args)
+
+
+def _run_sim(args: argparse.Namespace) -> int:
+    err = Console(stderr=True)
+    started = time.perf_counter()
+    err.print(f"building the workload (seed {args.seed}) ...")
+    try:
+        workload = workloads.build_workload(seed=args.seed, per_kind=args.per_kind)
+    except workloads.WorkloadUnavailable as exc:
+        err.print(str(exc))
+        return 2
+    sweeps: list[Sweep] = []
+    for name in args.scenario:
+        chosen = scenario(name)
+        if args.concurrency is not None:
+            chosen = replace(chosen, concurrency_limit=args.concurrency)
+        with _progress(err) as on_run:
+            sweep = run_sweep(
+                chosen,
+                workload,
+                policies=args.policies,
+                provisioners=args.provisioners,
+                quick=args.quick,
+                seed=args.seed,
+                duration_s=args.duration,
+                on_run=on_run,
+            )
+        sweeps.append(sweep)
+        files, problem = write_report(sweep, args.out, plots=not args.no_plots)
+        print(markdown(sweep))
+        err.print(f"wrote {', '.join(str(f) for f in files)}")
+        if problem:
+            err.print(problem)
+    simulated = sum(p.result.counters["tasks"] for s in sweeps for p in s.points)
+    wall = time.perf_counter() - started
+    err.print(f"{simulated:,} tasks simulated in {wall:.1f} s")
+    return 0
+
+
+class _progress:
+    """A rich progress bar with one line per simulated run."""
+
+    def __init__(self, console: Console) -> None:
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            disable=not console.is_terminal,
+        )
+
+    def __enter__(self) -> Callable[[str, float], Callable[[int], None]]:
+        self.bar.start()
+        return self.on_run
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
+
+    def on_run(self, label: str, expected: float) -> Callable[[int], None]:
+        task = self.bar.add_task(label, total=max(int(expected), 1))
+
+        def advance(arrived: int) -> None:
+            self.bar.update(task, completed=arrived)
+
+        return advance
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cato bench")
+    configure(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

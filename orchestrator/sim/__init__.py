@@ -1,0 +1,28 @@
+"""Discrete-event simulation of the orchestrator: the same policies on a virtual clock."""
+
+from orchestrator.sim.oracle import SIM_SCHEDULERS, OracleScheduler, make_sim_scheduler
+from orchestrator.sim.results import ScaleEvent, SimResult
+from orchestrator.sim.simulator import (
+    ModelSpec,
+    SimConfig,
+    SimTask,
+    Simulator,
+    rates_for_profile,
+    simulate,
+    sped_up,
+)
+
+__all__ = [
+    "SIM_SCHEDULERS",
+    "ModelSpec",
+    "OracleScheduler",
+    "ScaleEvent",
+    "SimConfig",
+    "SimResult",
+    "SimTask",
+    "Simulator",
+    "make_sim_scheduler",
+    "rates_for_profile",
+    "simulate",
+    "sped_up",
+]

@@ -1,0 +1,836 @@
+"""Discrete-event simulation of the orchestrator over ``EngineModel`` replicas.
+
+The simulator plays the executor and the replica manager on a virtual clock: each task
+becomes the graph ``build_graph`` gives it, its nodes get the profiler's slack deadlines,
+each ``llm`` node becomes a ``Call`` that the SAME scheduler object routes and picks, and
+each dispatched call runs as a sequence in its replica's ``EngineModel`` (one engine per
+replica, stepped one forward pass at a time). The SAME provisioner object decides every
+``interval_s``; new replicas hold their GPUs while they cold-start and drained replicas
+finish their calls before they stop. Runs are deterministic for a given seed.
+
+Where the simulation is coarser than a live run (stated so results are read right):
+
+* policy state hears of tokens at a call's first token, at its end and at least every
+  ``sync_s`` (live: every streamed token); first tokens and finishes are exact;
+* the profiler learns from every finished node, but a graph's deadlines are recomputed
+  from it at most every ``profiler_refresh_s``;
+* local nodes (``context``, ``split``, ``assemble``, ``validate``) take ``local_s``
+  (zero by default), and there is no network latency.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from orchestrator.api import TaskRequest
+from orchestrator.config import ProvisionerConfig
+from orchestrator.emulator.textgen import TextGenerator
+from orchestrator.engine_model import EngineProfile, Policy, StepResult
+from orchestrator.graphs import DEFAULTS, GraphError, Node, TaskDefaults, TaskGraph, build_graph
+from orchestrator.graphs import approx_tokens as _approx_tokens
+from orchestrator.metrics import (
+    Outcome,
+    UtilizationTracker,
+    kind_stats,
+)
+from orchestrator.policy.provisioner import (
+    ClusterView,
+    ModelView,
+    ReplicaView,
+    ScaleDecision,
+    make_provisioner,
+)
+from orchestrator.policy.state import Call, Rates, ReplicaState
+from orchestrator.profiler import Profiler
+from orchestrator.sim.engine import DecodeRun, FusedEngine
+from orchestrator.sim.oracle import is_clairvoyant, make_sim_scheduler
+from orchestrator.sim.results import RecordStore, ScaleEvent, SimResult
+
+OutputModel = Literal["workload", "emulator"]
+
+# Heap entries are (time, phase, order, kind, payload): at equal times, engine steps
+# (phase 1) start after everything else (phase 0), so calls dispatched at ``t`` join the
+# forward pass that starts at ``t``, as continuous batching does.
+_EVENT, _STEP = 0, 1
+_ARRIVAL, _STEP_START, _STEP_END, _READY, _TICK, _LOCAL_DONE = range(6)
+_PENDING, _READY_PHASE, _DRAINING, _STOPPED = "pending", "ready", "draining", "stopped"
+
+
+def rates_for_profile(profile: EngineProfile) -> Rates:
+    """The scheduler's prior for a profile: what the runtime assumes for emulated models."""
+    return Rates(
+        overhead_s=profile.step_overhead_s,
+        prefill_s_per_token=profile.prefill_s_per_token,
+        tpot_s=profile.step_overhead_s + profile.decode_s_per_seq,
+    )
+
+
+def sped_up(profile: EngineProfile, speed: float) -> EngineProfile:
+    """The profile an emulator started with ``--speed`` runs: every step ``speed`` times
+    shorter (replaying a live run against sped-up emulators needs this profile)."""
+    if speed <= 0:
+        raise ValueError("speed must be > 0")
+    return profile.with_overrides(
+        step_overhead_s=profile.step_overhead_s / speed,
+        prefill_s_per_token=profile.prefill_s_per_token / speed,
+        decode_s_per_seq=profile.decode_s_per_seq / speed,
+        kv_read_s_per_token=profile.kv_read_s_per_token / speed,
+    )
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One served model: its engine profile and how many replicas it may run.
+
+    ``replicas`` start READY at time zero; the provisioner keeps the count within
+    ``min_replicas`` .. ``max_replicas`` (defaults: ``replicas`` for both).
+    """
+
+    name: str
+    profile: EngineProfile
+    replicas: int = 1
+    min_replicas: int | None = None
+    max_replicas: int | None = None
+    gpus_per_replica: int = 1
+    concurrency_limit: int | None = None
+    rates: Rates | None = None
+
+    @property
+    def floor(self) -> int:
+        return self.replicas if self.min_replicas is None else self.min_replicas
+
+    @property
+    def ceiling(self) -> int:
+        top = self.replicas if self.max_replicas is None else self.max_replicas
+        return max(top, self.floor, self.replicas)
+
+    @property
+    def limit(self) -> int:
+        return self.concurrency_limit or self.profile.max_num_seqs
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Everything a run depends on besides its arrivals."""
+
+    models: tuple[ModelSpec, ...]
+    defaults: TaskDefaults = DEFAULTS
+    scheduler: str = "cato"
+    provisioner: str = "fixed"
+    provisioner_config: ProvisionerConfig = field(default_factory=ProvisionerConfig)
+    gpus: int | None = None
+    seed: int = 0
+    engine_policy: Policy = "priority"
+    send_priority: bool = True
+    outputs: OutputModel = "workload"
+    emulator_seed: int = 0
+    sync_s: float = 0.25
+    fuse_decode: bool = True
+    max_fused_steps: int = 1024
+    profiler_refresh_s: float = 1.0
+    drain_s: float = 600.0
+    warmup_s: float = 0.0
+    local_s: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ValueError("simulate at least one model")
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate model names in {names}")
+        if self.sync_s < 0 or self.profiler_refresh_s < 0 or self.drain_s < 0:
+            raise ValueError("sync_s, profiler_refresh_s and drain_s must be >= 0")
+
+    @property
+    def total_gpus(self) -> int:
+        if self.gpus is not None:
+            return self.gpus
+        return sum(m.ceiling * m.gpus_per_replica for m in self.models)
+
+
+@dataclass(frozen=True, eq=False)
+class SimTask:
+    """A task to simulate: the request, and how long the model's answers really are.
+
+    ``output_tokens`` is what a single-call task generates; a task with several calls
+    (``translate``) generates ``output_ratio`` times each chunk's tokens. Without either,
+    a call generates what the graph expected. ``key`` names the request for caching (the
+    same key must always mean the same request).
+    """
+
+    key: str
+    request: TaskRequest
+    output_tokens: int | None = None
+    output_ratio: float | None = None
+
+    def output_for(self, node: Node, llm_nodes: int) -> int:
+        if self.output_tokens is not None and llm_nodes == 1:
+            n = self.output_tokens
+        elif self.output_ratio is not None:
+            n = math.ceil(_approx_tokens(node.text or node.prompt) * self.output_ratio)
+        else:
+            n = node.expected_output_tokens
+        return max(1, min(n, node.max_tokens))
+
+
+# --------------------------------------------------------------------------- internals
+
+
+class _Template:
+    """A request's graph, resolved once: node order, edges, outputs, cached deadlines."""
+
+    __slots__ = (
+        "deps_left",
+        "error",
+        "final",
+        "graph",
+        "kind",
+        "model",
+        "nodes",
+        "offsets",
+        "offsets_at",
+        "outputs",
+        "succ",
+        "target_ms",
+        "ttft_metric",
+    )
+
+    def __init__(self, graph: TaskGraph, outputs: list[int], error: str | None) -> None:
+        self.graph = graph
+        self.nodes = graph.nodes
+        index = {n.id: i for i, n in enumerate(graph.nodes)}
+        self.succ: list[list[int]] = [[] for _ in graph.nodes]
+        for i, node in enumerate(graph.nodes):
+            for dep in node.deps:
+                self.succ[index[dep]].append(i)
+        self.deps_left = [len(n.deps) for n in graph.nodes]
+        self.final = [n.final for n in graph.nodes]
+        self.outputs = outputs
+        self.model = graph.model
+        self.kind = graph.request.kind.value
+        self.ttft_metric = graph.sla.metric.value == "ttft"
+        self.target_ms = graph.sla.target_ms
+        self.offsets: list[float] = []
+        self.offsets_at = -math.inf
+        self.error = error
+
+
+class _Task:
+    __slots__ = ("arrival", "deadlines", "failed", "first_token", "id", "left", "tpl", "waiting")
+
+    def __init__(self, task_id: int, tpl: _Template, arrival: float) -> None:
+        self.id = task_id
+        self.tpl = tpl
+        self.arrival = arrival
+        self.waiting = list(tpl.deps_left)
+        self.left = len(tpl.nodes)
+        self.first_token: float | None = None
+        self.failed = False
+        self.deadlines: list[float] = []
+
+
+class _Run:
+    """One call in the simulator: its task, node and true output length."""
+
+    __slots__ = ("call", "node", "out", "task")
+
+    def __init__(self, task: _Task, node: int, out: int, call: Call) -> None:
+        self.task = task
+        self.node = node
+        self.out = out
+        self.call = call
+
+
+class _Replica:
+    __slots__ = (
+        "engine",
+        "id",
+        "model",
+        "phase",
+        "ready_at",
+        "run",
+        "started_at",
+        "state",
+        "stepping",
+        "version",
+    )
+
+    def __init__(
+        self, rid: str, model: _Model, state: ReplicaState, engine: FusedEngine, now: float
+    ) -> None:
+        self.id = rid
+        self.model = model
+        self.state = state
+        self.engine = engine
+        self.phase = _PENDING
+        self.started_at = now
+        self.ready_at: float | None = None
+        self.stepping = False
+        self.run: DecodeRun | None = None  # the fused decode steps under way
+        self.version = 0
+
+
+class _Model:
+    __slots__ = ("accepting", "count", "parked", "replicas", "series", "spec", "synced_at")
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.replicas: list[_Replica] = []
+        self.accepting: list[ReplicaState] = []
+        self.count = itertools.count()
+        self.series: list[tuple[float, int, int]] = []
+        self.synced_at: dict[str, float] = {}
+        self.parked: list[Call] = []  # calls waiting for a replica that is starting
+
+
+class Simulator:
+    """One run of a ``SimConfig`` over a stream of arrivals (single use)."""
+
+    def __init__(self, config: SimConfig) -> None:
+        self.config = config
+        self.scheduler = make_sim_scheduler(
+            config.scheduler,
+            seed=config.seed,
+            profiles={m.name: m.profile for m in config.models},
+        )
+        self.clairvoyant = is_clairvoyant(self.scheduler)
+        self.provisioner = make_provisioner(config.provisioner, config.provisioner_config)
+        priors = {m.name: m.rates or rates_for_profile(m.profile) for m in config.models}
+        self.profiler = Profiler(dict(priors))
+        self._priors = priors
+        self.tracker = UtilizationTracker()
+        self.models = {m.name: _Model(m) for m in config.models}
+        self.replicas: dict[str, _Replica] = {}
+        self.now = 0.0
+        self._heap: list[tuple[float, int, int, int, Any]] = []
+        self._order = itertools.count()
+        self._templates: dict[str, _Template] = {}
+        self._runs: dict[str, _Run] = {}
+        self._live: dict[int, _Task] = {}
+        self._task_ids = itertools.count()
+        self._store = RecordStore()
+        self._scale_events: list[ScaleEvent] = []
+        self._free_gpus = config.total_gpus
+        self._counters = {
+            "tasks": 0,
+            "calls": 0,
+            "steps": 0,
+            "fused_runs": 0,
+            "events": 0,
+            "rerouted": 0,
+        }
+        self._textgens: dict[str, TextGenerator] = {}
+        self._ran = False
+        self._cpu_s = 0.0
+
+    # -- the event loop -----------------------------------------------------------------
+
+    def _push(self, t: float, kind: int, payload: Any, phase: int = _EVENT) -> None:
+        heapq.heappush(self._heap, (t, phase, next(self._order), kind, payload))
+
+    def run(
+        self,
+        arrivals: Iterable[tuple[float, SimTask]],
+        *,
+        progress: Callable[[int], None] | None = None,
+        progress_every: int = 1000,
+    ) -> SimResult:
+        """Simulate until every task is done (or ``drain_s`` after the last arrival).
+
+        ``progress`` is told how many tasks arrived, every ``progress_every`` arrivals.
+        """
+        if self._ran:
+            raise RuntimeError("a Simulator runs once; build a new one")
+        self._ran = True
+        wall = time.perf_counter()
+        cpu = time.process_time()
+        for model in self.models.values():
+            for _ in range(model.spec.replicas):
+                self._ready(self._add_replica(model, 0.0), 0.0)
+            self._snapshot(model, 0.0)
+        interval = self.config.provisioner_config.interval_s
+        self._push(interval, _TICK, None)
+        source = iter(arrivals)
+        pending = next(source, None)
+        if pending is not None:
+            self._push(pending[0], _ARRIVAL, pending[1])
+        last_arrival = pending[0] if pending is not None else 0.0
+        hard_end = math.inf
+        arrived = 0
+        heap = self._heap
+        pop = heapq.heappop
+        while heap:
+            t, _, _, kind, payload = pop(heap)
+            if t > hard_end:
+                self.now = hard_end
+                break
+            self.now = t
+            if kind == _STEP_END:
+                self._step_end(payload[0], payload[1], payload[2], t)
+            elif kind == _STEP_START:
+                self._step_start(payload, t)
+            elif kind == _ARRIVAL:
+                self._arrive(payload, t)
+                arrived += 1
+                if progress is not None and arrived % progress_every == 0:
+                    progress(arrived)
+                pending = next(source, None)
+                if pending is None:
+                    hard_end = t + self.config.drain_s
+                else:
+                    if pending[0] < t:
+                        raise ValueError(f"arrivals out of order: {pending[0]} after {t}")
+                    last_arrival = pending[0]
+                    self._push(pending[0], _ARRIVAL, pending[1])
+            elif kind == _TICK:
+                self._tick(t)
+                self._push(t + interval, _TICK, None)
+            elif kind == _READY:
+                self._ready(payload, t)
+            else:
+                self._local_done(payload[0], payload[1], t, payload[2])
+            if not self._live and pending is None:
+                break
+        if progress is not None:
+            progress(arrived)
+        self._counters["events"] = next(self._order)
+        self._cpu_s = time.process_time() - cpu
+        return self._result(last_arrival, time.perf_counter() - wall)
+
+    # -- tasks --------------------------------------------------------------------------
+
+    def _template(self, task: SimTask) -> _Template:
+        tpl = self._templates.get(task.key)
+        if tpl is None:
+            tpl = self._templates[task.key] = self._build_template(task)
+        return tpl
+
+    def _build_template(self, task: SimTask) -> _Template:
+        try:
+            graph = build_graph(task.request, self.config.defaults)
+        except GraphError as exc:
+            raise ValueError(f"task {task.key!r}: {exc}") from exc
+        model = self.models.get(graph.model)
+        if model is None:
+            known = ", ".join(sorted(self.models))
+            raise ValueError(f"task {task.key!r} needs model {graph.model!r}; simulated: {known}")
+        llm_nodes = sum(1 for n in graph.nodes if n.op == "llm")
+        outputs = [self._output(task, graph, n, llm_nodes) for n in graph.nodes]
+        error = None
+        max_len = model.spec.profile.max_model_len
+        for node in graph.nodes:
+            if node.op == "llm" and node.prompt_tokens + node.max_tokens > max_len:
+                error = f"node {node.id}: prompt + max_tokens exceed max_model_len {max_len}"
+        return _Template(graph, outputs, error)
+
+    def _output(self, task: SimTask, graph: TaskGraph, node: Node, llm_nodes: int) -> int:
+        if node.op != "llm":
+            return 0
+        if self.config.outputs == "workload":
+            return task.output_for(node, llm_nodes)
+        gen = self._textgens.get(graph.model)
+        if gen is None:
+            profile = self.models[graph.model].spec.profile
+            gen = TextGenerator(
+                self.config.emulator_seed, profile.output_mean_tokens, profile.output_sigma
+            )
+            self._textgens[graph.model] = gen
+        return gen.plan(node.prompt, node.max_tokens, stop=node.stop).num_tokens
+
+    def _deadline_offsets(self, tpl: _Template, now: float) -> list[float]:
+        if now - tpl.offsets_at >= self.config.profiler_refresh_s or not tpl.offsets:
+            found = self.profiler.deadlines(tpl.graph, 0.0)
+            tpl.offsets = [found[n.id] for n in tpl.nodes]
+            tpl.offsets_at = now
+        return tpl.offsets
+
+    def _arrive(self, sim_task: SimTask, now: float) -> None:
+        tpl = self._template(sim_task)
+        task = _Task(next(self._task_ids), tpl, now)
+        self._counters["tasks"] += 1
+        self._live[task.id] = task
+        if tpl.error is not None:
+            self._fail(task, now)
+            return
+        task.deadlines = [now + o for o in self._deadline_offsets(tpl, now)]
+        for i, left in enumerate(tpl.deps_left):
+            if left == 0:
+                self._start_node(task, i, now)
+
+    def _start_node(self, task: _Task, index: int, now: float) -> None:
+        node = task.tpl.nodes[index]
+        if node.op == "llm":
+            self._start_call(task, index, now)
+            return
+        duration = self.config.local_s.get(node.op, 0.0)
+        if duration > 0:
+            self._push(now + duration, _LOCAL_DONE, (task, index, duration))
+        else:
+            self._local_done(task, index, now, 0.0)
+
+    def _local_done(self, task: _Task, index: int, now: float, duration: float) -> None:
+        if task.failed:
+            return
+        self.profiler.observe(task.tpl.nodes[index], task.tpl.model, duration)
+        self._node_done(task, index, now)
+
+    def _node_done(self, task: _Task, index: int, now: float) -> None:
+        tpl = task.tpl
+        if tpl.final[index] and task.first_token is None:
+            task.first_token = now
+        task.left -= 1
+        if task.left == 0:
+            self._record(task, now, "ok")
+            return
+        waiting = task.waiting
+        for nxt in tpl.succ[index]:
+            waiting[nxt] -= 1
+            if waiting[nxt] == 0:
+                self._start_node(task, nxt, now)
+
+    def _fail(self, task: _Task, now: float) -> None:
+        if not task.failed:
+            task.failed = True
+            self._record(task, now, "error")
+
+    def _record(self, task: _Task, now: float, outcome: Outcome) -> None:
+        tpl = task.tpl
+        del self._live[task.id]
+        self._store.add(
+            tpl.kind,
+            tpl.ttft_metric,
+            tpl.target_ms,
+            task.arrival,
+            task.first_token,
+            now,
+            outcome,
+        )
+
+    # -- calls --------------------------------------------------------------------------
+
+    def _start_call(self, task: _Task, index: int, now: float) -> None:
+        tpl = task.tpl
+        node = tpl.nodes[index]
+        out = tpl.outputs[index]
+        call = Call(
+            id=f"{task.id}:{node.id}",
+            model=tpl.model,
+            deadline=task.deadlines[index],
+            prompt_tokens=node.prompt_tokens,
+            expected_output_tokens=out if self.clairvoyant else node.expected_output_tokens,
+            arrival=now,
+            metric=node.metric,
+            task_id=str(task.id),
+            kind=tpl.kind,
+        )
+        self._counters["calls"] += 1
+        self._runs[call.id] = _Run(task, index, out, call)
+        self._route(call, self.models[tpl.model], now)
+
+    def _route(self, call: Call, model: _Model, now: float) -> None:
+        """Route as the executor places a call: parked while its model's replicas start."""
+        candidates = model.accepting
+        if not candidates:
+            if any(r.phase == _PENDING for r in model.replicas):
+                call.replica = None
+                model.parked.append(call)
+                return
+            run = self._runs.pop(call.id)
+            self._fail(run.task, now)
+            return
+        route = self.scheduler.route(call, candidates, now)
+        rep = self.replicas[route.replica_id]
+        route.apply(call, rep.state)
+        self._dispatch(rep, now)
+
+    def _dispatch(self, rep: _Replica, now: float) -> None:
+        st = rep.state
+        started = False
+        pick = self.scheduler.pick
+        engine = rep.engine
+        send = self.config.send_priority
+        while st.accepting and st.free_slots > 0:
+            call = pick(st, now)
+            if call is None:
+                break
+            st.dequeue(call.id)
+            st.start(call, now)
+            run = self._runs[call.id]
+            engine.add(call.id, call.prompt_tokens, run.out, call.priority if send else 0, now)
+            started = True
+        if started:
+            self.tracker.running(rep.id, len(st.in_flight), st.concurrency_limit, now)
+            if not rep.stepping:
+                rep.stepping = True
+                self._push(now, _STEP_START, rep, _STEP)
+            elif rep.run is not None:
+                self._cut_run(rep, rep.run, now)
+
+    def _cut_run(self, rep: _Replica, run: DecodeRun, now: float) -> None:
+        """New work joins the first step that starts at or after ``now``."""
+        steps = run.steps_before(now)
+        if steps < run.steps:
+            rep.run = run.cut(steps)
+            rep.version += 1
+            self._push(run.end(steps), _STEP_END, (rep, None, rep.version))
+
+    def _step_start(self, rep: _Replica, now: float) -> None:
+        engine = rep.engine
+        if self.config.fuse_decode:
+            run = engine.decode_run(now, self.config.max_fused_steps)
+            if run is not None:
+                if self._needs_sync(rep.state):  # end the run in time for the next sync
+                    run = run.cut(max(run.steps_before(now + self.config.sync_s), 2))
+                rep.run = run
+                rep.version += 1
+                self._counters["fused_runs"] += 1
+                self._push(run.end(run.steps), _STEP_END, (rep, None, rep.version))
+                return
+        result = engine.step(now)
+        if result is None:
+            rep.stepping = False
+            return
+        self._counters["steps"] += 1
+        self._push(engine.busy_until, _STEP_END, (rep, result, 0))
+
+    @staticmethod
+    def _needs_sync(st: ReplicaState) -> bool:
+        """Token counts only move the wait estimate of a full replica (or one with a queue)."""
+        return len(st.in_flight) >= st.concurrency_limit or len(st.queue) > 0
+
+    def _step_end(self, rep: _Replica, result: StepResult | None, version: int, now: float) -> None:
+        if result is None:
+            fused = rep.run
+            if version != rep.version or fused is None:
+                return  # a run cut short since: its new end is another event
+            rep.run = None
+            result = rep.engine.apply_run(fused, fused.steps)
+            self._counters["steps"] += fused.steps
+        st = rep.state
+        model = rep.model
+        in_flight = st.in_flight
+        sync = self._needs_sync(st) and (
+            now - model.synced_at.get(rep.id, -math.inf) >= self.config.sync_s
+        )
+        for out in result.outputs:
+            if out.first_token:
+                st.first_token(out.seq_id, now)
+                owner = self._runs[out.seq_id]
+                task = owner.task
+                if task.first_token is None and task.tpl.final[owner.node]:
+                    task.first_token = now
+            if out.finished:
+                self._finish_call(rep, self._runs.pop(out.seq_id), out.output_tokens, now)
+            elif sync:
+                call = in_flight[out.seq_id]
+                if out.output_tokens > call.tokens_done:
+                    st.tokens(out.seq_id, out.output_tokens - call.tokens_done)
+        if sync:
+            model.synced_at[rep.id] = now
+        self._push(now, _STEP_START, rep, _STEP)
+
+    def _finish_call(self, rep: _Replica, run: _Run, produced: int, now: float) -> None:
+        """The executor's order: rates, release (and dispatch), provisioner, profiler."""
+        call = run.call
+        st = rep.state
+        if produced > call.tokens_done:
+            st.tokens(call.id, produced - call.tokens_done)
+        started = call.started_at if call.started_at is not None else now
+        first = call.first_token_at if call.first_token_at is not None else now
+        st.observe(call.prompt_tokens, first - started, produced, now - first)
+        st.finish(call.id, now)
+        self.tracker.running(rep.id, len(st.in_flight), st.concurrency_limit, now)
+        self._dispatch(rep, now)
+        reached = first if call.metric == "ttft" else now
+        self.provisioner.observe_task(call.model, reached > call.deadline, now)
+        task = run.task
+        node = task.tpl.nodes[run.node]
+        self.profiler.observe(node, call.model, max((reached) - started, 0.0))
+        if rep.phase == _DRAINING and not st.in_flight:
+            self._stop(rep, now)
+        if not task.failed:
+            self._node_done(task, run.node, now)
+
+    # -- replicas and autoscaling -------------------------------------------------------
+
+    def _add_replica(self, model: _Model, now: float) -> _Replica:
+        spec = model.spec
+        rid = f"{spec.name}-{next(model.count)}"
+        prior = self._priors[spec.name]
+        state = ReplicaState(
+            id=rid,
+            model=spec.name,
+            concurrency_limit=spec.limit,
+            rates=Rates(prior.overhead_s, prior.prefill_s_per_token, prior.tpot_s, prior.alpha),
+            accepting=False,
+            idle_since=None,
+        )
+        engine = FusedEngine(spec.profile, self.config.engine_policy)
+        rep = _Replica(rid, model, state, engine, now)
+        self.replicas[rid] = rep
+        model.replicas.append(rep)
+        self._free_gpus -= spec.gpus_per_replica
+        self.tracker.replica_state(rid, True, now)
+        return rep
+
+    def _ready(self, rep: _Replica, now: float) -> None:
+        if rep.phase != _PENDING:
+            return  # removed while it was starting
+        rep.phase = _READY_PHASE
+        rep.ready_at = now
+        rep.state.accepting = True
+        self._refresh_accepting(rep.model)
+        self._snapshot(rep.model, now)
+        self._settle_parked(rep.model, now)
+
+    def _settle_parked(self, model: _Model, now: float) -> None:
+        parked, model.parked = model.parked, []
+        for call in parked:
+            self._route(call, model, now)
+
+    def _drain(self, rep: _Replica, now: float) -> None:
+        if rep.phase == _PENDING:
+            self._stop(rep, now)
+            return
+        if rep.phase != _READY_PHASE:
+            return
+        rep.phase = _DRAINING
+        rep.state.accepting = False
+        self._refresh_accepting(rep.model)
+        for call in rep.state.queue.calls():  # as the executor's _reroute_queue
+            rep.state.dequeue(call.id)
+            self._counters["rerouted"] += 1
+            self._route(call, rep.model, now)
+        if not rep.state.in_flight:
+            self._stop(rep, now)
+
+    def _stop(self, rep: _Replica, now: float) -> None:
+        rep.phase = _STOPPED
+        rep.state.accepting = False
+        model = rep.model
+        model.replicas.remove(rep)
+        self._refresh_accepting(model)
+        self._free_gpus += model.spec.gpus_per_replica
+        self.tracker.replica_state(rep.id, False, now)
+        self._snapshot(model, now)
+        self._settle_parked(model, now)
+
+    def _refresh_accepting(self, model: _Model) -> None:
+        model.accepting = [r.state for r in model.replicas if r.state.accepting]
+
+    def _snapshot(self, model: _Model, now: float) -> None:
+        ready = sum(1 for r in model.replicas if r.phase == _READY_PHASE)
+        pending = sum(1 for r in model.replicas if r.phase == _PENDING)
+        series = model.series
+        if series and series[-1][0] == now:
+            series.pop()
+        if not series or series[-1][1:] != (ready, pending):
+            series.append((now, ready, pending))
+
+    def cluster_view(self, now: float) -> ClusterView:
+        """The provisioner's view, as the runtime builds it (draining replicas left out)."""
+        views = []
+        for model in self.models.values():
+            spec = model.spec
+            replicas = [self._view(r) for r in model.replicas if r.phase != _DRAINING]
+            views.append(
+                ModelView(
+                    name=spec.name,
+                    replicas=tuple(replicas),
+                    gpus_per_replica=spec.gpus_per_replica,
+                    min_replicas=spec.floor,
+                    max_replicas=spec.ceiling,
+                )
+            )
+        return ClusterView(models=tuple(views), free_gpus=max(self._free_gpus, 0))
+
+    @staticmethod
+    def _view(rep: _Replica) -> ReplicaView:
+        st = rep.state
+        ready = rep.phase == _READY_PHASE
+        return ReplicaView(
+            id=rep.id,
+            phase="ready" if ready else "pending",
+            started_at=rep.started_at,
+            ready_at=rep.ready_at,
+            in_flight=len(st.in_flight),
+            queued=len(st.queue),
+            idle_since=st.idle_since if ready else None,
+        )
+
+    def _tick(self, now: float) -> None:
+        for decision in self.provisioner.decide(self.cluster_view(now), now):
+            if not decision.empty:
+                self._apply(decision, now)
+
+    def _apply(self, decision: ScaleDecision, now: float) -> None:
+        model = self.models.get(decision.model)
+        if model is None:
+            return
+        before = sum(1 for r in model.replicas if r.phase != _DRAINING)
+        cold = model.spec.profile.cold_start_s
+        for _ in range(decision.add):
+            rep = self._add_replica(model, now)
+            if cold > 0:
+                self._push(now + cold, _READY, rep)
+            else:
+                self._ready(rep, now)
+        for rid in decision.remove:
+            rep_to_drain = self.replicas.get(rid)
+            if rep_to_drain is not None and rep_to_drain.model is model:
+                self._drain(rep_to_drain, now)
+        self._snapshot(model, now)
+        after = sum(1 for r in model.replicas if r.phase != _DRAINING)
+        self._scale_events.append(ScaleEvent(now, model.spec.name, before, after, decision.reason))
+
+    # -- the result ---------------------------------------------------------------------
+
+    def _result(self, last_arrival: float, wall_s: float) -> SimResult:
+        end = self.now
+        for task in list(self._live.values()):
+            self._fail(task, end)
+        self._runs.clear()
+        for model in self.models.values():
+            self._snapshot(model, end)
+        util = self.tracker.summary(end)
+        self._counters["preemptions"] = sum(
+            r.engine.num_preemptions for r in self.replicas.values()
+        )
+        per_model: dict[str, float] = {m: 0.0 for m in self.models}
+        for rid, u in util.replicas.items():
+            per_model[self.replicas[rid].model.spec.name] += u.provisioned_s
+        warm = self.config.warmup_s
+        return SimResult(
+            scheduler=self.scheduler.name,
+            provisioner=self.provisioner.name,
+            seed=self.config.seed,
+            kinds={k: kind_stats(self._store.records(warm, k)) for k in self._store.kinds},
+            overall=kind_stats(self._store.records(warm)),
+            utilization=util,
+            start=0.0,
+            end=end,
+            last_arrival=last_arrival,
+            replica_series={m.spec.name: list(m.series) for m in self.models.values()},
+            scale_events=list(self._scale_events),
+            counters=dict(self._counters),
+            wall_s=wall_s,
+            cpu_s=self._cpu_s,
+            replica_seconds=per_model,
+            store=self._store,
+            warmup_s=warm,
+        )
+
+
+def simulate(
+    config: SimConfig,
+    arrivals: Iterable[tuple[float, SimTask]],
+    progress: Callable[[int], None] | None = None,
+) -> SimResult:
+    """Run ``config`` over ``arrivals`` ((time, task) pairs in time order)."""
+    return Simulator(config).run(arrivals, progress=progress)
