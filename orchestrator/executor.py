@@ -2,8 +2,14 @@
 
 Each ``llm`` node becomes a ``Call`` routed by the scheduler into a replica's queue; a
 replica takes calls off its queue (in the scheduler's order) while it has free slots, so
-at most its concurrency limit of sequences are in flight upstream. Everything a policy
-needs is kept in ``policy.state`` objects that only this module mutates.
+at most its concurrency limit of sequences are in flight upstream. A call whose model
+has no ready replica yet, but one starting, waits ("parked") until one is ready.
+Everything a policy needs is kept in ``policy.state`` objects that only this module
+mutates.
+
+A failed call moves to another replica while the user has seen none of its text
+(always for a chunk of a translation, only before the first token for the node whose
+tokens are streamed); the replica is then avoided for ``suspect_s``.
 
 Cancellation: closing the iterator returned by ``submit`` cancels the graph's node tasks;
 queued calls leave their queue, and in-flight calls close their HTTP stream, which makes
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
@@ -30,13 +37,18 @@ from orchestrator.replicas.openai_client import (
     Finished,
     ReplicaClient,
     ReplicaError,
-    ReplicaUnreachable,
+    ReplicaHTTPError,
     Token,
 )
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+OnToken = Callable[[str, float], None]
+OnDispatch = Callable[[Call], None]
+
+# Statuses that reject the request itself: another replica would answer the same.
+REQUEST_ERROR_STATUSES = frozenset({400, 413, 422})
 
 
 class TaskFailed(Exception):
@@ -96,7 +108,9 @@ class Orchestrator:
         self.recorder = Recorder(window_s=window_s)
         self._replicas: dict[str, _Replica] = {}
         self._waiters: dict[str, asyncio.Future[None]] = {}
+        self._parked: dict[str, Call] = {}
         self._priors: dict[str, Rates] = {}
+        self._run_ids = itertools.count(1)
         for spec in replicas:
             self.add_replica(spec)
         self.profiler = profiler or Profiler(self._priors)
@@ -120,8 +134,9 @@ class Orchestrator:
             rates=Rates(**_rate_fields(rates)),
             accepting=ready,
         )
-        self._replicas[spec.id] = _Replica(spec, state, ReplicaClient(spec.url))
-        self._replicas[spec.id].lifecycle = "ready" if ready else "pending"
+        lifecycle = "ready" if ready else "pending"
+        self._replicas[spec.id] = _Replica(spec, state, ReplicaClient(spec.url), lifecycle)
+        self._settle_parked(spec.model)
 
     def set_lifecycle(
         self, replica_id: str, lifecycle: str, cold_start_s: float | None = None
@@ -136,6 +151,7 @@ class Orchestrator:
             self._dispatch(rep)
         else:
             self._reroute_queue(rep)
+        self._settle_parked(rep.state.model)
 
     def note_restart(self, replica_id: str) -> None:
         rep = self._replicas.get(replica_id)
@@ -148,6 +164,7 @@ class Orchestrator:
             return
         rep.state.accepting = False
         self._reroute_queue(rep)
+        self._settle_parked(rep.state.model)
         await rep.client.close()
 
     def idle_since(self, replica_id: str) -> float | None:
@@ -171,7 +188,7 @@ class Orchestrator:
         Closing the iterator (``aclose``, or ``contextlib.aclosing`` around the loop)
         cancels the task, upstream requests included.
         """
-        return _TaskRun(self, request).events()
+        return _TaskRun(self, request, next(self._run_ids)).events()
 
     def status(self) -> Status:
         now = self.clock()
@@ -179,7 +196,7 @@ class Orchestrator:
         return Status(
             scheduler=self.scheduler.name,
             replicas=infos,
-            queued=sum(i.queued for i in infos),
+            queued=sum(i.queued for i in infos) + len(self._parked),
             in_flight=sum(i.in_flight for i in infos),
             window_s=self.recorder.window_s or 0.0,
             kinds=self.recorder.kind_stats(now),
@@ -206,6 +223,7 @@ class Orchestrator:
     # -- routing and dispatch ---------------------------------------------------
 
     def _candidates(self, model: str, excluded: set[str]) -> list[ReplicaState]:
+        """Accepting replicas of ``model``; those not suspect if there are any."""
         now = self.clock()
         serving = [
             r
@@ -215,22 +233,39 @@ class Orchestrator:
         healthy = [r.state for r in serving if r.suspect_until <= now]
         return healthy or [r.state for r in serving]
 
+    def _starting(self, model: str) -> bool:
+        return any(
+            r.state.model == model and r.lifecycle == "pending" for r in self._replicas.values()
+        )
+
+    def _no_replica(self, model: str) -> TaskFailed:
+        known = sorted({r.state.model for r in self._replicas.values()})
+        if model not in known:
+            served = ", ".join(known) or "none"
+            return TaskFailed(f"unknown model {model!r}; served models: {served}", "unknown_model")
+        return TaskFailed(f"no replica of model {model!r} is available", "no_replica")
+
     def _enqueue(self, call: Call, excluded: set[str]) -> asyncio.Future[None]:
-        candidates = self._candidates(call.model, excluded)
-        if not candidates:
-            known = sorted({r.state.model for r in self._replicas.values()})
-            if call.model not in known:
-                raise TaskFailed(
-                    f"unknown model {call.model!r}; served models: {', '.join(known) or 'none'}",
-                    "unknown_model",
-                )
-            raise TaskFailed(f"no replica of model {call.model!r} is available", "no_replica")
-        now = self.clock()
-        route = self.scheduler.route(call, candidates, now)
+        """Place a call; the future resolves when it gets a slot on ``call.replica``."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters[call.id] = fut
-        self._apply(call, route)
+        try:
+            self._place(call, excluded)
+        except TaskFailed:
+            del self._waiters[call.id]
+            raise
         return fut
+
+    def _place(self, call: Call, excluded: set[str]) -> None:
+        """Route a call to a replica's queue, or park it while its model's replicas start."""
+        candidates = self._candidates(call.model, excluded)
+        if candidates:
+            self._apply(call, self.scheduler.route(call, candidates, self.clock()))
+        elif self._starting(call.model):
+            call.replica = None
+            self._parked[call.id] = call
+        else:
+            raise self._no_replica(call.model)
 
     def _apply(self, call: Call, route: Route) -> None:
         rep = self._replicas[route.replica_id]
@@ -252,24 +287,38 @@ class Orchestrator:
                 continue
             fut.set_result(None)
 
+    def _fail_waiter(self, call: Call, exc: TaskFailed) -> None:
+        fut = self._waiters.pop(call.id, None)
+        if fut is not None and not fut.done():
+            fut.set_exception(exc)
+
     def _reroute_queue(self, rep: _Replica) -> None:
-        """Move every call queued on a replica that stopped accepting to the others."""
+        """Move the calls queued on a replica that stopped accepting, or failed, elsewhere."""
         for call in rep.state.queue.calls():
             rep.state.dequeue(call.id)
-            candidates = self._candidates(call.model, {rep.state.id})
-            fut = self._waiters.get(call.id)
-            if not candidates:
-                if fut is not None and not fut.done():
-                    self._waiters.pop(call.id, None)
-                    fut.set_exception(
-                        TaskFailed(f"no replica of model {call.model!r} is available", "no_replica")
-                    )
-                continue
-            self._apply(call, self.scheduler.route(call, candidates, self.clock()))
+            try:
+                self._place(call, set())
+            except TaskFailed as exc:
+                self._fail_waiter(call, exc)
+
+    def _settle_parked(self, model: str) -> None:
+        """Route parked calls of ``model`` once it has a ready replica; fail them if none
+        is ready or starting any more."""
+        parked = [c for c in self._parked.values() if c.model == model]
+        if not parked or (self._starting(model) and not self._candidates(model, set())):
+            return
+        for call in parked:
+            del self._parked[call.id]
+            try:
+                self._place(call, set())
+            except TaskFailed as exc:
+                self._fail_waiter(call, exc)
 
     def _release(self, call: Call, *, cancelled_in_queue: bool = False) -> None:
         """Take a call out of its replica (queue or flight) and let the next one in."""
         self._waiters.pop(call.id, None)
+        if self._parked.pop(call.id, None) is not None:
+            return
         rep = self._replicas.get(call.replica or "")
         if rep is None:
             return
@@ -278,46 +327,80 @@ class Orchestrator:
         rep.state.finish(call.id, self.clock())
         self._dispatch(rep)
 
-    def _mark_suspect(self, replica_id: str) -> None:
-        rep = self._replicas.get(replica_id)
-        if rep is not None:
-            rep.suspect_until = self.clock() + self.suspect_s
+    # -- model calls ------------------------------------------------------------
 
     async def run_call(
-        self, call: Call, node: Node, on_token: Callable[[str, float], None]
+        self,
+        call: Call,
+        node: Node,
+        on_token: OnToken,
+        on_dispatch: OnDispatch | None = None,
     ) -> tuple[str, Usage]:
-        """Route, wait for a slot, stream the call; retry elsewhere while no token came."""
+        """Route, wait for a slot, stream the call; retry elsewhere while that is safe.
+
+        ``on_dispatch`` is told each time the call gets a slot on a replica (again
+        after a retry); ``on_token`` gets every text delta with its time.
+        """
         excluded: set[str] = set()
-        for attempt in range(1, self.max_attempts + 1):
+        for attempt in itertools.count(1):
+            rep = await self._wait_for_slot(call, excluded)
+            if on_dispatch is not None:
+                on_dispatch(call)
+            failure: ReplicaError | None = None
+            try:
+                result = await self._stream(rep, call, node, on_token)
+            except ReplicaError as exc:
+                failure = exc
+                self._suspect(rep, exc)
+            finally:
+                self._release(call)
+            if failure is None:
+                self._call_done(call)
+                return result
+            self._before_retry(rep, call, node, failure, attempt, excluded)
+        raise AssertionError("unreachable")
+
+    async def _wait_for_slot(self, call: Call, excluded: set[str]) -> _Replica:
+        """Queue the call and wait until a replica starts it; return that replica."""
+        while True:
             fut = self._enqueue(call, excluded)
             try:
                 await fut
             except BaseException:
                 self._release(call, cancelled_in_queue=True)
                 raise
-            rep = self._replicas[call.replica or ""]
-            try:
-                result = await self._stream(rep, call, node, on_token)
-            except ReplicaError as exc:
-                self._release(call)
-                if isinstance(exc, ReplicaUnreachable):
-                    self._mark_suspect(rep.state.id)
-                if exc.after_first_token or attempt == self.max_attempts:
-                    raise TaskFailed(
-                        f"replica {rep.state.id} failed: {exc}", "replica_error"
-                    ) from exc
-                log.warning(
-                    "replica %s failed before the first token (%s); retrying", rep.state.id, exc
-                )
-                excluded.add(rep.state.id)
-                call.started_at = call.first_token_at = None
-                call.tokens_done = 0
-            except BaseException:
-                self._release(call)
-                raise
-            self._call_done(call)
-            return result
-        raise AssertionError("unreachable")
+            rep = self._replicas.get(call.replica or "")
+            if rep is not None:
+                return rep
+            excluded.add(call.replica or "")  # removed after it took the call
+
+    def _before_retry(
+        self,
+        rep: _Replica,
+        call: Call,
+        node: Node,
+        exc: ReplicaError,
+        attempt: int,
+        excluded: set[str],
+    ) -> None:
+        """Raise ``TaskFailed`` unless the failed call may move to another replica."""
+        rid = rep.state.id
+        if _rejects_request(exc):
+            raise TaskFailed(f"replica {rid} rejected the request: {exc}", "bad_request") from exc
+        excluded.add(rid)
+        seen = exc.after_first_token and node.final
+        if seen or attempt >= self.max_attempts or not self._candidates(call.model, excluded):
+            raise TaskFailed(f"replica {rid} failed: {exc}", "replica_error") from exc
+        log.warning("call %s failed on replica %s (%s); retrying elsewhere", call.id, rid, exc)
+        call.started_at = call.first_token_at = None
+        call.tokens_done = 0
+
+    def _suspect(self, rep: _Replica, exc: ReplicaError) -> None:
+        """Avoid a failing replica for a while, and move the calls queued on it."""
+        if _rejects_request(exc):
+            return
+        rep.suspect_until = self.clock() + self.suspect_s
+        self._reroute_queue(rep)
 
     def _call_done(self, call: Call) -> None:
         if self.on_call_done is None:
@@ -327,7 +410,7 @@ class Orchestrator:
         self.on_call_done(call, (reached or now) > call.deadline, now)
 
     async def _stream(
-        self, rep: _Replica, call: Call, node: Node, on_token: Callable[[str, float], None]
+        self, rep: _Replica, call: Call, node: Node, on_token: OnToken
     ) -> tuple[str, Usage]:
         st = rep.state
         parts: list[str] = []
@@ -353,15 +436,15 @@ class Orchestrator:
                     parts.append(ev.text)
                     on_token(ev.text, now)
                 elif isinstance(ev, Finished) and ev.usage is not None:
-                    usage = Usage(
-                        prompt_tokens=ev.usage.prompt_tokens,
-                        completion_tokens=ev.usage.completion_tokens,
-                    )
+                    usage = ev.usage
         done = self.clock()
         ttft = (first_at or done) - started
         st.observe(usage.prompt_tokens, ttft, usage.completion_tokens, done - (first_at or done))
-        self._release(call)
         return "".join(parts), usage
+
+
+def _rejects_request(exc: ReplicaError) -> bool:
+    return isinstance(exc, ReplicaHTTPError) and exc.status in REQUEST_ERROR_STATUSES
 
 
 def _service_time(call: Call, now: float) -> float:
@@ -380,12 +463,26 @@ def _rate_fields(r: Rates) -> dict[str, float]:
     }
 
 
-class _TaskRun:
-    """One task's graph run: node tasks feeding one ordered event queue."""
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, in order."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
 
-    def __init__(self, orch: Orchestrator, request: TaskRequest) -> None:
+
+class _TaskRun:
+    """One task's graph run: node tasks feeding one ordered event queue.
+
+    Events: ``started``; per node ``running`` then ``finished`` (or ``failed``), an
+    ``llm`` node's ``running`` sent when a replica takes the call and naming it and the
+    call's priority (sent again if the call moves to another replica); ``token``
+    events of the final ``llm`` node; one ``done`` or ``error``.
+    """
+
+    def __init__(self, orch: Orchestrator, request: TaskRequest, run_id: int) -> None:
         self.orch = orch
         self.request = request
+        self.run_id = run_id
         self.arrival = orch.clock()
         self.queue: asyncio.Queue[TaskEvent | None] = asyncio.Queue()
         self.first_token_at: float | None = None
@@ -397,53 +494,56 @@ class _TaskRun:
     def _t_ms(self, t: float | None = None) -> float:
         return ((self.orch.clock() if t is None else t) - self.arrival) * 1000.0
 
+    def _event(self, **fields: object) -> TaskEvent:
+        return TaskEvent(task_id=self.request.id, t_ms=self._t_ms(), **fields)  # type: ignore[arg-type]
+
     def _emit(self, **fields: object) -> None:
-        self.queue.put_nowait(TaskEvent(task_id=self.request.id, t_ms=self._t_ms(), **fields))  # type: ignore[arg-type]
+        self.queue.put_nowait(self._event(**fields))
+
+    def _error_event(self, message: str, code: str) -> TaskEvent:
+        return self._event(type="error", error=message, code=code)
 
     async def events(self) -> AsyncGenerator[TaskEvent, None]:
-        try:
-            graph = graphs.build_graph(self.request, self.orch.defaults)
-        except ValueError as exc:
-            yield self._error_event(str(exc), "bad_request")
-            self._record(None, "error")
-            return
-        yield TaskEvent(type="started", task_id=self.request.id, t_ms=self._t_ms())
-        runner = asyncio.create_task(self._run(graph))
+        graph: TaskGraph | None = None
+        runner: asyncio.Task[None] | None = None
         outcome: Outcome = "cancelled"
         try:
-            while True:
-                event = await self.queue.get()
-                if event is None:
-                    break
+            try:
+                graph = graphs.build_graph(self.request, self.orch.defaults)
+            except ValueError as exc:
+                outcome = "error"
+                yield self._error_event(str(exc), "bad_request")
+                return
+            runner = asyncio.create_task(self._run(graph), name=f"task {self.request.id}")
+            yield self._event(type="started")
+            while (event := await self.queue.get()) is not None:
                 if event.type in ("done", "error"):
                     outcome = "ok" if event.type == "done" else "error"
                 yield event
         finally:
-            if not runner.done():
+            if runner is not None and not runner.done():
                 runner.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await runner
             self._record(graph, outcome)
 
-    def _error_event(self, message: str, code: str) -> TaskEvent:
-        return TaskEvent(
-            type="error", task_id=self.request.id, t_ms=self._t_ms(), error=message, code=code
-        )
-
     async def _run(self, graph: TaskGraph) -> None:
         try:
             result = await self._run_graph(graph)
-        except* TaskFailed as group:
-            exc = group.exceptions[0]
-            assert isinstance(exc, TaskFailed)
-            self.queue.put_nowait(self._error_event(str(exc), exc.code))
-        except* Exception as group:
-            exc0 = group.exceptions[0]
-            log.exception("task %s failed", self.request.id, exc_info=exc0)
-            self.queue.put_nowait(self._error_event(f"internal error: {exc0}", "internal"))
+        except Exception as exc:
+            self.queue.put_nowait(self._failure_event(exc))
         else:
             self._finish(graph, result)
         self.queue.put_nowait(None)
+
+    def _failure_event(self, exc: Exception) -> TaskEvent:
+        """The error event of a failed graph: its first ``TaskFailed``, else a bug."""
+        leaves = _leaves(exc)
+        for leaf in leaves:
+            if isinstance(leaf, TaskFailed):
+                return self._error_event(str(leaf), leaf.code)
+        log.error("task %s failed", self.request.id, exc_info=leaves[0])
+        return self._error_event(f"internal error: {leaves[0]!r}", "internal")
 
     def _finish(self, graph: TaskGraph, result: str) -> None:
         now = self.orch.clock()
@@ -465,44 +565,52 @@ class _TaskRun:
 
     async def _run_graph(self, graph: TaskGraph) -> str:
         deadlines = self.orch.profiler.deadlines(graph, self.arrival)
-        self.llm_total = sum(1 for n in graph.nodes if n.op == "llm")
+        self.llm_total = len(graph.llm_nodes())
         tasks: dict[str, asyncio.Task[str]] = {}
         async with asyncio.TaskGroup() as tg:
             for node in graph.nodes:
                 deps = [tasks[d] for d in node.deps]
                 tasks[node.id] = tg.create_task(self._node(graph, node, deps, deadlines[node.id]))
-        return tasks[graph.nodes[-1].id].result()
+        return tasks[graph.result_node].result()
 
     async def _node(
         self, graph: TaskGraph, node: Node, deps: list[asyncio.Task[str]], deadline: float
     ) -> str:
         inputs = [await d for d in deps]
-        self._emit(type="node", node=node.id, state="running")
         if node.op == "llm":
-            text = await self._llm(graph, node, deadline)
-        else:
-            started = self.orch.clock()
-            out = graphs.run_local(node, inputs, self.request)
-            text = out.text
-            self.diagnostics.extend(out.diagnostics)
-            self.orch.profiler.observe(node, graph.model, self.orch.clock() - started)
-        progress = self.llm_done / self.llm_total if self.llm_total else None
-        self._emit(type="node", node=node.id, state="finished", progress=progress)
-        return text
+            return await self._llm(graph, node, deadline)
+        return self._local(graph, node, inputs)
 
-    async def _llm(self, graph: TaskGraph, node: Node, deadline: float) -> str:
-        now = self.orch.clock()
-        call = Call(
-            id=f"{self.request.id}:{node.id}",
+    def _progress(self) -> float | None:
+        """Share of the graph's ``llm`` nodes done."""
+        return self.llm_done / self.llm_total if self.llm_total else None
+
+    def _local(self, graph: TaskGraph, node: Node, inputs: list[str]) -> str:
+        self._emit(type="node", node=node.id, state="running")
+        started = self.orch.clock()
+        out = graphs.run_local(node, inputs, self.request)
+        self.diagnostics.extend(out.diagnostics)
+        self.orch.profiler.observe(node, graph.model, self.orch.clock() - started)
+        self._emit(type="node", node=node.id, state="finished", progress=self._progress())
+        return out.text
+
+    def _call(self, graph: TaskGraph, node: Node, deadline: float) -> Call:
+        """The scheduler's view of an ``llm`` node, with an id unique in the orchestrator
+        (clients may reuse task ids)."""
+        return Call(
+            id=f"{self.request.id}#{self.run_id}/{node.id}",
             model=graph.model,
             deadline=deadline,
             prompt_tokens=node.prompt_tokens,
             expected_output_tokens=node.expected_output_tokens,
-            arrival=now,
+            arrival=self.orch.clock(),
             metric=node.metric,
             task_id=self.request.id,
             kind=self.request.kind.value,
         )
+
+    async def _llm(self, graph: TaskGraph, node: Node, deadline: float) -> str:
+        call = self._call(graph, node, deadline)
 
         def on_token(text: str, t: float) -> None:
             if not node.final:
@@ -511,7 +619,19 @@ class _TaskRun:
                 self.first_token_at = t
             self._emit(type="token", node=node.id, text=text)
 
-        text, usage = await self.orch.run_call(call, node, on_token)
+        def on_dispatch(c: Call) -> None:
+            self._emit(
+                type="node", node=node.id, state="running", replica=c.replica, priority=c.priority
+            )
+
+        try:
+            text, usage = await self.orch.run_call(call, node, on_token, on_dispatch)
+        except TaskFailed:
+            self._emit(
+                type="node", node=node.id, state="failed", replica=call.replica,
+                priority=call.priority,
+            )  # fmt: skip
+            raise
         self.orch.profiler.observe(node, graph.model, _service_time(call, self.orch.clock()))
         if node.final and self.first_token_at is None:
             self.first_token_at = self.orch.clock()
@@ -520,6 +640,10 @@ class _TaskRun:
             completion_tokens=self.usage.completion_tokens + usage.completion_tokens,
         )
         self.llm_done += 1
+        self._emit(
+            type="node", node=node.id, state="finished", replica=call.replica,
+            priority=call.priority, progress=self._progress(),
+        )  # fmt: skip
         return text
 
     def _record(self, graph: TaskGraph | None, outcome: Outcome) -> None:

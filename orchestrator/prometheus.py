@@ -74,8 +74,8 @@ class ServiceMetrics:
         self.sla.labels(kind, "met" if last.sla_met else "missed").inc()
 
     def render(self, status: Status) -> bytes:
-        models = {r.model for r in status.replicas}
-        for model in models:
+        self.replicas.clear()  # models that no longer have replicas drop out
+        for model in {r.model for r in status.replicas}:
             for state in _STATES:
                 n = sum(1 for r in status.replicas if r.model == model and r.state == state)
                 self.replicas.labels(model, state).set(n)

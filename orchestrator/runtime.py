@@ -8,7 +8,6 @@ that turns the provisioner's pure decisions into process starts and drains.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import tempfile
@@ -25,7 +24,12 @@ from orchestrator.policy.provisioner import ClusterView, ModelView, ReplicaView,
 from orchestrator.policy.scheduler import make_scheduler
 from orchestrator.policy.state import Call, Rates
 from orchestrator.replicas.launchers import LaunchSpec
-from orchestrator.replicas.manager import Lifecycle, ManagedReplica, ReplicaManager
+from orchestrator.replicas.manager import (
+    Lifecycle,
+    ManagedReplica,
+    ManagerSettings,
+    ReplicaManager,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +63,7 @@ def launch_spec(model: ModelConfig) -> LaunchSpec:
         extra_args=tuple(model.vllm_args),
         profile=model.profile,
         speed=model.speed,
+        max_model_len=model.max_model_len,
     )
 
 
@@ -83,6 +88,7 @@ class Runtime:
         config: CatoConfig,
         *,
         workdir: Path | None = None,
+        settings: ManagerSettings | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
@@ -97,7 +103,11 @@ class Runtime:
             self.orchestrator.set_prior(model.name, prior_rates(model))
         self.orchestrator.on_call_done = self._on_call_done
         self.manager = ReplicaManager(
-            self.orchestrator, gpus=list(config.gpus.devices), workdir=self.workdir, clock=clock
+            self.orchestrator,
+            gpus=list(config.gpus.devices),
+            workdir=self.workdir,
+            settings=settings,
+            clock=clock,
         )
         self.provisioner = make_provisioner(config=config.provisioner)
         self.specs = {m.name: launch_spec(m) for m in config.models}
@@ -110,7 +120,7 @@ class Runtime:
         return cls(load_config(path))
 
     async def start(self, *, wait_ready_s: float | None = 600.0) -> None:
-        """Start every model's minimum replicas; wait until each has one READY."""
+        """Start every model's minimum replicas; with ``wait_ready_s``, wait as ``wait_ready``."""
         for model in self.config.models:
             for _ in range(max(model.min_replicas, 1 if model.engine == "external" else 0)):
                 await self.manager.start(self.specs[model.name])
@@ -119,23 +129,33 @@ class Runtime:
             await self.wait_ready(wait_ready_s)
 
     async def wait_ready(self, timeout_s: float) -> None:
+        """Wait until every model has a READY replica and none is still on its first start.
+
+        Replicas started together come up together; one that fails to start does not
+        hold the others back (it is restarted in the background).
+        """
         deadline = self.clock() + timeout_s
         while self.clock() < deadline:
-            if all(
-                self.manager.of_model(m.name, Lifecycle.READY) or m.min_replicas == 0
-                for m in self.config.models
-            ):
+            if all(self._model_ready(m) for m in self.config.models):
                 return
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.05)
         raise TimeoutError(
             f"replicas not ready within {timeout_s:.0f} s; see their logs in {self.workdir}"
         )
 
+    def _model_ready(self, model: ModelConfig) -> bool:
+        replicas = self.manager.of_model(model.name, Lifecycle.PENDING, Lifecycle.READY)
+        first_start = any(r.state is Lifecycle.PENDING and r.restarts == 0 for r in replicas)
+        has_ready = any(r.state is Lifecycle.READY for r in replicas)
+        return not first_start and (has_ready or model.min_replicas == 0)
+
     async def stop(self) -> None:
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+        """Stop autoscaling, then every replica; no replica process outlives this."""
+        tasks = [t for t in (self._loop_task, *self._drains) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._loop_task = None
         await self.manager.shutdown()
         await self.orchestrator.close()
 

@@ -1,25 +1,40 @@
-"""``cato serve``: the team service over managed replicas, until SIGINT or SIGTERM."""
+"""``cato serve``: the team service over managed replicas, until SIGINT or SIGTERM.
+
+The HTTP port is bound first, so a port in use fails at once, before any replica
+starts; ``/health`` answers 503 until every model has a ready replica. On SIGINT
+(Ctrl-C) or SIGTERM the service stops taking requests and stops every replica it
+started before it exits.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import signal
 import sys
 from pathlib import Path
 
+from aiohttp import web
+
 from orchestrator.config import CatoConfig, ConfigError, load_config
 from orchestrator.runtime import Runtime
-from orchestrator.server import ServiceOptions, create_app, serve_app
+from orchestrator.server import ServiceOptions, bound_port, create_app, serve_app
 
 log = logging.getLogger("cato.serve")
+
+
+class PortInUse(Exception):
+    """The service's address is taken (another ``cato serve``, or anything else)."""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", help="cato.toml (default: the built-in emulated setup)")
     parser.add_argument("--host", help="bind address (default from the config: 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="port (default from the config: 8000)")
+    parser.add_argument(
+        "--port", type=int, help="port (default from the config: 8000; 0 picks a free one)"
+    )
     parser.add_argument(
         "--workdir", type=Path, help="folder for replica logs (default: a temp folder)"
     )
@@ -38,45 +53,97 @@ def service_options(config: CatoConfig) -> ServiceOptions:
 
 
 async def serve(config: CatoConfig, host: str, port: int, workdir: Path | None) -> None:
+    """Run until SIGINT or SIGTERM; raises ``PortInUse`` before starting any replica."""
     runtime = Runtime(config, workdir=workdir)
+    app = create_app(runtime.orchestrator, service_options(config), status=runtime.status)
+    try:
+        runner = await _bind(app, host, port)
+    except PortInUse:
+        if workdir is None:
+            runtime.workdir.rmdir()  # the empty log folder made for this run
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, _on_signal, sig, stop)
+    url = f"http://{_url_host(host)}:{bound_port(runner)}"
+    _announce(config, host, url, runtime)
+    ready: asyncio.Task[None] | None = None
+    try:
+        await runtime.start(wait_ready_s=None)
+        ready = asyncio.create_task(_announce_ready(runtime, url))
+        await stop.wait()
+    finally:
+        if ready is not None:
+            ready.cancel()
+        log.info("shutting down: closing connections, then stopping replicas")
+        await runner.cleanup()
+        await runtime.stop()
+        log.info("stopped; no replica is left running")
+
+
+async def _bind(app: web.Application, host: str, port: int) -> web.AppRunner:
+    try:
+        return await serve_app(app, host, port)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(
+                f"port {port} on {host} is already in use (another cato serve?); "
+                "stop it or pick another port with --port"
+            ) from None
+        raise PortInUse(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def _on_signal(sig: signal.Signals, stop: asyncio.Event) -> None:
+    if stop.is_set():
+        log.info("%s again: still stopping replicas, please wait", sig.name)
+        return
+    log.info("%s received", sig.name)
+    stop.set()
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def _announce(config: CatoConfig, host: str, url: str, runtime: Runtime) -> None:
     for m in config.models:
         if m.engine == "emulated":
             log.warning(
-                "model %s: EMULATED replicas (profile %s), no real model is loaded",
+                "model %s: EMULATED replicas (engine profile %s, %gx speed): no real model "
+                "is loaded, answers are synthetic text; name vllm models in a cato.toml "
+                "(--config) to serve real ones",
                 m.name,
                 m.profile,
+                m.speed,
             )
-    log.info("starting replicas (logs under %s)", runtime.workdir)
-    runner = None
-    try:
-        await runtime.start(wait_ready_s=None)
-        runner = await serve_app(
-            create_app(runtime.orchestrator, service_options(config), status=runtime.status),
-            host,
-            port,
-        )
-        log.info("cato serve listening on http://%s:%d (OpenAI API under /v1)", host, port)
-        ready = asyncio.create_task(_announce_ready(runtime))
-        await stop.wait()
-        ready.cancel()
-        log.info("shutting down")
-    finally:
-        if runner is not None:
-            await runner.cleanup()
-        await runtime.stop()
+        else:
+            what = m.model or m.url
+            log.info(
+                "model %s: %s %s, %d..%d replicas",
+                m.name,
+                m.engine,
+                what,
+                m.min_replicas,
+                m.replicas_max,
+            )
+    if not config.server.users:
+        log.info("no users configured: requests need no token")
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            log.warning("listening beyond this machine without users: anyone can use it")
+    log.info("cato serve listening on %s (OpenAI base URL %s/v1)", url, url)
+    log.info("replica logs under %s; Ctrl-C stops the service", runtime.workdir)
 
 
-async def _announce_ready(runtime: Runtime) -> None:
+async def _announce_ready(runtime: Runtime, url: str) -> None:
     try:
-        await runtime.wait_ready(900)
+        await runtime.wait_ready(runtime.manager.settings.ready_timeout_s)
     except TimeoutError as exc:
         log.error("%s", exc)
     else:
-        log.info("every model has a ready replica")
+        log.info("ready: every model has a ready replica; try `cato status --url %s`", url)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,5 +157,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     host = args.host or config.server.host
     port = config.server.port if args.port is None else args.port
-    asyncio.run(serve(config, host, port, args.workdir))
+    try:
+        asyncio.run(serve(config, host, port, args.workdir))
+    except PortInUse as exc:
+        print(f"cato serve: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C before the service was up
+        return 130
     return 0

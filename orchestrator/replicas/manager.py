@@ -1,11 +1,14 @@
 """Replica lifecycle: start, readiness, health, drain, failure, restart, shutdown.
 
-PENDING -> READY -> DRAINING -> STOPPED, and FAILED from any running state. Every
+PENDING -> READY -> DRAINING -> STOPPED, and FAILED from PENDING or READY. Every
 replica is a child process in its own process group (so a stop reaches vLLM's workers
 too) with its log in a file of its own. The orchestrator is told each transition:
 only READY replicas get new work, and the queue of a replica that leaves READY is
 re-routed at once. In-flight requests of a dead replica fail on their stream; the
 executor retries those that had sent no token yet.
+
+A replica holds a pipe on its stdin for as long as the manager runs it; emulated
+replicas exit when that pipe closes, so they cannot outlive a manager that was killed.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import os
 import signal
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -29,6 +33,8 @@ from orchestrator.replicas.openai_client import ReplicaClient
 
 log = logging.getLogger(__name__)
 
+EXIT_WITH_STDIN = "--exit-with-stdin"
+
 
 class Lifecycle(StrEnum):
     PENDING = "pending"
@@ -36,6 +42,16 @@ class Lifecycle(StrEnum):
     DRAINING = "draining"
     STOPPED = "stopped"
     FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One lifecycle change, kept so that operators (and tests) can see the history."""
+
+    at: float
+    replica_id: str
+    state: Lifecycle
+    why: str = ""
 
 
 @dataclass(eq=False)
@@ -47,11 +63,12 @@ class ManagedReplica:
     gpus: list[int]
     state: Lifecycle = Lifecycle.PENDING
     proc: asyncio.subprocess.Process | None = None
+    exited: asyncio.Future[int] | None = None
     log_path: Path | None = None
     started_at: float = 0.0
     ready_at: float | None = None
-    idle_since: float | None = None
     restarts: int = 0
+    gave_up: bool = False
     health_failures: int = 0
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -59,12 +76,23 @@ class ManagedReplica:
     def cold_start_s(self) -> float | None:
         return None if self.ready_at is None else self.ready_at - self.started_at
 
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
+
+    @property
+    def running(self) -> bool:
+        """A process that has not exited yet (external replicas have none)."""
+        return self.proc is not None and self.proc.returncode is None
+
 
 @dataclass(frozen=True)
 class ManagerSettings:
     host: str = "127.0.0.1"
     ready_timeout_s: float = 900.0
+    ready_poll_s: float = 0.2
     health_interval_s: float = 2.0
+    health_timeout_s: float = 5.0
     health_failures_to_fail: int = 3
     drain_timeout_s: float = 60.0
     term_grace_s: float = 10.0
@@ -98,6 +126,9 @@ class ReplicaManager:
         self.settings = settings or ManagerSettings()
         self.clock = clock
         self.replicas: dict[str, ManagedReplica] = {}
+        self.transitions: deque[Transition] = deque(maxlen=1000)
+        self._groups: set[int] = set()  # process groups started and not yet reaped
+        self._stopping: dict[str, asyncio.Task[None]] = {}
         self._ids = itertools.count(1)
         self._closing = False
 
@@ -107,17 +138,35 @@ class ReplicaManager:
         wanted = set(states) or {Lifecycle.PENDING, Lifecycle.READY}
         return [r for r in self.replicas.values() if r.spec.name == name and r.state in wanted]
 
+    def history(self, replica_id: str) -> list[Lifecycle]:
+        """The states one replica went through, oldest first."""
+        return [t.state for t in self.transitions if t.replica_id == replica_id]
+
+    @property
+    def live_groups(self) -> set[int]:
+        """Process groups this manager started that still exist."""
+        return {g for g in self._groups if _group_alive(g)}
+
     # -- start --------------------------------------------------------------------
 
     async def start(self, spec: LaunchSpec) -> ManagedReplica | None:
         """Launch one replica of ``spec``; None when no GPU slot is free for it."""
+        if self._closing:
+            return None
         gpus = self.slots.allocate(spec.gpus_per_replica if spec.engine == "vllm" else 0)
         if gpus is None:
-            log.warning("model %s: no free GPU slot for another replica", spec.name)
+            log.warning(
+                "model %s: no free GPU slot for another replica (%d of %d free, %d needed)",
+                spec.name,
+                self.slots.free,
+                self.slots.total,
+                spec.gpus_per_replica,
+            )
             return None
         rid = f"{spec.name}-{next(self._ids)}"
         if spec.engine == "external":
             if not spec.url:
+                self.slots.release(gpus)
                 raise ValueError(f"model {spec.name!r}: engine 'external' needs a url")
             rep = ManagedReplica(rid, spec, spec.url.rstrip("/"), 0, gpus)
         else:
@@ -125,6 +174,7 @@ class ReplicaManager:
             rep = ManagedReplica(rid, spec, f"http://{self.settings.host}:{port}", port, gpus)
         self.replicas[rid] = rep
         self.orch.add_replica(self._replica_spec(rep), ready=False)
+        self._record(rep, "starting")
         await self._spawn(rep)
         rep.tasks.append(asyncio.create_task(self._supervise(rep), name=f"supervise {rid}"))
         return rep
@@ -139,80 +189,104 @@ class ReplicaManager:
             gpus=rep.gpus,
         )
 
+    def _command(self, rep: ManagedReplica) -> list[str]:
+        argv = build_command(rep.spec, host=self.settings.host, port=rep.port)
+        if rep.spec.engine == "emulated" and EXIT_WITH_STDIN not in argv:
+            argv.append(EXIT_WITH_STDIN)
+        return argv
+
     async def _spawn(self, rep: ManagedReplica) -> None:
-        rep.state = Lifecycle.PENDING
         rep.started_at = self.clock()
         rep.ready_at = None
         rep.health_failures = 0
+        rep.proc = rep.exited = None
         if rep.spec.engine == "external":
             return
-        argv = build_command(rep.spec, host=self.settings.host, port=rep.port)
+        argv = self._command(rep)
         folder = self.workdir / rep.id
         folder.mkdir(parents=True, exist_ok=True)
         rep.log_path = folder / "replica.log"
-        logf = rep.log_path.open("ab")
-        logf.write(f"\n--- start: {describe(argv)}\n".encode())
-        logf.flush()
+        with rep.log_path.open("ab") as logf:
+            logf.write(f"\n--- start: {describe(argv)}\n".encode())
+            logf.flush()
+            try:
+                rep.proc = await asyncio.create_subprocess_exec(
+                    *argv,
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=logf,
+                    stderr=asyncio.subprocess.STDOUT,
+                    env=build_env(rep.spec, rep.gpus, folder=folder),
+                    cwd=folder,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                logf.write(f"--- cannot start: {exc}\n".encode())
+                self._fail(rep, f"cannot start {argv[0]!r}: {exc.strerror or exc}")
+                return
+        self._groups.add(rep.proc.pid)
+        rep.exited = asyncio.ensure_future(rep.proc.wait())
         log.info(
-            "replica %s: starting %s (gpus %s), log %s",
+            "replica %s: started pid %d: %s (GPUs %s), log %s",
             rep.id,
+            rep.proc.pid,
             describe(argv),
-            rep.gpus,
+            ",".join(map(str, rep.gpus)) or "none",
             rep.log_path,
         )
-        try:
-            rep.proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=logf,
-                stderr=asyncio.subprocess.STDOUT,
-                env=build_env(rep.spec, rep.gpus),
-                cwd=folder,
-                start_new_session=True,
-            )
-        finally:
-            logf.close()
 
     # -- supervision ----------------------------------------------------------------
 
     async def _supervise(self, rep: ManagedReplica) -> None:
         client = ReplicaClient(rep.url, connect_timeout_s=2.0, read_timeout_s=5.0)
         try:
-            while not self._closing and rep.state not in (Lifecycle.STOPPED,):
+            while not self._closing and rep.state != Lifecycle.STOPPED:
                 if rep.state == Lifecycle.PENDING:
                     await self._await_ready(rep, client)
                 elif rep.state in (Lifecycle.READY, Lifecycle.DRAINING):
                     await self._check_health(rep, client)
-                    await asyncio.sleep(self.settings.health_interval_s)
+                    await self._pause(rep, self.settings.health_interval_s)
                 elif rep.state == Lifecycle.FAILED and not await self._restart(rep):
                     return
         finally:
             await client.close()
 
+    async def _pause(self, rep: ManagedReplica, seconds: float) -> None:
+        """Sleep, waking early when the replica's process exits."""
+        if rep.exited is None or rep.exited.done():
+            await asyncio.sleep(seconds)
+        else:
+            await asyncio.wait({rep.exited}, timeout=seconds)
+
     async def _await_ready(self, rep: ManagedReplica, client: ReplicaClient) -> None:
         deadline = rep.started_at + self.settings.ready_timeout_s
-        while self.clock() < deadline and not self._closing:
+        while self.clock() < deadline and not self._closing and rep.state == Lifecycle.PENDING:
             if self._exited(rep):
                 self._fail(rep, f"process exited with {_returncode(rep)} while starting")
                 return
-            if await client.health(timeout_s=2.0):
-                with contextlib.suppress(Exception):
-                    if rep.spec.name in await client.models():
-                        rep.ready_at = self.clock()
-                        rep.state = Lifecycle.READY
-                        rep.idle_since = rep.ready_at
-                        log.info("replica %s: ready after %.1f s", rep.id, rep.cold_start_s or 0.0)
-                        self.orch.set_lifecycle(rep.id, "ready", rep.cold_start_s)
-                        return
-            await asyncio.sleep(0.2)
-        if not self._closing:
+            if await self._answers(rep, client):
+                rep.ready_at = self.clock()
+                self._set(rep, Lifecycle.READY, f"ready after {rep.cold_start_s or 0.0:.1f} s")
+                self.orch.set_lifecycle(rep.id, "ready", rep.cold_start_s)
+                return
+            await self._pause(rep, self.settings.ready_poll_s)
+        if not self._closing and rep.state == Lifecycle.PENDING:
             self._fail(rep, f"not ready within {self.settings.ready_timeout_s:.0f} s")
+
+    async def _answers(self, rep: ManagedReplica, client: ReplicaClient) -> bool:
+        """Readiness: ``/health`` is 200 and ``/v1/models`` lists the served name."""
+        if not await client.health(timeout_s=2.0):
+            return False
+        try:
+            return rep.spec.name in await client.models()
+        except Exception as exc:
+            log.debug("replica %s: /v1/models not usable yet: %s", rep.id, exc)
+            return False
 
     async def _check_health(self, rep: ManagedReplica, client: ReplicaClient) -> None:
         if self._exited(rep):
             self._fail(rep, f"process exited with {_returncode(rep)}")
             return
-        if await client.health(timeout_s=5.0):
+        if await client.health(timeout_s=self.settings.health_timeout_s):
             rep.health_failures = 0
             return
         rep.health_failures += 1
@@ -225,14 +299,24 @@ class ReplicaManager:
     def _fail(self, rep: ManagedReplica, why: str) -> None:
         if rep.state in (Lifecycle.STOPPED, Lifecycle.FAILED):
             return
-        log.error("replica %s failed: %s (log: %s)", rep.id, why, rep.log_path)
-        rep.state = Lifecycle.FAILED
+        if rep.state == Lifecycle.DRAINING:
+            # Being removed anyway: its in-flight calls fail and the drain completes.
+            log.warning("replica %s failed while draining: %s", rep.id, why)
+            return
+        log.error("replica %s failed: %s (log: %s)", rep.id, why, rep.log_path or "-")
+        self._set(rep, Lifecycle.FAILED, why)
         self.orch.set_lifecycle(rep.id, "failed")
 
     async def _restart(self, rep: ManagedReplica) -> bool:
         await self._terminate(rep)
         if rep.restarts >= self.settings.max_restarts:
-            log.error("replica %s: gave up after %d restarts", rep.id, rep.restarts)
+            rep.gave_up = True
+            log.error(
+                "replica %s: gave up after %d restarts; see %s",
+                rep.id,
+                rep.restarts,
+                rep.log_path or "its log",
+            )
             return False
         backoff = min(
             self.settings.restart_backoff_s * 2**rep.restarts, self.settings.restart_backoff_max_s
@@ -241,11 +325,21 @@ class ReplicaManager:
         self.orch.note_restart(rep.id)
         log.info("replica %s: restarting in %.1f s (restart %d)", rep.id, backoff, rep.restarts)
         await asyncio.sleep(backoff)
-        if self._closing or rep.state == Lifecycle.STOPPED:
+        if self._closing or rep.state != Lifecycle.FAILED:
             return False
+        self._set(rep, Lifecycle.PENDING, f"restart {rep.restarts}")
         self.orch.set_lifecycle(rep.id, "pending")
         await self._spawn(rep)
         return True
+
+    def _set(self, rep: ManagedReplica, state: Lifecycle, why: str = "") -> None:
+        rep.state = state
+        self._record(rep, why)
+
+    def _record(self, rep: ManagedReplica, why: str) -> None:
+        self.transitions.append(Transition(self.clock(), rep.id, rep.state, why))
+        if rep.state == Lifecycle.READY:
+            log.info("replica %s: %s", rep.id, why)
 
     # -- stop -----------------------------------------------------------------------
 
@@ -254,57 +348,90 @@ class ReplicaManager:
         rep = self.replicas.get(replica_id)
         if rep is None or rep.state in (Lifecycle.STOPPED, Lifecycle.DRAINING):
             return
-        rep.state = Lifecycle.DRAINING
+        in_flight = self.orch.replica_load(rep.id)[0]
+        self._set(rep, Lifecycle.DRAINING, f"draining {in_flight} in-flight calls")
+        log.info("replica %s: draining (%d in flight)", rep.id, in_flight)
         self.orch.set_lifecycle(rep.id, "draining")
         deadline = self.clock() + self.settings.drain_timeout_s
-        while self.clock() < deadline and self.orch.replica_load(rep.id)[0] > 0:  # noqa: ASYNC110
+        while self.clock() < deadline and self._draining_calls(rep):  # noqa: ASYNC110
             await asyncio.sleep(0.1)
         await self._stop(rep)
 
+    def _draining_calls(self, rep: ManagedReplica) -> bool:
+        """Whether a draining replica still has calls in flight."""
+        if rep.state != Lifecycle.DRAINING or self.replicas.get(rep.id) is not rep:
+            return False
+        return self.orch.replica_load(rep.id)[0] > 0
+
     async def _stop(self, rep: ManagedReplica) -> None:
+        """Stop a replica; the stop runs to its end even if the caller is cancelled."""
+        task = self._stopping.get(rep.id)
+        if task is None:
+            if self.replicas.get(rep.id) is not rep:
+                return
+            del self.replicas[rep.id]
+            task = asyncio.create_task(self._stop_now(rep), name=f"stop {rep.id}")
+            self._stopping[rep.id] = task
+            task.add_done_callback(lambda _: self._stopping.pop(rep.id, None))
+        await asyncio.shield(task)
+
+    async def _stop_now(self, rep: ManagedReplica) -> None:
         rep.state = Lifecycle.STOPPED
-        current = asyncio.current_task()
         for task in rep.tasks:
-            if task is not current:
-                task.cancel()
+            task.cancel()
+        await asyncio.gather(*rep.tasks, return_exceptions=True)
         await self._terminate(rep)
         self.slots.release(rep.gpus)
+        self._record(rep, "stopped")
+        log.info("replica %s: stopped", rep.id)
         self.orch.set_lifecycle(rep.id, "stopped")
         await self.orch.remove_replica(rep.id)
-        self.replicas.pop(rep.id, None)
 
     async def _terminate(self, rep: ManagedReplica) -> None:
         """SIGTERM the replica's process group, SIGKILL after the grace period."""
         proc = rep.proc
-        if proc is None or proc.returncode is not None:
-            _kill_group(proc, signal.SIGKILL)  # reap stragglers of a dead leader
+        if proc is None:
             return
-        _kill_group(proc, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), self.settings.term_grace_s)
-        except TimeoutError:
-            log.warning("replica %s: no exit after SIGTERM, sending SIGKILL", rep.id)
-            _kill_group(proc, signal.SIGKILL)
-            await proc.wait()
-        _kill_group(proc, signal.SIGKILL)
+        if proc.returncode is None:
+            _kill_group(proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), self.settings.term_grace_s)
+            except TimeoutError:
+                log.warning("replica %s: no exit after SIGTERM, sending SIGKILL", rep.id)
+                _kill_group(proc.pid, signal.SIGKILL)
+                await proc.wait()
+        _kill_group(proc.pid, signal.SIGKILL)  # workers the leader left behind
+        if proc.stdin is not None:
+            proc.stdin.close()
+        self._groups.discard(proc.pid)
 
     async def shutdown(self) -> None:
-        """Stop every replica; nothing is left running afterwards."""
+        """Stop every replica; nothing this manager started is left running afterwards."""
         self._closing = True
-        for rep in list(self.replicas.values()):
-            for task in rep.tasks:
-                task.cancel()
         await asyncio.gather(
             *(self._stop(r) for r in list(self.replicas.values())), return_exceptions=True
         )
+        await asyncio.gather(*self._stopping.values(), return_exceptions=True)
+        for group in self.live_groups:
+            log.warning("process group %d outlived its replica; killing it", group)
+            _kill_group(group, signal.SIGKILL)
+        self._groups.clear()
 
 
 def _returncode(rep: ManagedReplica) -> str:
     return "?" if rep.proc is None else str(rep.proc.returncode)
 
 
-def _kill_group(proc: asyncio.subprocess.Process | None, sig: signal.Signals) -> None:
-    if proc is None:
-        return
+def _kill_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, sig)
+        os.killpg(pgid, sig)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
