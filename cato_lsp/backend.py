@@ -8,18 +8,28 @@ iterator is closed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
-from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import Protocol
+import logging
+from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING, Protocol
 
 import aiohttp
 
-from orchestrator.api import Status, TaskEvent, TaskRequest
+from orchestrator.api import Status, TaskEvent, TaskKind, TaskRequest
+
+if TYPE_CHECKING:
+    from orchestrator.runtime import Runtime
+
+log = logging.getLogger(__name__)
 
 
 class BackendError(Exception):
-    """The orchestrator could not be used; ``code`` says why (for the editor's message)."""
+    """The orchestrator could not be used; ``code`` says why (for the editor's message).
+
+    Codes: ``unreachable``, ``unauthorized``, ``config``, ``unavailable``, ``http``.
+    """
 
     def __init__(self, message: str, code: str = "unreachable") -> None:
         super().__init__(message)
@@ -33,54 +43,98 @@ class Orchestrator(Protocol):
 
     async def status(self) -> Status: ...
 
+    def fim_family(self, model: str | None) -> str | None: ...
+
+    def describe(self) -> str: ...
+
     async def close(self) -> None: ...
 
 
 class EmbeddedOrchestrator:
-    """The orchestrator in-process; ``start`` brings up its replicas (may take a while)."""
+    """The orchestrator in-process, built on first use; its replicas start once, shared.
 
-    def __init__(self, starter: Callable[[], Awaitable[object]]) -> None:
-        self._starter = starter
-        self._runtime: object | None = None
+    A request cancelled while the replicas start does not cancel the start; a start
+    that fails is undone (its replicas stopped) so that the next request tries again.
+    """
 
-    @classmethod
-    def from_config(cls, config_path: str | None) -> EmbeddedOrchestrator:
-        async def start() -> object:
+    def __init__(self, config_path: str | None, *, wait_ready_s: float = 600.0) -> None:
+        self.config_path = config_path
+        self.wait_ready_s = wait_ready_s
+        self._runtime: Runtime | None = None
+        self._starting: asyncio.Task[Runtime] | None = None
+        self._started = False
+        self._closed = False
+
+    def _build(self) -> Runtime:
+        if self._runtime is None:
             from orchestrator.runtime import Runtime
 
-            runtime = Runtime.from_config_path(config_path)
-            await runtime.start()
-            return runtime
-
-        return cls(start)
-
-    async def _rt(self) -> object:
-        if self._runtime is None:
-            self._runtime = await self._starter()
+            try:
+                self._runtime = Runtime.from_config_path(self.config_path)
+            except ValueError as exc:  # ConfigError: every problem with its key
+                raise BackendError(str(exc), "config") from exc
         return self._runtime
 
-    async def submit(self, request: TaskRequest) -> AsyncGenerator[TaskEvent, None]:
-        from orchestrator.runtime import Runtime
+    async def _start(self, runtime: Runtime) -> Runtime:
+        try:
+            await runtime.start(wait_ready_s=self.wait_ready_s)
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                await runtime.stop()
+            self._runtime = None
+            if isinstance(exc, TimeoutError | OSError):
+                raise BackendError(f"replicas did not start: {exc}", "unavailable") from exc
+            raise
+        self._started = True
+        return runtime
 
-        rt = await self._rt()
-        assert isinstance(rt, Runtime)
-        async with contextlib.aclosing(rt.orchestrator.submit(request)) as events:
+    async def runtime(self) -> Runtime:
+        """The started runtime; waits for the (shared) start if it is under way."""
+        if self._closed:
+            raise BackendError("the embedded orchestrator is closed", "unavailable")
+        if self._started and self._runtime is not None:
+            return self._runtime
+        if self._starting is None or _failed(self._starting):
+            self._starting = asyncio.create_task(self._start(self._build()), name="cato runtime")
+        return await asyncio.shield(self._starting)
+
+    async def submit(self, request: TaskRequest) -> AsyncGenerator[TaskEvent, None]:
+        runtime = await self.runtime()
+        async with contextlib.aclosing(runtime.orchestrator.submit(request)) as events:
             async for event in events:
                 yield event
 
     async def status(self) -> Status:
-        from orchestrator.runtime import Runtime
+        """The runtime's status; before the first request it says the replicas are idle."""
+        if not self._started or self._runtime is None:
+            starting = self._starting is not None and not self._starting.done()
+            message = "starting replicas" if starting else "not started (starts on first use)"
+            return Status(ok=False, message=message)
+        return self._runtime.status()
 
-        rt = await self._rt()
-        assert isinstance(rt, Runtime)
-        return rt.orchestrator.status()
+    def fim_family(self, model: str | None) -> str | None:
+        """The ``fim_family`` the config gives the completion model, if any."""
+        config = self._build().config
+        name = model or config.task(TaskKind.COMPLETE).model or config.models[0].name
+        try:
+            return config.model(name).fim_family
+        except KeyError:
+            return None
+
+    def describe(self) -> str:
+        return f"embedded ({self.config_path or 'built-in default'})"
 
     async def close(self) -> None:
-        from orchestrator.runtime import Runtime
-
-        if isinstance(self._runtime, Runtime):
-            await self._runtime.stop()
-        self._runtime = None
+        self._closed = True
+        starting, self._starting = self._starting, None
+        if starting is not None and not starting.done():
+            starting.cancel()
+            with contextlib.suppress(BaseException):
+                await starting
+        runtime, self._runtime = self._runtime, None
+        if runtime is not None and self._started:
+            await runtime.stop()
+        self._started = False
 
 
 class RemoteOrchestrator:
@@ -92,32 +146,29 @@ class RemoteOrchestrator:
         self.url = url.rstrip("/")
         self._token = token
         self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout_s, sock_read=120)
-        self._session: aiohttp.ClientSession | None = None
+        self._http_client: aiohttp.ClientSession | None = None
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._token}"} if self._token else {}
 
     def _http(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self._timeout, headers=self._headers())
-        return self._session
+        if self._http_client is None or self._http_client.closed:
+            self._http_client = aiohttp.ClientSession(
+                timeout=self._timeout, headers=self._headers()
+            )
+        return self._http_client
 
     async def submit(self, request: TaskRequest) -> AsyncGenerator[TaskEvent, None]:
         try:
             resp = await self._http().post(
                 f"{self.url}/v1/tasks",
-                data=request.model_dump_json(),
+                data=request.model_dump_json(exclude_none=True),
                 headers={"Content-Type": "application/json"},
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise BackendError(f"cannot reach {self.url}: {exc}") from exc
         try:
-            if resp.status == 401:
-                raise BackendError(f"{self.url} refused the token (401)", "unauthorized")
-            if resp.status != 200:
-                raise BackendError(
-                    f"{self.url} answered {resp.status}: {await _error_text(resp)}", "http"
-                )
+            await _check(resp, self.url)
             async for line in resp.content:
                 if not line.startswith(b"data: "):
                     continue
@@ -128,27 +179,52 @@ class RemoteOrchestrator:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise BackendError(f"lost the connection to {self.url}: {exc}") from exc
         finally:
-            resp.close()
+            resp.close()  # before the end of the stream: the service cancels the task
 
     async def status(self) -> Status:
         try:
             async with self._http().get(f"{self.url}/v1/status") as resp:
-                if resp.status == 401:
-                    raise BackendError(f"{self.url} refused the token (401)", "unauthorized")
-                if resp.status != 200:
-                    raise BackendError(f"{self.url} answered {resp.status}", "http")
+                await _check(resp, self.url)
                 return Status.model_validate_json(await resp.read())
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise BackendError(f"cannot reach {self.url}: {exc}") from exc
 
+    def fim_family(self, model: str | None) -> str | None:
+        return None
+
+    def describe(self) -> str:
+        return f"remote ({self.url})"
+
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._http_client is not None:
+            await self._http_client.close()
+            self._http_client = None
+
+
+def _failed(task: asyncio.Task[Runtime]) -> bool:
+    return task.done() and (task.cancelled() or task.exception() is not None)
+
+
+async def _check(resp: aiohttp.ClientResponse, url: str) -> None:
+    if resp.status in (401, 403):
+        raise BackendError(f"{url} refused the token ({resp.status})", "unauthorized")
+    if resp.status != 200:
+        raise BackendError(f"{url} answered {resp.status}: {await _error_text(resp)}", "http")
 
 
 async def _error_text(resp: aiohttp.ClientResponse) -> str:
     body = await resp.text()
-    with contextlib.suppress(ValueError, AttributeError, TypeError):
+    with contextlib.suppress(ValueError, AttributeError, TypeError, KeyError):
         return str(json.loads(body)["error"]["message"])
     return body[:200]
+
+
+def make_backend(
+    mode: str, *, config: str | None = None, url: str | None = None, token: str | None = None
+) -> Orchestrator:
+    """The backend for the settings' mode."""
+    if mode == "remote":
+        if not url:
+            raise BackendError("mode 'remote' needs a url", "config")
+        return RemoteOrchestrator(url, token)
+    return EmbeddedOrchestrator(config)

@@ -20,6 +20,7 @@ CHARS_PER_TOKEN: Final = 4
 _LINE_BREAK: Final = re.compile(r"\r\n|\r|\n")
 _IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ENCODINGS: Final = ("utf-8", "utf-16", "utf-32")
+_LINE_CHUNK: Final = 16_384
 
 # Words too common to say two pieces of code are related.
 _STOP_WORDS: Final = frozenset(
@@ -77,14 +78,32 @@ def _units_in(text: str, encoding: str) -> int:
     return len(text) + sum(1 for char in text if ord(char) > 0xFFFF)
 
 
+def _count_breaks(text: str, start: int, end: int) -> int:
+    """Line breaks in `text[start:end]`; CRLF counts once."""
+    lf = text.count("\n", start, end)
+    cr = text.count("\r", start, end)
+    return lf + cr - text.count("\r\n", start, end) if cr else lf
+
+
 def _line_start(text: str, line: int) -> int:
+    """Index where `line` starts; counts breaks a chunk at a time in C, so finding line
+    150,000 of a 5 MB document costs about a millisecond."""
     if line == 0:
         return 0
-    breaks = _LINE_BREAK.finditer(text)
-    found = next(itertools.islice(breaks, line - 1, None), None)
-    if found is None:
-        raise PositionError(f"line {line} is past the end of the document")
-    return found.end()
+    remaining = line
+    start, size = 0, len(text)
+    while start < size:
+        end = min(start + _LINE_CHUNK, size)
+        if end < size and text[end - 1] == "\r" and text[end] == "\n":
+            end += 1  # keep a CRLF in one chunk
+        breaks = _count_breaks(text, start, end)
+        if breaks >= remaining:
+            matches = _LINE_BREAK.finditer(text, start, end)
+            found = next(itertools.islice(matches, remaining - 1, None))
+            return found.end()
+        remaining -= breaks
+        start = end
+    raise PositionError(f"line {line} is past the end of the document")
 
 
 def _line_end(text: str, start: int) -> int:
@@ -133,6 +152,21 @@ def position_at(text: str, offset: int, encoding: str = "utf-16") -> Position:
     start = max(text.rfind("\n", 0, offset), text.rfind("\r", 0, offset)) + 1
     line = text.count("\n", 0, start) + text.count("\r", 0, start) - text.count("\r\n", 0, start)
     return Position(line, _units_in(text[start:offset], encoding))
+
+
+def column_of(text: str, offset: int, encoding: str = "utf-16") -> int:
+    """The character of `offset` within its line, in the encoding's units.
+
+    Reads only the line itself, unlike `position_at`, which counts the lines before it.
+    """
+    _check_encoding(encoding)
+    if not 0 <= offset <= len(text):
+        raise PositionError(f"offset {offset} is outside the document (length {len(text)})")
+    if 0 < offset < len(text) and text[offset - 1] == "\r" and text[offset] == "\n":
+        offset -= 1
+    lf = text.rfind("\n", 0, offset)
+    start = max(lf, text.rfind("\r", lf + 1, offset)) + 1
+    return _units_in(text[start:offset], encoding)
 
 
 # --------------------------------------------------------------------------- windows

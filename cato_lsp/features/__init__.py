@@ -1,0 +1,1 @@
+"""The language server's features; `cato_lsp.server` registers them as LSP handlers."""

@@ -1,0 +1,501 @@
+"""Inline completion: from a cursor to a suggestion, as cheaply as the keystrokes allow.
+
+A request becomes a FIM prompt (`prompts`) over a prefix/suffix window and snippets of
+other open files (`context`), waits out the debounce, and streams a `complete` task from
+the orchestrator; the raw text is then fitted to the document (`postprocess`).
+
+Per document only the newest request lives: a new one cancels the one before it even
+when the client sends no `$/cancelRequest`, and cancelling closes the orchestrator
+stream so the replica aborts the sequence. A suggestion is kept in an LRU cache so that
+typing its first characters is answered with the rest, without a new request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Final, Protocol
+
+from lsprotocol import types
+from pygls.workspace import Workspace
+
+from cato_lsp.backend import BackendError, Orchestrator
+from cato_lsp.context import (
+    Snippet,
+    column_of,
+    looks_binary,
+    prefix_suffix_window,
+    select_snippets,
+)
+from cato_lsp.features.documents import (
+    DocumentView,
+    comment_prefix,
+    encoding_name,
+    offset_of,
+    open_views,
+    relative_path,
+    valid_unicode,
+    view,
+)
+from cato_lsp.postprocess import Mode, completion_mode, postprocess
+from cato_lsp.prompts import FimFamily, FimTemplate, get_template, guess_family
+from cato_lsp.settings import DEFAULT_FIM_FAMILY, Settings
+from orchestrator.api import TaskKind, TaskRequest
+
+KIND: Final = TaskKind.COMPLETE.value
+_CACHE_HEAD: Final = 256
+_CACHE_TAIL: Final = 256
+_BINARY_PROBE: Final = 4_096
+_MAX_STOPS: Final = 16
+_TRACKED_IDS: Final = 4_096
+
+# Task error codes of the orchestrator, as the status reporter groups them.
+_ERROR_CODES: Final = {
+    "unknown_model": "config",
+    "no_replica": "unavailable",
+    "replica_error": "unavailable",
+}
+
+
+class TaskObserver(Protocol):
+    """Told how each task ended, for status and messages."""
+
+    def task_done(self, kind: str, ttft_ms: float | None, sla_met: bool | None) -> None: ...
+
+    def task_failed(self, code: str, message: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Suggestion:
+    """Text to insert at the cursor; `id` is reported back when the user accepts it."""
+
+    id: str
+    text: str
+    cached: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A completion request ready to go upstream, with what post-processing needs."""
+
+    prefix: str
+    suffix: str
+    mode: Mode
+    family: str
+    request: TaskRequest
+
+
+@dataclass
+class CompletionStats:
+    """Counters behind `cato.status` and the acceptance rate."""
+
+    requests: int = 0
+    upstream: int = 0
+    cache_hits: int = 0
+    superseded: int = 0
+    cancelled: int = 0
+    errors: int = 0
+    empty: int = 0
+    shown: int = 0
+    accepted: int = 0
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        data: dict[str, float | int | None] = dict(asdict(self))
+        data["acceptance_rate"] = self.accepted / self.shown if self.shown else None
+        return data
+
+
+# --------------------------------------------------------------------------- cache
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    id: str
+    uri: str
+    anchor: int
+    head: str
+    tail: str
+    text: str
+
+
+class SuggestionCache:
+    """Recent suggestions by document and cursor, reusable while the user types them.
+
+    An entry matches a later cursor in the same document when the text around the
+    original cursor is unchanged and the characters typed since are the suggestion's
+    first characters; the answer is the rest of the suggestion.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[tuple[str, int], _Entry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def put(self, uri: str, text: str, offset: int, suggestion: str) -> _Entry:
+        entry = _Entry(
+            uuid.uuid4().hex[:16],
+            uri,
+            offset,
+            text[max(0, offset - _CACHE_HEAD) : offset],
+            text[offset : offset + _CACHE_TAIL],
+            suggestion,
+        )
+        if self.capacity <= 0:
+            return entry
+        self._entries[(uri, offset)] = entry
+        self._entries.move_to_end((uri, offset))
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+        return entry
+
+    def lookup(self, uri: str, text: str, offset: int) -> tuple[_Entry, str] | None:
+        """The entry typed through up to `offset` and the rest of its text, if any."""
+        for key in reversed(self._entries):
+            entry = self._entries[key]
+            typed = offset - entry.anchor
+            if entry.uri != uri or not 0 <= typed < len(entry.text):
+                continue
+            if not _matches(text, entry, offset):
+                continue
+            self._entries.move_to_end(key)
+            return entry, entry.text[typed:]
+        return None
+
+    def forget(self, uri: str) -> None:
+        for key in [k for k in self._entries if k[0] == uri]:
+            del self._entries[key]
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+def _matches(text: str, entry: _Entry, offset: int) -> bool:
+    anchor = entry.anchor
+    if text[anchor - len(entry.head) : anchor] != entry.head:
+        return False
+    if text[anchor:offset] != entry.text[: offset - anchor]:
+        return False
+    return text[offset : offset + len(entry.tail)] == entry.tail
+
+
+# --------------------------------------------------------------------------- prompt
+
+
+def choose_family(settings: Settings, backend: Orchestrator | None) -> str:
+    """The FIM family: the setting, else the orchestrator config's, else by model name."""
+    task = settings.task(TaskKind.COMPLETE)
+    if task.fim_family:
+        return get_template(task.fim_family).family.value
+    configured = backend.fim_family(task.model) if backend is not None else None
+    if configured:
+        return get_template(configured).family.value
+    if task.model and guess_family(task.model) is not FimFamily.PLAIN:
+        return guess_family(task.model).value
+    return DEFAULT_FIM_FAMILY
+
+
+def _as_comments(snippets: Sequence[Snippet], language: str) -> str:
+    """Snippets as a comment block, for families with no repository-level format."""
+    mark = comment_prefix(language)
+    lines: list[str] = []
+    for snippet in snippets:
+        lines.append(f"{mark} Path: {snippet.path}")
+        lines.extend(f"{mark} {line}".rstrip() for line in snippet.content.splitlines())
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def _render(
+    template: FimTemplate,
+    prefix: str,
+    suffix: str,
+    snippets: Sequence[Snippet],
+    doc: DocumentView,
+    root: str | None,
+) -> str:
+    if not snippets:
+        return template.render(prefix, suffix)
+    if template.supports_repo_level:
+        path = relative_path(doc.uri, root)
+        repo = relative_path(root, None) if root else None
+        return template.render(prefix, suffix, snippets, path=path, repo=repo)
+    return template.render(_as_comments(snippets, doc.language) + prefix, suffix)
+
+
+def _snippets(
+    prefix: str,
+    suffix: str,
+    doc: DocumentView,
+    others: Sequence[DocumentView],
+    settings: Settings,
+    root: str | None,
+) -> list[Snippet]:
+    ctx = settings.context
+    if ctx.max_snippets <= 0 or ctx.snippet_tokens <= 0 or ctx.max_candidates <= 0:
+        return []
+    same = [o for o in others if o.uri != doc.uri and o.language == doc.language]
+    candidates = [(relative_path(o.uri, root), o.text) for o in same[-ctx.max_candidates :]]
+    if not candidates:
+        return []
+    near_cursor = prefix[-2_000:] + suffix[:500]
+    return select_snippets(near_cursor, candidates, ctx.snippet_tokens, ctx.max_snippets)
+
+
+def prepare(
+    doc: DocumentView,
+    offset: int,
+    others: Sequence[DocumentView],
+    settings: Settings,
+    family: str,
+    root: str | None = None,
+) -> Prepared | None:
+    """The request for a cursor, or None where no completion should be asked for."""
+    if not settings.language_enabled(doc.language):
+        return None
+    if looks_binary(doc.text) or looks_binary(
+        doc.text[max(0, offset - _BINARY_PROBE) : offset + _BINARY_PROBE]
+    ):
+        return None
+    ctx = settings.context
+    prefix, suffix = prefix_suffix_window(doc.text, offset, ctx.budget_tokens, ctx.prefix_share)
+    template = get_template(family)
+    snippets = _snippets(prefix, suffix, doc, others, settings, root)
+    prompt = valid_unicode(_render(template, prefix, suffix, snippets, doc, root))
+    if not prompt.strip():
+        return None
+    mode = completion_mode(prefix, suffix)
+    task = settings.task(TaskKind.COMPLETE)
+    max_tokens = task.max_tokens
+    stop = list(template.stop)
+    if mode == "line":
+        # Only the first line is kept: the replica may stop there by itself.
+        max_tokens = min(max_tokens or settings.line_max_tokens, settings.line_max_tokens)
+        stop = ["\n", *stop]
+    request = TaskRequest(
+        kind=TaskKind.COMPLETE,
+        prompt=prompt,
+        language=doc.language[:64],
+        model=task.model,
+        sla=settings.sla(TaskKind.COMPLETE),
+        max_tokens=max_tokens,
+        stop=stop[:_MAX_STOPS],
+        user=settings.user,
+    )
+    return Prepared(prefix, suffix, mode, template.family.value, request)
+
+
+# --------------------------------------------------------------------------- service
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+class InlineCompletion:
+    """Suggestions per document: debounce, supersession, cache, upstream stream."""
+
+    def __init__(
+        self,
+        backend: Callable[[], Orchestrator],
+        settings: Callable[[], Settings],
+        observer: TaskObserver,
+    ) -> None:
+        self._backend = backend
+        self._settings = settings
+        self._observer = observer
+        self.cache = SuggestionCache(settings().cache_size)
+        self.stats = CompletionStats()
+        self._inflight: dict[str, asyncio.Task[str | None]] = {}
+        self._ids: OrderedDict[str, bool] = OrderedDict()
+
+    # -- public -------------------------------------------------------------------
+
+    async def complete(
+        self, doc: DocumentView, offset: int, others: Sequence[DocumentView], root: str | None
+    ) -> Suggestion | None:
+        """The suggestion at `offset`, or None (nothing worth showing, or superseded)."""
+        self.stats.requests += 1
+        self.supersede(doc.uri)
+        hit = self.cache.lookup(doc.uri, doc.text, offset)
+        if hit is not None:
+            self.stats.cache_hits += 1
+            return self._shown(Suggestion(hit[0].id, hit[1], cached=True))
+        settings = self._settings()
+        try:
+            family = choose_family(settings, self._backend())
+        except BackendError as exc:
+            self._failed(exc.code, str(exc))
+            return None
+        prepared = prepare(doc, offset, others, settings, family, root)
+        if prepared is None:
+            return None
+        task = asyncio.create_task(self._fetch(prepared, settings))
+        self._inflight[doc.uri] = task
+        try:
+            text = await task
+        except asyncio.CancelledError:
+            if task.cancelled() and not _cancelling():
+                self.stats.superseded += 1
+                return None
+            self.stats.cancelled += 1
+            raise
+        finally:
+            if self._inflight.get(doc.uri) is task:
+                del self._inflight[doc.uri]
+        if text is None:
+            self.stats.empty += 1
+            return None
+        entry = self.cache.put(doc.uri, doc.text, offset, text)
+        return self._shown(Suggestion(entry.id, text))
+
+    def supersede(self, uri: str) -> None:
+        """Cancel the request in flight for a document, if any."""
+        previous = self._inflight.pop(uri, None)
+        if previous is not None and not previous.done():
+            previous.cancel()
+
+    def accept(self, suggestion_id: str) -> bool:
+        """Count an accepted suggestion once; False for an unknown or repeated id."""
+        if self._ids.get(suggestion_id) is not False:
+            return False
+        self._ids[suggestion_id] = True
+        self.stats.accepted += 1
+        return True
+
+    def forget(self, uri: str) -> None:
+        self.supersede(uri)
+        self.cache.forget(uri)
+
+    def reset(self, capacity: int) -> None:
+        """New settings: drop the cache (its suggestions came from other settings)."""
+        self.cache = SuggestionCache(capacity)
+
+    # -- internals ----------------------------------------------------------------
+
+    def _shown(self, suggestion: Suggestion) -> Suggestion:
+        if suggestion.id not in self._ids:
+            self._ids[suggestion.id] = False
+            self.stats.shown += 1
+            while len(self._ids) > _TRACKED_IDS:
+                self._ids.popitem(last=False)
+        return suggestion
+
+    def _failed(self, code: str, message: str) -> None:
+        self.stats.errors += 1
+        self._observer.task_failed(code, message)
+
+    async def _fetch(self, prepared: Prepared, settings: Settings) -> str | None:
+        if settings.debounce_ms > 0:
+            await asyncio.sleep(settings.debounce_ms / 1000.0)
+        raw = await self._collect(prepared, settings.request_timeout_s)
+        if raw is None:
+            return None
+        return postprocess(
+            raw, prepared.prefix, prepared.suffix, prepared.mode, None, prepared.family
+        )
+
+    async def _collect(self, prepared: Prepared, timeout_s: float) -> str | None:
+        """The model's text; in line mode the stream is closed once the line is complete."""
+        parts: list[str] = []
+        first_token_ms: float | None = None
+        try:
+            backend = self._backend()
+            self.stats.upstream += 1
+            async with asyncio.timeout(timeout_s):
+                stream = backend.submit(prepared.request)
+                async with contextlib.aclosing(stream) as events:
+                    async for event in events:
+                        if event.type == "token" and event.text:
+                            if first_token_ms is None:
+                                first_token_ms = event.t_ms
+                            parts.append(event.text)
+                            if prepared.mode == "line" and _ends_line(event.text):
+                                break
+                        elif event.type == "done":
+                            self._observer.task_done(KIND, event.ttft_ms, event.sla_met)
+                            return event.result if event.result is not None else "".join(parts)
+                        elif event.type == "error":
+                            code = _ERROR_CODES.get(event.code or "", "error")
+                            self._failed(code, event.error or "the task failed")
+                            return None
+        except BackendError as exc:
+            self._failed(exc.code, str(exc))
+            return None
+        except TimeoutError:
+            self._failed("unavailable", f"no answer within {timeout_s:g} s")
+            return None
+        self._observer.task_done(KIND, first_token_ms, None)  # closed early: the line was complete
+        return "".join(parts)
+
+
+def _ends_line(text: str) -> bool:
+    """In line mode only the first line is kept, so a line break ends the suggestion."""
+    return "\n" in text or "\r" in text
+
+
+# --------------------------------------------------------------------------- LSP shapes
+
+
+async def suggest_at(
+    service: InlineCompletion, workspace: Workspace, uri: str, position: types.Position
+) -> tuple[Suggestion, types.Position] | None:
+    """The suggestion for an LSP cursor and where it goes; InvalidParams for a bad cursor."""
+    doc = view(workspace, uri)
+    if doc is None:
+        return None
+    encoding = encoding_name(workspace.position_encoding)
+    offset = offset_of(doc, position, encoding)
+    suggestion = await service.complete(doc, offset, open_views(workspace), workspace.root_uri)
+    if suggestion is None:
+        return None
+    # the client's line, with a character past the line's end moved back to it
+    character = column_of(doc.text, offset, encoding)
+    return suggestion, types.Position(line=position.line, character=character)
+
+
+def _accept_command(command: str, suggestion: Suggestion) -> types.Command:
+    return types.Command(
+        title="Accept CATO suggestion", command=command, arguments=[{"id": suggestion.id}]
+    )
+
+
+def inline_items(
+    found: tuple[Suggestion, types.Position] | None, accept_command: str
+) -> types.InlineCompletionList:
+    if found is None:
+        return types.InlineCompletionList(items=[])
+    suggestion, at = found
+    item = types.InlineCompletionItem(
+        insert_text=suggestion.text,
+        range=types.Range(start=at, end=at),
+        command=_accept_command(accept_command, suggestion),
+    )
+    return types.InlineCompletionList(items=[item])
+
+
+def completion_items(
+    found: tuple[Suggestion, types.Position] | None, accept_command: str
+) -> types.CompletionList:
+    """The suggestion as one completion item, for clients without inline completion."""
+    if found is None:
+        return types.CompletionList(is_incomplete=True, items=[])
+    suggestion, at = found
+    first_line = suggestion.text.strip().splitlines()[0] if suggestion.text.strip() else ""
+    label = first_line if len(first_line) <= 60 else first_line[:57] + "..."
+    item = types.CompletionItem(
+        label=label or suggestion.text[:60],
+        kind=types.CompletionItemKind.Snippet,
+        detail="CATO",
+        sort_text="0",
+        preselect=True,
+        insert_text_format=types.InsertTextFormat.PlainText,
+        text_edit=types.TextEdit(range=types.Range(start=at, end=at), new_text=suggestion.text),
+        command=_accept_command(accept_command, suggestion),
+    )
+    return types.CompletionList(is_incomplete=True, items=[item])
