@@ -1,0 +1,412 @@
+/**
+ * Activation and the palette commands, with the language client replaced by a fake
+ * that records what the extension asks of it (the real client needs a running VS Code).
+ */
+import { readFileSync } from "node:fs";
+import * as path from "node:path";
+
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import type * as vscode from "vscode";
+
+import { mock, Position, Selection, Uri, window } from "../mocks/vscode";
+
+type Handler = (params: unknown) => unknown;
+
+interface FakeClientShape {
+  id: string;
+  serverOptions: { command: string; args: string[] };
+  clientOptions: {
+    documentSelector: unknown;
+    initializationOptions: Record<string, unknown>;
+    middleware: {
+      workspace: {
+        configuration: (
+          params: unknown,
+          token: unknown,
+          next: (p: unknown, t: unknown) => unknown,
+        ) => Promise<unknown>;
+      };
+    };
+  };
+  notifications: Map<string, Handler>;
+  requests: { method: string; params: unknown }[];
+  sent: { method: string; params: unknown }[];
+  running: boolean;
+  disposed: boolean;
+}
+
+const fake = vi.hoisted(() => ({
+  instances: [] as unknown[],
+  answer: (_params: { command: string }): unknown => ({ applied: true }),
+}));
+
+vi.mock("vscode-languageclient/node", () => {
+  class LanguageClient {
+    notifications = new Map<string, Handler>();
+    requests: { method: string; params: unknown }[] = [];
+    sent: { method: string; params: unknown }[] = [];
+    running = false;
+    disposed = false;
+    code2ProtocolConverter = { asUri: (uri: { toString(): string }) => uri.toString() };
+    constructor(
+      readonly id: string,
+      readonly name: string,
+      readonly serverOptions: unknown,
+      readonly clientOptions: unknown,
+    ) {
+      fake.instances.push(this);
+    }
+    onNotification(method: string, handler: Handler) {
+      this.notifications.set(method, handler);
+      return { dispose: () => this.notifications.delete(method) };
+    }
+    onDidChangeState() {
+      return { dispose: () => undefined };
+    }
+    start() {
+      this.running = true;
+      return Promise.resolve();
+    }
+    stop() {
+      this.running = false;
+      return Promise.resolve();
+    }
+    dispose() {
+      this.disposed = true;
+      return Promise.resolve();
+    }
+    isRunning() {
+      return this.running;
+    }
+    needsStop() {
+      return this.running;
+    }
+    sendRequest(type: { method: string }, params: { command: string }) {
+      this.requests.push({ method: type.method, params });
+      return Promise.resolve(fake.answer(params));
+    }
+    sendNotification(type: { method: string }, params: unknown) {
+      this.sent.push({ method: type.method, params });
+      return Promise.resolve();
+    }
+  }
+  return {
+    LanguageClient,
+    TransportKind: { stdio: 0 },
+    State: { Stopped: 1, Running: 2, Starting: 3 },
+    ExecuteCommandRequest: { type: { method: "workspace/executeCommand" } },
+    DidChangeConfigurationNotification: { type: { method: "workspace/didChangeConfiguration" } },
+  };
+});
+
+const { activate, deactivate } = await import("../../src/extension");
+
+interface Manifest {
+  contributes: { commands: { command: string }[] };
+}
+const manifest = JSON.parse(
+  readFileSync(path.join(__dirname, "..", "..", "package.json"), "utf8"),
+) as Manifest;
+
+class Secrets {
+  readonly values = new Map<string, string>();
+  private listeners: (() => void)[] = [];
+  get(key: string): Promise<string | undefined> {
+    return Promise.resolve(this.values.get(key));
+  }
+  store(key: string, value: string): Promise<void> {
+    this.values.set(key, value);
+    this.listeners.forEach((l) => l());
+    return Promise.resolve();
+  }
+  delete(key: string): Promise<void> {
+    this.values.delete(key);
+    this.listeners.forEach((l) => l());
+    return Promise.resolve();
+  }
+  onDidChange(listener: () => void) {
+    this.listeners.push(listener);
+    return { dispose: () => undefined };
+  }
+}
+
+class Memento {
+  private readonly values = new Map<string, unknown>();
+  get<T>(key: string, fallback?: T): T {
+    return (this.values.has(key) ? this.values.get(key) : fallback) as T;
+  }
+  update(key: string, value: unknown): Promise<void> {
+    this.values.set(key, value);
+    return Promise.resolve();
+  }
+  keys(): string[] {
+    return [...this.values.keys()];
+  }
+}
+
+function extensionContext(): {
+  context: vscode.ExtensionContext;
+  secrets: Secrets;
+  subscriptions: { dispose(): void }[];
+} {
+  const secrets = new Secrets();
+  const subscriptions: { dispose(): void }[] = [];
+  const context = {
+    subscriptions,
+    secrets,
+    globalState: new Memento(),
+  } as unknown as vscode.ExtensionContext;
+  return { context, secrets, subscriptions };
+}
+
+function clients(): FakeClientShape[] {
+  return fake.instances as FakeClientShape[];
+}
+
+function lastClient(): FakeClientShape {
+  const client = clients().at(-1);
+  if (client === undefined) {
+    throw new Error("no language client was created");
+  }
+  return client;
+}
+
+async function run(command: string, ...args: unknown[]): Promise<void> {
+  const handler = mock.commands.get(command);
+  if (handler === undefined) {
+    throw new Error(`command ${command} is not registered`);
+  }
+  await handler(...args);
+}
+
+/** Lets queued promise callbacks (fire-and-forget work) run. */
+async function settle(): Promise<void> {
+  for (let i = 0; i < 5; i += 1) {
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+}
+
+describe("activation", () => {
+  let subscriptions: { dispose(): void }[] = [];
+
+  beforeEach(() => {
+    mock.reset();
+    fake.instances.length = 0;
+    fake.answer = () => ({ applied: true });
+    // Any executable file will do: the fake client never runs it.
+    mock.settings.global["cato.server.command"] = [process.execPath, "--flag"];
+    mock.settings.global["cato.debounceMs"] = 40;
+    mock.settings.global["cato.trace.server"] = "verbose";
+    mock.defaults["cato.languages"] = ["*"];
+  });
+
+  afterEach(async () => {
+    await deactivate();
+    subscriptions.forEach((s) => s.dispose());
+    subscriptions = [];
+  });
+
+  async function activated(): Promise<{ secrets: Secrets }> {
+    const ctx = extensionContext();
+    subscriptions = ctx.subscriptions;
+    // Activation does not wait for the server; the controller's start() does.
+    await activate(ctx.context).start();
+    return { secrets: ctx.secrets };
+  }
+
+  it("registers exactly the contributed commands and starts the configured server", async () => {
+    await activated();
+    const contributed = manifest.contributes.commands.map((c) => c.command).sort();
+    expect([...mock.commands.keys()].sort()).toEqual(contributed);
+    // The server's own command ids stay free for the language client to register.
+    expect(
+      contributed.filter((c) => /^cato\.(summarize|generate|translateFile|status|accept)$/.test(c)),
+    ).toEqual([]);
+    const client = lastClient();
+    expect(client.running).toBe(true);
+    expect(client.serverOptions).toMatchObject({ command: process.execPath, args: ["--flag"] });
+    expect(client.clientOptions.documentSelector).toEqual([{ scheme: "file" }, { scheme: "untitled" }]);
+    expect(client.clientOptions.initializationOptions).toEqual({ debounceMs: 40 });
+  });
+
+  it("feeds the status bar from cato/status notifications", async () => {
+    await activated();
+    expect(mock.statusItems[0]?.text).toBe("$(sparkle) CATO");
+    expect(mock.statusItems[0]?.tooltip).toContain("(idle)");
+    lastClient().notifications.get("cato/status")?.({ state: "ready", replicasReady: 1, replicasTotal: 1 });
+    expect(mock.statusItems[0]?.text).toBe("$(sparkle) CATO 1/1");
+  });
+
+  it("answers workspace/configuration with the mapped section, asking VS Code for the others", async () => {
+    await activated();
+    const next = vi.fn(() => [{ fontSize: 12 }, { raw: true }]);
+    const answer = await lastClient().clientOptions.middleware.workspace.configuration(
+      { items: [{ section: "editor" }, { section: "cato" }] },
+      undefined,
+      next,
+    );
+    expect(answer).toEqual([{ fontSize: 12 }, { debounceMs: 40 }]);
+    expect(next).toHaveBeenCalledTimes(1);
+  });
+
+  it("pushes changed settings, and restarts the server when its command or languages change", async () => {
+    await activated();
+    const first = lastClient();
+    mock.settings.global["cato.debounceMs"] = 10;
+    mock.configurationChanged.fire({ affectsConfiguration: (s) => s === "cato" || s === "cato.debounceMs" });
+    await settle();
+    expect(first.sent).toEqual([
+      { method: "workspace/didChangeConfiguration", params: { settings: { cato: { debounceMs: 10 } } } },
+    ]);
+    expect(clients().length).toBe(1);
+
+    mock.settings.global["cato.languages"] = ["python"];
+    mock.configurationChanged.fire({ affectsConfiguration: (s) => s === "cato" || s === "cato.languages" });
+    await vi.waitFor(() => {
+      expect(clients().length).toBe(2);
+      expect(lastClient().running).toBe(true);
+    });
+    expect(first.running).toBe(false);
+    expect(first.disposed).toBe(true);
+    expect(lastClient().clientOptions.documentSelector).toEqual([
+      { scheme: "file", language: "python" },
+      { scheme: "untitled", language: "python" },
+    ]);
+  });
+
+  it("restarts the server when a setting it was started with is removed", async () => {
+    mock.settings.global["cato.token"] = "old-token";
+    await activated();
+    const first = lastClient();
+    expect(first.clientOptions.initializationOptions).toMatchObject({ token: "old-token" });
+    delete mock.settings.global["cato.token"];
+    mock.configurationChanged.fire({ affectsConfiguration: (s) => s === "cato" || s === "cato.token" });
+    await vi.waitFor(() => {
+      expect(clients().length).toBe(2);
+      expect(lastClient().running).toBe(true);
+    });
+    expect(first.sent).toEqual([]);
+    expect(lastClient().clientOptions.initializationOptions).toEqual({ debounceMs: 40 });
+  });
+
+  it("replaces a client that gave up when a command needs the server", async () => {
+    await activated();
+    const crashed = lastClient();
+    crashed.running = false; // what vscode-languageclient does after repeated crashes
+    fake.answer = () => ({ state: "idle" });
+    await run("cato.editor.showStatus");
+    expect(clients().length).toBe(2);
+    expect(crashed.disposed).toBe(true);
+    expect(lastClient().requests[0]?.params).toEqual({ command: "cato.status", arguments: [] });
+  });
+
+  it("Summarize sends the cursor and selection of the active editor", async () => {
+    await activated();
+    const uri = Uri.file("/w/a.py");
+    window.activeTextEditor = {
+      document: { uri, languageId: "python" },
+      selection: new Selection(new Position(4, 2), new Position(2, 0)),
+    };
+    await run("cato.editor.summarize");
+    expect(lastClient().requests).toEqual([
+      {
+        method: "workspace/executeCommand",
+        params: {
+          command: "cato.summarize",
+          arguments: [
+            {
+              uri: uri.toString(),
+              range: { start: { line: 2, character: 0 }, end: { line: 4, character: 2 } },
+              position: { line: 2, character: 0 },
+            },
+          ],
+        },
+      },
+    ]);
+  });
+
+  it("Translate File asks for the target, runs cato.translateFile and tells about a cancellation", async () => {
+    await activated();
+    const uri = Uri.file("/w/stats.py");
+    mock.documents.set(uri.toString(), { uri, languageId: "python" });
+    mock.quickPickAnswer = (items) => items.find((i) => (i as { language: string }).language === "rust");
+    fake.answer = () => ({ cancelled: true, applied: false });
+    await run("cato.editor.translateFile", uri);
+    expect(lastClient().requests[0]?.params).toEqual({
+      command: "cato.translateFile",
+      arguments: [{ uri: uri.toString(), targetLanguage: "rust" }],
+    });
+    expect(mock.messages).toContainEqual({
+      level: "info",
+      text: "CATO: the translation was cancelled.",
+      items: [],
+    });
+  });
+
+  it("shows a server error from a command instead of throwing", async () => {
+    await activated();
+    window.activeTextEditor = {
+      document: { uri: Uri.file("/w/a.py"), languageId: "python" },
+      selection: new Selection(new Position(0, 0), new Position(0, 0)),
+    };
+    fake.answer = () => {
+      throw new Error("nothing to generate from: no comment or docstring at the cursor");
+    };
+    await run("cato.editor.generate");
+    expect(mock.messages.at(-1)).toMatchObject({
+      level: "error",
+      text: "CATO: nothing to generate from: no comment or docstring at the cursor",
+    });
+  });
+
+  it("Show Status runs cato.status and writes the report to the output", async () => {
+    await activated();
+    fake.answer = () => ({ state: "ready", replicasReady: 2, replicasTotal: 2, backend: "embedded" });
+    await run("cato.editor.showStatus");
+    expect(lastClient().requests[0]?.params).toEqual({ command: "cato.status", arguments: [] });
+    expect(mock.statusItems[0]?.text).toBe("$(sparkle) CATO 2/2");
+    expect(mock.outputs[0]?.lines.join("\n")).toContain("Backend: embedded");
+  });
+
+  it("Set Token keeps the token in secret storage and sends it, not the plain setting", async () => {
+    mock.settings.global["cato.token"] = "plain-text-token";
+    const { secrets } = await activated();
+    mock.inputBoxAnswer = "keychain-token";
+    await run("cato.editor.setToken");
+    await settle();
+    expect(secrets.values.get("cato.token")).toBe("keychain-token");
+    const pushed = lastClient().sent.at(-1)?.params as { settings: { cato: Record<string, unknown> } };
+    expect(pushed.settings.cato["token"]).toBe("keychain-token");
+  });
+});
+
+describe("a missing server", () => {
+  beforeEach(() => {
+    mock.reset();
+    fake.instances.length = 0;
+  });
+
+  afterEach(async () => {
+    await deactivate();
+  });
+
+  it("says how to install it, with the Python extension's interpreter, and offers to copy that", async () => {
+    mock.settings.global["cato.server.command"] = ["/nonexistent/bin/cato-lsp"];
+    mock.extensions.set("ms-python.python", {
+      isActive: true,
+      exports: { environments: { getActiveEnvironmentPath: () => ({ path: "/venv/bin/python" }) } },
+    });
+    mock.messageAnswer = "Copy Install Command";
+    const ctx = extensionContext();
+    expect(await activate(ctx.context).start()).toBeUndefined();
+    await vi.waitFor(() => expect(mock.clipboard).not.toBe(""));
+    expect(clients()).toEqual([]);
+    const error = mock.messages.find((m) => m.level === "error");
+    expect(error?.text).toContain("/venv/bin/python -m pip install cato-assistant");
+    expect(error?.text).toContain("scripts/install");
+    expect(error?.items).toContain("Copy Install Command");
+    expect(mock.clipboard).toBe("/venv/bin/python -m pip install cato-assistant");
+    expect(mock.statusItems[0]?.text).toBe("$(error) CATO stopped");
+    ctx.subscriptions.forEach((s) => s.dispose());
+  });
+});
