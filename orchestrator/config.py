@@ -29,6 +29,7 @@ from orchestrator.api import SLA, SLAMetric, TaskKind
 from orchestrator.engine_model import builtin_profiles
 
 EngineName = Literal["vllm", "emulated", "external"]
+VllmEntrypoint = Literal["auto", "serve", "module"]
 SchedulerPolicy = Literal["cato", "round_robin", "pow2", "least_loaded"]
 ProvisionerPolicy = Literal["cato", "queue_length", "fixed"]
 
@@ -178,6 +179,7 @@ class ModelConfig(_Section):
     model: str | None = Field(default=None, min_length=1)
     url: str | None = None
     gpus_per_replica: int | None = Field(default=None, ge=0, le=64)
+    entrypoint: VllmEntrypoint = "auto"
     min_replicas: int = Field(default=1, ge=0, le=4096)
     max_replicas: int | None = Field(default=None, ge=1, le=4096)
     concurrency_limit: int | None = Field(default=None, ge=1)
@@ -211,8 +213,8 @@ class ModelConfig(_Section):
             problems.append(
                 ("model", "required for engine 'vllm' (a Hugging Face id or a local path)")
             )
-        if engine == "vllm" and self.gpus_per_replica == 0:
-            problems.append(("gpus_per_replica", "must be >= 1 for engine 'vllm'"))
+        if engine != "vllm" and "entrypoint" in self.model_fields_set:
+            problems.append(("entrypoint", f"only for engine 'vllm', not {engine!r}"))
         if engine != "vllm" and self.gpus_per_replica not in (None, 0):
             problems.append(("gpus_per_replica", f"must be 0 for engine {engine!r}"))
         if engine == "external" and self.url is None:

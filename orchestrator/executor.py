@@ -133,6 +133,7 @@ class Orchestrator:
             concurrency_limit=spec.concurrency_limit,
             rates=Rates(**_rate_fields(rates)),
             accepting=ready,
+            idle_since=self.clock() if ready else None,
         )
         lifecycle = "ready" if ready else "pending"
         self._replicas[spec.id] = _Replica(spec, state, ReplicaClient(spec.url), lifecycle)
@@ -148,6 +149,8 @@ class Orchestrator:
             rep.cold_start_s = cold_start_s
         rep.state.accepting = lifecycle == "ready"
         if lifecycle == "ready":
+            if not rep.state.in_flight:
+                rep.state.idle_since = self.clock()  # idle from now, not from clock zero
             self._dispatch(rep)
         else:
             self._reroute_queue(rep)
@@ -439,7 +442,13 @@ class Orchestrator:
                     usage = ev.usage
         done = self.clock()
         ttft = (first_at or done) - started
-        st.observe(usage.prompt_tokens, ttft, usage.completion_tokens, done - (first_at or done))
+        st.observe(
+            usage.prompt_tokens,
+            ttft,
+            usage.completion_tokens,
+            done - (first_at or done),
+            contended=call.peers_at_start > 0,
+        )
         return "".join(parts), usage
 
 

@@ -64,6 +64,7 @@ def launch_spec(model: ModelConfig) -> LaunchSpec:
         profile=model.profile,
         speed=model.speed,
         max_model_len=model.max_model_len,
+        entrypoint=model.entrypoint,
     )
 
 

@@ -253,12 +253,17 @@ def test_external_needs_url_and_only_external_takes_one() -> None:
     assert parse_config(external).models[0].url == "http://h:1/v1"
 
 
-def test_vllm_needs_model_and_a_gpu() -> None:
+def test_vllm_needs_a_model_and_zero_gpus_means_cpu() -> None:
     text = "[gpus]\ndevices = [0]\n[[models]]\nname = 'm'\nengine = 'vllm'\n"
     problem = one_problem(text)
     assert problem.startswith("cato.toml: models[0].model: required for engine 'vllm'")
-    problem = one_problem(VLLM_MODEL + "gpus_per_replica = 0\n")
-    assert problem.startswith("cato.toml: models[0].gpus_per_replica: must be >= 1")
+    cpu = parse_config(VLLM_MODEL + "gpus_per_replica = 0\n", "cato.toml")
+    assert cpu.models[0].gpus == 0
+
+
+def test_entrypoint_is_for_vllm_only() -> None:
+    problem = one_problem("[[models]]\nname = 'm'\nengine = 'emulated'\nentrypoint = 'module'\n")
+    assert problem.startswith("cato.toml: models[0].entrypoint: only for engine 'vllm'")
 
 
 def test_engine_specific_keys_on_the_wrong_engine() -> None:

@@ -2,7 +2,8 @@
 
 ``cato bench sim --scenario rq1|rq2|rq3|all`` sweeps arrival rates for each policy (and
 provisioner, for rq3) in the simulator and writes JSON, markdown and PNG plots;
-``cato bench workloads`` prints the per-kind prompt and output length distributions.
+``cato bench workloads`` prints the per-kind prompt and output length distributions;
+``cato bench calibrate --url URL --name PROFILE`` fits an engine profile to a live engine.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from orchestrator import calibrate
 from orchestrator.bench import workloads
 from orchestrator.bench.report import markdown, write_report
 from orchestrator.bench.scenarios import POLICIES, SCENARIOS, Sweep, run_sweep, scenario
@@ -69,11 +71,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     sim.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     shape = sub.add_parser("workloads", help="print per-kind prompt and output lengths")
     workloads.configure(shape)
+    calibrate.configure(
+        sub.add_parser("calibrate", help="measure a running engine and write an engine profile")
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     if args.bench_command == "workloads":
         return workloads.run(args)
+    if args.bench_command == "calibrate":
+        return calibrate.run(args)
     return _run_sim(args)
 
 

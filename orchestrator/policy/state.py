@@ -49,11 +49,24 @@ class Rates:
         return t
 
     def observe(
-        self, prompt_tokens: int, ttft_s: float, output_tokens: int, decode_s: float
+        self,
+        prompt_tokens: int,
+        ttft_s: float,
+        output_tokens: int,
+        decode_s: float,
+        *,
+        contended: bool = False,
     ) -> None:
-        """Fold one finished call (TTFT on the replica, and the decode time after it) in."""
+        """Fold one finished call (TTFT on the replica, and the decode time after it) in.
+
+        A ``contended`` call started while others ran on the replica: its TTFT holds
+        time spent waiting inside the engine, which the scheduler already counts as
+        queue wait, so it teaches the decode rate only, never the prefill rate.
+        """
         a = self.alpha
-        if prompt_tokens > 0 and ttft_s > self.overhead_s:
+        if contended:
+            pass
+        elif prompt_tokens > 0 and ttft_s > self.overhead_s:
             per_token = (ttft_s - self.overhead_s) / prompt_tokens
             self.prefill_s_per_token += a * (per_token - self.prefill_s_per_token)
         elif ttft_s > 0:
@@ -88,6 +101,7 @@ class Call:
     started_at: float | None = None
     first_token_at: float | None = None
     tokens_done: int = 0
+    peers_at_start: int = 0
     _token: int = field(default=-1, repr=False)
 
     @property
@@ -243,10 +257,16 @@ class ReplicaState:
         self.route_key = wait + (len(self.queue) + len(self.in_flight)) * TIE_BREAK_S
 
     def observe(
-        self, prompt_tokens: int, ttft_s: float, output_tokens: int, decode_s: float
+        self,
+        prompt_tokens: int,
+        ttft_s: float,
+        output_tokens: int,
+        decode_s: float,
+        *,
+        contended: bool = False,
     ) -> None:
         """Fold one finished call into the replica's rates (see ``Rates.observe``)."""
-        self.rates.observe(prompt_tokens, ttft_s, output_tokens, decode_s)
+        self.rates.observe(prompt_tokens, ttft_s, output_tokens, decode_s, contended=contended)
         self.refresh()
 
     def enqueue(self, call: Call) -> None:
@@ -268,6 +288,7 @@ class ReplicaState:
         """Move a call (already taken off the queue) into flight."""
         call.started_at = now
         call.replica = self.id
+        call.peers_at_start = len(self.in_flight)
         self.in_flight[call.id] = call
         if call.first_token_at is None:
             self.inflight_prefill_tokens += call.prompt_tokens

@@ -643,7 +643,13 @@ class Simulator:
             st.tokens(call.id, produced - call.tokens_done)
         started = call.started_at if call.started_at is not None else now
         first = call.first_token_at if call.first_token_at is not None else now
-        st.observe(call.prompt_tokens, first - started, produced, now - first)
+        st.observe(
+            call.prompt_tokens,
+            first - started,
+            produced,
+            now - first,
+            contended=call.peers_at_start > 0,
+        )
         st.finish(call.id, now)
         self.tracker.running(rep.id, len(st.in_flight), st.concurrency_limit, now)
         self._dispatch(rep, now)
