@@ -2,7 +2,9 @@
 
 ``cato bench sim --scenario rq1|rq2|rq3|all`` sweeps arrival rates for each policy (and
 provisioner, for rq3) in the simulator and writes JSON, markdown and PNG plots;
-``cato bench workloads`` prints the per-kind prompt and output length distributions;
+``cato bench live`` runs the same sweeps through the embedded orchestrator over emulator
+processes (and simulates the same runs next to them); ``cato bench workloads`` prints
+the per-kind prompt and output length distributions;
 ``cato bench calibrate --url URL --name PROFILE`` fits an engine profile to a live engine.
 """
 
@@ -20,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from orchestrator import calibrate
 from orchestrator.bench import workloads
+from orchestrator.bench.live import LIVE_POLICIES, LiveOptions, run_live_sweep, twin_sweep
 from orchestrator.bench.report import markdown, write_report
 from orchestrator.bench.scenarios import POLICIES, SCENARIOS, Sweep, run_sweep, scenario
 from orchestrator.policy.provisioner import PROVISIONERS
@@ -69,6 +72,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="calls in flight per replica (default: the engine's max_num_seqs)",
     )
     sim.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    _configure_live(sub.add_parser("live", help="run a scenario live over emulator processes"))
     shape = sub.add_parser("workloads", help="print per-kind prompt and output lengths")
     workloads.configure(shape)
     calibrate.configure(
@@ -76,9 +80,35 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _configure_live(live: argparse.ArgumentParser) -> None:
+    live.add_argument(
+        "--scenario",
+        default=["rq2"],
+        type=lambda s: list(SCENARIOS) if s == "all" else _names(s, list(SCENARIOS), "scenario"),
+        help="rq1, rq2, rq3 (fixed replicas only), a comma list, or all (default rq2)",
+    )
+    live.add_argument("--quick", action="store_true", help="two rates, short runs")
+    live.add_argument(
+        "--policies",
+        type=lambda s: _names(s, LIVE_POLICIES, "policy"),
+        default=list(LIVE_POLICIES),
+        help=f"comma list of {', '.join(LIVE_POLICIES)} (default: all)",
+    )
+    live.add_argument("--speed", type=float, default=2.0, help="emulator speed-up (default 2)")
+    live.add_argument("--out", type=Path, default=Path("bench-results/live"), help="output folder")
+    live.add_argument("--seed", type=int, default=0, help="seed of workload, arrivals, outputs")
+    live.add_argument("--duration", type=float, default=None, help="seconds of arrivals per run")
+    live.add_argument("--per-kind", type=int, default=200, help="distinct tasks per kind")
+    live.add_argument("--concurrency", type=int, default=None, help="calls in flight per replica")
+    live.add_argument("--no-twin", action="store_true", help="skip the simulated twin runs")
+    live.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+
+
 def run(args: argparse.Namespace) -> int:
     if args.bench_command == "workloads":
         return workloads.run(args)
+    if args.bench_command == "live":
+        return _run_live(args)
     if args.bench_command == "calibrate":
         return calibrate.run(args)
     return _run_sim(args)
@@ -119,6 +149,45 @@ def _run_sim(args: argparse.Namespace) -> int:
     wall = time.perf_counter() - started
     err.print(f"{simulated:,} tasks simulated in {wall:.1f} s")
     return 0
+
+
+def _run_live(args: argparse.Namespace) -> int:
+    """Live sweeps, written like ``sim``'s to ``--out``; their simulated twins to
+    ``--out``/twin."""
+    err = Console(stderr=True)
+    try:
+        workload = workloads.build_workload(seed=args.seed, per_kind=args.per_kind)
+    except workloads.WorkloadUnavailable as exc:
+        err.print(str(exc))
+        return 2
+    for name in args.scenario:
+        chosen = scenario(name)
+        if args.concurrency is not None:
+            chosen = replace(chosen, concurrency_limit=args.concurrency)
+        with _progress(err) as on_run:
+            live = run_live_sweep(
+                chosen,
+                workload,
+                policies=args.policies,
+                quick=args.quick,
+                seed=args.seed,
+                duration_s=args.duration,
+                options=LiveOptions(speed=args.speed),
+                on_run=on_run,
+            )
+        _write(live, args.out, args.no_plots, err)
+        if not args.no_twin:
+            _write(twin_sweep(live, workload), args.out / "twin", args.no_plots, err)
+    return 0
+
+
+def _write(sweep: Sweep, out: Path, no_plots: bool, err: Console) -> None:
+    files, problem = write_report(sweep, out, plots=not no_plots)
+    print(f"## {out}\n")
+    print(markdown(sweep))
+    err.print(f"wrote {', '.join(str(f) for f in files)}")
+    if problem:
+        err.print(problem)
 
 
 class _progress:
