@@ -30,7 +30,7 @@ from orchestrator.engine_model import builtin_profiles
 
 EngineName = Literal["vllm", "emulated", "external"]
 VllmEntrypoint = Literal["auto", "serve", "module"]
-SchedulerPolicy = Literal["cato", "round_robin", "pow2", "least_loaded"]
+SchedulerPolicy = Literal["cato", "cato_triage", "round_robin", "pow2", "least_loaded"]
 ProvisionerPolicy = Literal["cato", "queue_length", "fixed"]
 
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {

@@ -12,9 +12,11 @@ from hypothesis import strategies as st
 
 from orchestrator.policy.scheduler import (
     AT_RISK,
+    LATE,
     SAFE,
     URGENT,
     CatoScheduler,
+    CatoTriageScheduler,
     LeastLoadedScheduler,
     NoReplicaError,
     PowerOfTwoScheduler,
@@ -216,6 +218,89 @@ def test_a_waiting_call_is_promoted_to_0_when_its_slack_runs_out() -> None:
     assert at_risk.priority == URGENT
 
 
+def drain(sched: CatoScheduler, r: ReplicaState, now: float) -> list[Call]:
+    order = []
+    while (head := sched.pick(r, now)) is not None:
+        r.dequeue(head.id)
+        order.append(head)
+    return order
+
+
+def test_triage_routes_late_calls_like_cato_but_last() -> None:
+    replicas = [replica("idle"), replica("busy", queued=1)]
+    late = call(deadline=10.05, prompt=100)  # service 0.11 s from now = 10.0
+    cato = CatoScheduler().route(late, replicas, now=10.0)
+    triage = CatoTriageScheduler().route(late, replicas, now=10.0)
+    assert cato.priority == URGENT and triage.priority == LATE
+    assert triage.replica_id == cato.replica_id == "idle"
+    assert triage.expected_completion == cato.expected_completion
+    assert triage.sort_key == cato.sort_key and triage.promote_at == math.inf
+
+
+@pytest.mark.parametrize(("deadline", "priority"), [(1.0, AT_RISK), (5.0, SAFE), (100.0, SAFE)])
+def test_triage_routes_on_time_calls_exactly_as_cato(deadline: float, priority: int) -> None:
+    replicas = [replica("q2", queued=2), replica("q1", queued=1)]
+    c = call(deadline=deadline, prompt=100, output=50, metric="e2e")
+    cato = CatoScheduler().route(c, replicas, now=0.0)
+    assert cato.priority == priority
+    assert CatoTriageScheduler().route(c, replicas, now=0.0) == cato
+
+
+def test_triage_queue_serves_on_time_calls_before_late_ones() -> None:
+    r = replica("r", queued=0)
+    r.start(call(), 0.0)  # full: new calls queue
+    sched = CatoTriageScheduler()
+    late = call(deadline=50.0)
+    early = call(deadline=20.0)
+    hopeless = call(deadline=0.05)
+    hopeless_too = call(deadline=0.01)
+    for c in (late, hopeless, early, hopeless_too):
+        sched.route(c, [r], now=0.0).apply(c, r)
+    assert [late.priority, early.priority, hopeless.priority] == [SAFE, SAFE, LATE]
+    assert drain(sched, r, now=0.0) == [early, late, hopeless_too, hopeless]
+
+
+def test_triage_sends_a_call_whose_slack_runs_out_while_queued_to_the_back() -> None:
+    r = replica("r", queued=0)
+    r.start(call(), 0.0)  # the replica stays full: everything below waits
+    sched = CatoTriageScheduler()
+    soon = call(deadline=5.0, prompt=100)  # promote_at 4.89
+    later = call(deadline=9.0, prompt=100)
+    hopeless = call(deadline=0.01, prompt=100)
+    for c in (soon, later, hopeless):
+        sched.route(c, [r], now=0.0).apply(c, r)
+    assert sched.pick(r, now=soon.promote_at - 1e-6) is soon and soon.priority == SAFE
+    tokens, waits = r.queued_prompt_tokens, r.wait_s
+    # Where cato would raise it to 0 and serve it first, triage files it behind `later`,
+    # ahead of the call that was late on arrival (earlier deadline first among late).
+    assert sched.pick(r, now=soon.promote_at) is later
+    assert soon.priority == LATE and soon.promote_at == math.inf
+    assert r.queued_prompt_tokens == tokens and r.wait_s == waits and len(r.queue) == 3
+    assert drain(sched, r, now=6.0) == [later, hopeless, soon]
+    assert later.priority == SAFE
+
+
+def test_cato_and_triage_differ_only_on_late_calls() -> None:
+    """Same arrivals on both: the on-time calls come out in the same order under both,
+    and triage serves every late call after every on-time one."""
+    rng = random.Random(5)
+    specs = [(rng.uniform(0.0, 8.0), rng.randint(10, 400)) for _ in range(40)]
+    orders = []
+    for sched in (CatoScheduler(), CatoTriageScheduler()):
+        r = replica("r", queued=0)
+        r.start(call(), 0.0)
+        calls = [call(deadline=d, prompt=p) for d, p in specs]
+        for c in calls:
+            sched.route(c, [r], now=0.0).apply(c, r)
+        orders.append([calls.index(c) for c in drain(sched, r, now=3.0)])
+        late = {i for i, c in enumerate(calls) if c.priority in (URGENT, LATE)}
+    cato, triage = orders
+    assert 0 < len(late) < len(specs)
+    assert [i for i in cato if i not in late] == [i for i in triage if i not in late]
+    assert set(triage[-len(late) :]) == late
+    assert set(cato[: len(late)]) == late
+
+
 @st.composite
 def queue_entries(draw: st.DrawFn) -> list[tuple[int, float, float]]:
     n = draw(st.integers(0, 30))
@@ -312,11 +397,14 @@ def test_baselines_keep_fifo_order(name: str) -> None:
 def test_registry_and_errors() -> None:
     assert isinstance(make_scheduler("cato"), CatoScheduler)
     assert make_scheduler("pow2", seed=3).seed == 3
-    with pytest.raises(SchedulerConfigError, match="cato, least_loaded, pow2, round_robin"):
+    with pytest.raises(
+        SchedulerConfigError, match="cato, cato_triage, least_loaded, pow2, round_robin"
+    ):
         make_scheduler("fifo")
     with pytest.raises(SchedulerConfigError, match="bad options"):
         make_scheduler("cato", window=3)
-    for name in ("cato", "round_robin", "pow2", "least_loaded"):
+    assert isinstance(make_scheduler("cato_triage"), CatoTriageScheduler)
+    for name in ("cato", "cato_triage", "round_robin", "pow2", "least_loaded"):
         with pytest.raises(NoReplicaError, match="model 'm'"):
             make_scheduler(name).route(call(), [], now=0.0)
 

@@ -12,10 +12,15 @@ call ``pick`` returns with ``replica.dequeue(call.id)`` and ``replica.start(call
 Priorities (lower is served first): 0 = the call's slack is already gone, 1 = no
 replica is expected to meet its deadline, 2 = safe. A waiting call is raised to 0 by
 its queue at ``promote_at``, the moment its slack runs out.
+
+``cato_triage`` is Algorithm 1 with the opposite answer for late calls: priority 3
+(``LATE``), behind every call that can still meet its deadline, in the queue and in the
+engine alike. Past saturation, serving late calls first only makes more calls late.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -28,6 +33,7 @@ from orchestrator.policy.state import INF, Call, Rates, ReplicaState
 URGENT = 0
 AT_RISK = 1
 SAFE = 2
+LATE = 3
 FIFO_PRIORITY = SAFE
 
 _by_route_key = attrgetter("route_key")
@@ -145,6 +151,40 @@ class CatoScheduler(Scheduler):
         return chosen
 
 
+class CatoTriageScheduler(CatoScheduler):
+    """Algorithm 1, except that late calls go last: priority ``LATE``, never promoted.
+
+    A call whose slack is gone on arrival is routed as in ``cato`` but queued (and sent
+    to the engine) behind on-time work. One whose slack runs out while it waits is
+    raised to 0 by its queue's timer; ``pick`` finds it at the head, where every
+    promoted call surfaces, and re-files it as ``LATE`` before choosing, so each call
+    is re-filed at most once (O(log queue) each).
+    """
+
+    name = "cato_triage"
+
+    def route(self, call: Call, replicas: Sequence[ReplicaState], now: float) -> Route:
+        route = super().route(call, replicas, now)
+        if route.priority != URGENT:
+            return route
+        return dataclasses.replace(route, priority=LATE, promote_at=INF)
+
+    def pick(self, replica: ReplicaState, now: float) -> Call | None:
+        head = replica.queue.peek(now)
+        while head is not None and head.priority == URGENT:
+            _demote(head, replica)
+            head = replica.queue.peek(now)
+        return head
+
+
+def _demote(call: Call, replica: ReplicaState) -> None:
+    """Move a call queued on ``replica`` behind its on-time calls, for good."""
+    replica.dequeue(call.id)
+    call.priority = LATE
+    call.promote_at = INF
+    replica.enqueue(call)
+
+
 class _FifoScheduler(Scheduler):
     """Baselines: one replica chosen by ``choose``, first come first served there."""
 
@@ -206,7 +246,13 @@ class LeastLoadedScheduler(_FifoScheduler):
 
 SCHEDULERS: dict[str, type[Scheduler]] = {
     cls.name: cls
-    for cls in (CatoScheduler, RoundRobinScheduler, PowerOfTwoScheduler, LeastLoadedScheduler)
+    for cls in (
+        CatoScheduler,
+        CatoTriageScheduler,
+        RoundRobinScheduler,
+        PowerOfTwoScheduler,
+        LeastLoadedScheduler,
+    )
 }
 
 
