@@ -3,7 +3,8 @@
 ``cato bench sim --scenario rq1|rq2|rq3|all`` sweeps arrival rates for each policy (and
 provisioner, for rq3) in the simulator and writes JSON, markdown and PNG plots;
 ``cato bench live`` runs the same sweeps through the embedded orchestrator over emulator
-processes (and simulates the same runs next to them); ``cato bench workloads`` prints
+processes (and simulates the same runs next to them); ``cato bench peers`` sends one load
+through ``cato serve`` and the routers people deploy; ``cato bench workloads`` prints
 the per-kind prompt and output length distributions;
 ``cato bench calibrate --url URL --name PROFILE`` fits an engine profile to a live engine.
 """
@@ -21,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from orchestrator import calibrate
-from orchestrator.bench import workloads
+from orchestrator.bench import peers, workloads
 from orchestrator.bench.live import LIVE_POLICIES, LiveOptions, run_live_sweep, twin_sweep
 from orchestrator.bench.report import markdown, write_report
 from orchestrator.bench.scenarios import POLICIES, SCENARIOS, Sweep, run_sweep, scenario
@@ -73,6 +74,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     sim.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     _configure_live(sub.add_parser("live", help="run a scenario live over emulator processes"))
+    _configure_peers(sub.add_parser("peers", help="CATO next to real routers on the same load"))
     shape = sub.add_parser("workloads", help="print per-kind prompt and output lengths")
     workloads.configure(shape)
     calibrate.configure(
@@ -104,7 +106,24 @@ def _configure_live(live: argparse.ArgumentParser) -> None:
     live.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
 
 
+def _configure_peers(peers_cmd: argparse.ArgumentParser) -> None:
+    groups = list(peers.PEER_GROUPS)
+    peers_cmd.add_argument("--quick", action="store_true", help="20 s of arrivals (default 60 s)")
+    peers_cmd.add_argument(
+        "--peers",
+        type=lambda s: _names(s, groups, "peer"),
+        default=groups,
+        help=f"comma list of {', '.join(groups)} (default: all; cato and direct always run)",
+    )
+    peers_cmd.add_argument("--rate", type=float, default=4.0, help="tasks/s (default 4)")
+    peers_cmd.add_argument("--duration", type=float, default=None, help="seconds of arrivals")
+    peers_cmd.add_argument("--seed", type=int, default=0, help="seed of workload and arrivals")
+    peers_cmd.add_argument("--out", type=Path, default=Path("bench-results/peers"))
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.bench_command == "peers":
+        return _run_peers(args)
     if args.bench_command == "workloads":
         return workloads.run(args)
     if args.bench_command == "live":
@@ -178,6 +197,21 @@ def _run_live(args: argparse.Namespace) -> int:
         _write(live, args.out, args.no_plots, err)
         if not args.no_twin:
             _write(twin_sweep(live, workload), args.out / "twin", args.no_plots, err)
+    return 0
+
+
+def _run_peers(args: argparse.Namespace) -> int:
+    err = Console(stderr=True)
+    try:
+        workload = workloads.build_workload(seed=args.seed, per_kind=200)
+    except workloads.WorkloadUnavailable as exc:
+        err.print(str(exc))
+        return 2
+    duration = args.duration or (20.0 if args.quick else 60.0)
+    options = peers.PeersOptions(rate=args.rate, duration_s=duration, seed=args.seed)
+    result = peers.run_peers(workload, args.peers, options, log=err.print)
+    print(peers.markdown(result))
+    err.print(f"wrote {', '.join(str(f) for f in peers.write(result, args.out))}")
     return 0
 
 

@@ -24,6 +24,8 @@ _COMMON_FIELDS = frozenset(
         "repetition_penalty", "seed", "user", "priority", "ignore_eos", "min_tokens",
         "logit_bias", "logprobs", "skip_special_tokens", "spaces_between_special_tokens",
         "include_stop_str_in_output", "request_id",
+        # Sent by routers in front of vLLM (vllm-router, sglang-router); ignored here.
+        "no_stop_trim", "return_hidden_states",
     }
 )  # fmt: skip
 COMPLETION_FIELDS = _COMMON_FIELDS | {"prompt", "echo", "suffix", "best_of"}

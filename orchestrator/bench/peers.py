@@ -1,0 +1,732 @@
+"""CATO next to the routers people deploy in front of vLLM, on the same load.
+
+One set of emulator processes (the rq2 scenario's replicas, real time) serves every
+system in turn: ``cato serve`` over HTTP, plain round robin from the client
+(``direct``, the floor), ``vllm-router`` (power of two, round robin), ``sglang-router``
+and a Ray Serve app (Ray's defaults, and tuned autoscaling). Each system gets the same
+arrivals and the same prompts through ``/v1/completions`` (peers get the prompt CATO's
+graph would build, and a fixed per-kind ``priority``), so the emulators generate the same
+outputs. Router overhead is the CPU time of the router's process tree per request
+(``/proc/PID/stat``) and its latency above ``direct``'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from orchestrator.api import KindStats, SLAMetric, TaskKind, TaskRequest
+from orchestrator.bench.live import LiveOptions, launch_replicas, stop_replicas
+from orchestrator.bench.scenarios import Scenario, scenario
+from orchestrator.bench.workloads import Workload
+from orchestrator.graphs import TaskDefaults, build_graph
+from orchestrator.metrics import TaskRecord, kind_stats
+from orchestrator.sim.simulator import SimTask
+
+PEER_GROUPS: dict[str, tuple[str, ...]] = {
+    "vllm-router": ("vllm-router-pow2", "vllm-router-rr"),
+    "sglang-router": ("sglang-router",),
+    "ray-serve": ("ray-serve", "ray-serve-tuned"),
+}
+# A fixed priority per kind, what a peer's user would configure (lower runs first).
+KIND_PRIORITY: dict[str, int] = {"complete": 0, "generate": 0, "summarize": 1, "translate": 2}
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class PeersOptions:
+    """How the comparison is driven; rates are tasks per second of real time."""
+
+    rate: float = 4.0
+    duration_s: float = 60.0
+    warmup_tasks: int = 12
+    drain_s: float = 60.0
+    start_timeout_s: float = 120.0
+    seed: int = 0
+
+
+@dataclass
+class SystemResult:
+    """One system's run: per-kind stats, and the CPU its router processes spent."""
+
+    name: str
+    kinds: dict[str, KindStats]
+    overall: KindStats
+    router_cpu_s: float
+    requests: int
+    skipped: str | None = None
+
+    @property
+    def cpu_ms_per_request(self) -> float | None:
+        return None if not self.requests else 1000.0 * self.router_cpu_s / self.requests
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "skipped": self.skipped,
+            "requests": self.requests,
+            "router_cpu_s": self.router_cpu_s,
+            "cpu_ms_per_request": self.cpu_ms_per_request,
+            "overall": self.overall.model_dump(),
+            "kinds": {k: s.model_dump() for k, s in self.kinds.items()},
+        }
+
+
+@dataclass
+class PeersRun:
+    """Every system of one comparison."""
+
+    rate: float
+    duration_s: float
+    seed: int
+    replicas: int
+    results: list[SystemResult] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rate": self.rate,
+            "duration_s": self.duration_s,
+            "seed": self.seed,
+            "replicas": self.replicas,
+            "systems": [r.to_dict() for r in self.results],
+        }
+
+
+# --------------------------------------------------------------------------- requests
+
+
+@dataclass(frozen=True)
+class Job:
+    """One task as each kind of front end wants it."""
+
+    kind: str
+    sla_metric: SLAMetric
+    sla_ms: float
+    cato_body: dict[str, Any]
+    peer_body: dict[str, Any]
+
+
+def make_job(request: TaskRequest, model: str, defaults: TaskDefaults) -> Job:
+    """The CATO request, and the single model call a peer gets for it."""
+    graph = build_graph(request, defaults)
+    nodes = graph.llm_nodes()
+    if len(nodes) != 1:
+        raise ValueError(f"{request.kind} tasks need {len(nodes)} calls; peers take one")
+    node = nodes[0]
+    text = request.prompt if request.kind is TaskKind.COMPLETE else request.code
+    ext: dict[str, Any] = {"task": request.kind.value}
+    if request.language:
+        ext["language"] = request.language
+    common = {"model": model, "stream": True, "temperature": 0.0}
+    cato = {**common, "prompt": text, "cato": ext}
+    if request.max_tokens is not None:
+        cato["max_tokens"] = request.max_tokens
+    if request.context:
+        cato["cato"] = ext  # context travels in the prompt for completions
+    peer = {
+        **common,
+        "prompt": node.prompt,
+        "max_tokens": node.max_tokens,
+        "stop": list(node.stop),
+        "priority": KIND_PRIORITY.get(request.kind.value, 0),
+    }
+    sla = defaults.for_kind(request.kind).sla
+    return Job(request.kind.value, sla.metric, sla.target_ms, cato, peer)
+
+
+@dataclass
+class _Timing:
+    arrival: float
+    first: float | None = None
+    done: float = 0.0
+    ok: bool = False
+
+
+async def _stream(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> _Timing:
+    """POST a streaming completion; note when the first text arrives and when it ends."""
+    loop = asyncio.get_running_loop()
+    t = _Timing(loop.time())
+    try:
+        async with session.post(url, json=body) as resp:
+            if resp.status != 200:
+                await resp.read()
+                t.done = loop.time()
+                return t
+            async for raw in resp.content:
+                line = raw.strip()
+                if not line.startswith(b"data:") or line == b"data: [DONE]":
+                    continue
+                if t.first is None and _has_text(line[5:]):
+                    t.first = loop.time()
+            t.ok = t.first is not None
+    except (TimeoutError, aiohttp.ClientError):
+        t.ok = False
+    t.done = loop.time()
+    return t
+
+
+def _has_text(payload: bytes) -> bool:
+    try:
+        choices = json.loads(payload).get("choices") or []
+    except ValueError:
+        return False
+    return any(c.get("text") for c in choices)
+
+
+async def drive(
+    targets: Sequence[str],
+    arrivals: Sequence[tuple[float, Job]],
+    *,
+    cato: bool,
+    warmup: Sequence[Job],
+    drain_s: float,
+    before: Any = None,
+) -> list[TaskRecord]:
+    """Send warm-up jobs one by one, call ``before()``, then every arrival on time
+    (round robin over ``targets``, which is one URL except for ``direct``)."""
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=drain_s)
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        for n, job in enumerate(warmup):
+            await _stream(session, targets[n % len(targets)], _body(job, cato))
+        if before is not None:
+            before()
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        tasks = []
+        for n, (at, job) in enumerate(arrivals):
+            delay = t0 + at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            target = targets[n % len(targets)]
+            tasks.append(asyncio.create_task(_stream(session, target, _body(job, cato))))
+        last = arrivals[-1][0] if arrivals else 0.0
+        _, late = await asyncio.wait(tasks, timeout=max(t0 + last + drain_s - loop.time(), 1))
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+    return [
+        _record(n, job, task)
+        for n, ((_, job), task) in enumerate(zip(arrivals, tasks, strict=True))
+    ]
+
+
+def _body(job: Job, cato: bool) -> dict[str, Any]:
+    return job.cato_body if cato else job.peer_body
+
+
+def _record(n: int, job: Job, task: asyncio.Task[_Timing]) -> TaskRecord:
+    if task.cancelled():
+        t = _Timing(0.0, None, 0.0, False)
+        outcome = "cancelled"
+    else:
+        t = task.result()
+        outcome = "ok" if t.ok else "error"
+    return TaskRecord(
+        f"t{n}",
+        job.kind,
+        job.sla_metric,
+        job.sla_ms,
+        t.arrival,
+        t.first,
+        max(t.done, t.arrival),
+        outcome,  # type: ignore[arg-type]
+    )
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def proc_tree_cpu_s(root: int) -> float:
+    """utime + stime of ``root`` and every live descendant, plus their reaped children."""
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        parents[int(entry)] = int(fields[1])
+        cpu[int(entry)] = sum(int(x) for x in fields[11:15]) / _TICKS
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        total += cpu.get(pid, 0.0)
+        todo += [p for p, parent in parents.items() if parent == pid]
+    return total
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Frontend:
+    """A router process (group) in front of the emulators; ``pid`` None for ``direct``."""
+
+    name: str
+    targets: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+    cato: bool = False
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+class Unavailable(RuntimeError):
+    """A peer that is not installed here, or that did not come up."""
+
+
+def _spawn(name: str, argv: list[str], folder: Path, *, cato: bool = False) -> Frontend:
+    log = folder / f"{name}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    return Frontend(name, [], proc, log, cato)
+
+
+def _wait_http(front: Frontend, url: str, timeout_s: float, probe: dict[str, Any]) -> None:
+    """Until a small completion through ``url`` succeeds (health alone is not enough for
+    routers that discover their workers in the background)."""
+    deadline = time.monotonic() + timeout_s
+    data = json.dumps(probe).encode()
+    while time.monotonic() < deadline:
+        if front.proc is not None and front.proc.poll() is not None:
+            raise Unavailable(f"{front.name} exited: {_tail(front.log)}")
+        req = urllib.request.Request(url, data, {"Content-Type": "application/json"})
+        answer = _post(req)
+        if answer is None:
+            return
+        if answer.startswith("HTTP 4"):
+            front.stop()
+            raise Unavailable(f"{front.name} rejects a plain completion: {answer}")
+        time.sleep(0.5)
+    front.stop()
+    raise Unavailable(f"{front.name} not ready after {timeout_s:.0f} s: {_tail(front.log)}")
+
+
+def _post(req: urllib.request.Request) -> str | None:
+    """None when the request succeeded, else what went wrong."""
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            resp.read()
+            return None
+    except urllib.error.HTTPError as err:
+        return f"HTTP {err.code} {err.read()[:300].decode(errors='replace')}"
+    except (OSError, TimeoutError) as exc:
+        return str(exc)
+
+
+def _tail(log: Path | None) -> str:
+    if log is None or not log.exists():
+        return ""
+    return log.read_text(errors="replace")[-800:]
+
+
+def start_frontend(
+    name: str, urls: Sequence[str], model: str, folder: Path, timeout_s: float
+) -> Frontend:
+    """Start ``name`` in front of ``urls``; raises ``Unavailable`` where it cannot run."""
+    if name == "direct":
+        return Frontend(name, [u + "/v1/completions" for u in urls])
+    port = free_port()
+    front = _spawn(name, _argv(name, urls, model, port, folder), folder, cato=name == "cato")
+    url = f"http://127.0.0.1:{port}/v1/completions"
+    probe: dict[str, Any] = {"model": model, "prompt": "def f():", "max_tokens": 2}
+    if front.cato:
+        probe["cato"] = {"task": "complete"}
+    _wait_http(front, url, timeout_s, probe)
+    front.targets = [url]
+    return front
+
+
+def _argv(name: str, urls: Sequence[str], model: str, port: int, folder: Path) -> list[str]:
+    py = sys.executable
+    if name == "cato":
+        config = folder / "cato.toml"
+        config.write_text(cato_config(model, len(urls), urls[0]))
+        return [py, "-m", "orchestrator.bench.peers", "serve-cato", str(config), str(port), *urls]
+    if name.startswith("vllm-router"):
+        policy = "power_of_two" if name.endswith("pow2") else "round_robin"
+        exe = _exe("vllm-router")
+        return [
+            exe,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--policy",
+            policy,
+            "--worker-urls",
+            *urls,
+        ]
+    if name == "sglang-router":
+        exe = _exe("sglang-router")
+        return [exe, "launch", "--host", "127.0.0.1", "--port", str(port), "--worker-urls", *urls]
+    if name.startswith("ray-serve"):
+        _require_module("ray.serve", "ray[serve]")
+        tuned = ["--tuned"] if name.endswith("tuned") else []
+        return [py, "-m", "orchestrator.bench.peers", "serve-ray", str(port), *urls, *tuned]
+    raise ValueError(f"unknown system {name!r}")
+
+
+def _exe(name: str) -> str:
+    found = shutil.which(name) or str(Path(sys.executable).with_name(name))
+    if not Path(found).exists():
+        raise Unavailable(f"{name} is not installed (scripts/install-peers)")
+    return found
+
+
+def _require_module(module: str, package: str) -> None:
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(module)
+    except ModuleNotFoundError:
+        found = None
+    if found is None:
+        raise Unavailable(f"{package} is not installed (scripts/install-peers)")
+
+
+def cato_config(model: str, replicas: int, url: str) -> str:
+    """A ``cato.toml`` with one external model of ``replicas`` fixed replicas."""
+    return (
+        '[server]\nhost = "127.0.0.1"\n\n'
+        f'[[models]]\nname = "{model}"\nengine = "external"\nurl = "{url}"\n'
+        f"min_replicas = {replicas}\nmax_replicas = {replicas}\nconcurrency_limit = 256\n"
+    )
+
+
+# --------------------------------------------------------------------------- front ends
+
+
+def serve_cato(config_path: str, port: int, urls: Sequence[str]) -> None:
+    """``cato serve`` with its external model's replicas spread over ``urls``.
+
+    ``[[models]]`` takes one ``url`` per model; each replica the runtime starts here
+    takes the next URL, so one model has one replica per emulator.
+    """
+    from orchestrator.commands.serve import serve
+    from orchestrator.config import load_config
+    from orchestrator.replicas.manager import ReplicaManager
+
+    cycle = iter(list(urls) * 1000)
+    original = ReplicaManager.start
+
+    async def start(self: ReplicaManager, spec: Any) -> Any:
+        return await original(self, replace(spec, url=next(cycle)))
+
+    ReplicaManager.start = start  # type: ignore[method-assign]
+    asyncio.run(serve(load_config(config_path), "127.0.0.1", port, None))
+
+
+def serve_ray(port: int, urls: Sequence[str], tuned: bool) -> None:  # pragma: no cover
+    """A Ray Serve app: one deployment replica per emulator (by replica rank), Ray's
+    power-of-two router and ongoing-requests autoscaling; runs until SIGTERM."""
+    import ray
+    from ray import serve
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    autoscaling: dict[str, Any] = {
+        "min_replicas": 1,
+        "max_replicas": len(urls),
+        "initial_replicas": len(urls),
+    }
+    if tuned:
+        autoscaling.update(
+            target_ongoing_requests=2, upscale_delay_s=1, downscale_delay_s=4, look_back_period_s=2
+        )
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    app = _ray_proxy().options(autoscaling_config=autoscaling).bind(list(urls))
+    serve.run(app, route_prefix="/")
+    stop = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    while not stop:
+        time.sleep(0.5)
+    serve.shutdown()  # type: ignore[no-untyped-call]
+    ray.shutdown()
+
+
+def _ray_proxy() -> Any:  # pragma: no cover
+    """The deployment: each replica forwards to the emulator of its rank."""
+    from ray import serve
+    from starlette.requests import Request
+    from starlette.responses import StreamingResponse
+
+    @serve.deployment
+    class Proxy:
+        def __init__(self, urls: list[str]) -> None:
+            rank = serve.get_replica_context().rank
+            index = rank if isinstance(rank, int) else rank.rank
+            self.url = urls[index % len(urls)] + "/v1/completions"
+            self.session: aiohttp.ClientSession | None = None
+
+        async def __call__(self, request: Request) -> StreamingResponse:
+            if self.session is None:
+                timeout = aiohttp.ClientTimeout(total=None)
+                self.session = aiohttp.ClientSession(
+                    timeout=timeout, connector=aiohttp.TCPConnector(limit=0)
+                )
+            body = await request.body()
+            resp = await self.session.post(
+                self.url, data=body, headers={"Content-Type": "application/json"}
+            )
+
+            async def relay() -> Any:
+                async with resp:
+                    async for chunk in resp.content.iter_any():
+                        yield chunk
+
+            kind = "text/event-stream" if resp.status == 200 else "application/json"
+            return StreamingResponse(relay(), status_code=resp.status, media_type=kind)
+
+    return Proxy
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def systems(peers: Sequence[str]) -> list[str]:
+    """CATO, direct, then each chosen peer group's configurations."""
+    return ["cato", "direct", *(name for group in peers for name in PEER_GROUPS[group])]
+
+
+def jobs_for(
+    chosen: Scenario, workload: Workload, options: PeersOptions
+) -> tuple[list[tuple[float, Job]], list[Job]]:
+    """The arrivals (seconds, job) of the run, and the warm-up jobs."""
+    defaults = chosen.defaults()
+    model = chosen.models[0].name
+
+    def job(task: SimTask) -> Job:
+        return make_job(task.request, model, defaults)
+
+    arrivals = [
+        (at, job(t))
+        for at, t in chosen.arrivals(options.rate, options.duration_s, workload, options.seed)
+    ]
+    warm = chosen.arrivals(options.rate, 1e6, workload, options.seed + 100)
+    warmup = [job(t) for _, t in _take(warm, options.warmup_tasks)]
+    return arrivals, warmup
+
+
+def _take(it: Iterator[tuple[float, SimTask]], n: int) -> list[tuple[float, SimTask]]:
+    out: list[tuple[float, SimTask]] = []
+    for item in it:
+        if len(out) >= n:
+            break
+        out.append(item)
+    return out
+
+
+def run_peers(
+    workload: Workload,
+    peers: Sequence[str],
+    options: PeersOptions,
+    log: Any = print,
+) -> PeersRun:
+    """Every system over the same emulators and arrivals, one after the other."""
+    chosen = scenario("rq2")
+    arrivals, warmup = jobs_for(chosen, workload, options)
+    model = chosen.models[0].name
+    live = LiveOptions(speed=1.0, start_timeout_s=options.start_timeout_s)
+    replicas = launch_replicas(chosen, live, options.seed)
+    urls = [r.emulator.url for r in replicas]
+    run = PeersRun(options.rate, options.duration_s, options.seed, len(urls))
+    try:
+        with tempfile.TemporaryDirectory(prefix="cato-peers-") as tmp:
+            for name in systems(peers):
+                log(f"{name}: starting")
+                result = run_system(name, urls, model, Path(tmp), arrivals, warmup, options)
+                log(f"{name}: {result.skipped or _line(result)}")
+                run.results.append(result)
+    finally:
+        stop_replicas(replicas)
+    return run
+
+
+def _line(result: SystemResult) -> str:
+    g = result.overall.goodput_rate
+    cpu = result.cpu_ms_per_request
+    return f"goodput {100 * (g or 0):.1f}%, router CPU {cpu or 0:.2f} ms/request"
+
+
+def run_system(
+    name: str,
+    urls: Sequence[str],
+    model: str,
+    folder: Path,
+    arrivals: Sequence[tuple[float, Job]],
+    warmup: Sequence[Job],
+    options: PeersOptions,
+) -> SystemResult:
+    try:
+        front = start_frontend(name, urls, model, folder, options.start_timeout_s)
+    except Unavailable as exc:
+        return SystemResult(name, {}, KindStats(), 0.0, 0, skipped=f"skipped: {exc}")
+    cpu_start: list[float] = []
+    pid = front.pid
+
+    def before() -> None:
+        cpu_start.append(proc_tree_cpu_s(pid) if pid is not None else 0.0)
+
+    try:
+        records = asyncio.run(
+            drive(
+                front.targets,
+                arrivals,
+                cato=front.cato,
+                warmup=warmup,
+                drain_s=options.drain_s,
+                before=before,
+            )
+        )
+        cpu = (proc_tree_cpu_s(pid) if pid is not None else 0.0) - cpu_start[0]
+    finally:
+        front.stop()
+    kinds = sorted({r.kind for r in records})
+    return SystemResult(
+        name,
+        {k: kind_stats(r for r in records if r.kind == k) for k in kinds},
+        kind_stats(records),
+        cpu,
+        len(records),
+    )
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def markdown(run: PeersRun) -> str:
+    """The goodput/latency table per system and kind, and the overhead table."""
+    lines = [
+        f"rq2 mix, {run.replicas} emulated replicas, {run.rate:g} tasks/s for "
+        f"{run.duration_s:g} s, seed {run.seed}",
+        "",
+        "| system | kind | goodput | TTFT p50 | p95 | p99 | E2E p50 | p95 | p99 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in run.results:
+        if r.skipped:
+            lines.append(f"| {r.name} | {' '.join(r.skipped.split())[:200]} | | | | | | | |")
+            continue
+        for kind, s in r.kinds.items():
+            lines.append(
+                f"| {r.name} | {kind} | {_pct(s.goodput_rate)} | {_ms(s.ttft_p50_ms)} | "
+                f"{_ms(s.ttft_p95_ms)} | {_ms(s.ttft_p99_ms)} | {_ms(s.e2e_p50_ms)} | "
+                f"{_ms(s.e2e_p95_ms)} | {_ms(s.e2e_p99_ms)} |"
+            )
+    lines += ["", *overhead_table(run)]
+    return "\n".join(lines) + "\n"
+
+
+def overhead_table(run: PeersRun) -> list[str]:
+    """CPU per request of the router's processes, and P50 latency above ``direct``'s."""
+    direct = next((r for r in run.results if r.name == "direct" and not r.skipped), None)
+    kinds = sorted({k for r in run.results for k in r.kinds})
+    head = "| system | goodput | router CPU ms/request | " + " | ".join(
+        f"{k} +TTFT p50 | {k} +E2E p50" for k in kinds
+    )
+    lines = [head + " |", "|---|---|---|" + "---|" * (2 * len(kinds))]
+    for r in run.results:
+        if r.skipped:
+            continue
+        cells = [r.name, _pct(r.overall.goodput_rate), f"{r.cpu_ms_per_request or 0:.2f}"]
+        for k in kinds:
+            mine = r.kinds.get(k) or KindStats()
+            base = (direct.kinds.get(k) if direct else None) or KindStats()
+            cells.append(_delta(mine.ttft_p50_ms, base.ttft_p50_ms))
+            cells.append(_delta(mine.e2e_p50_ms, base.e2e_p50_ms))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _delta(mine: float | None, base: float | None) -> str:
+    if mine is None or base is None:
+        return "-"
+    return f"{mine - base:+.0f}"
+
+
+def write(run: PeersRun, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    data, text = out / "peers.json", out / "peers.md"
+    data.write_text(json.dumps(run.to_dict(), indent=2))
+    text.write_text(markdown(run))
+    return [data, text]
+
+
+def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover
+    """Entry points of the router processes this module starts."""
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.bench.peers")
+    sub = parser.add_subparsers(dest="what", required=True)
+    cato = sub.add_parser("serve-cato")
+    cato.add_argument("config")
+    cato.add_argument("port", type=int)
+    cato.add_argument("urls", nargs="+")
+    ray_ = sub.add_parser("serve-ray")
+    ray_.add_argument("port", type=int)
+    ray_.add_argument("urls", nargs="+")
+    ray_.add_argument("--tuned", action="store_true")
+    args = parser.parse_args(argv)
+    if args.what == "serve-cato":
+        serve_cato(args.config, args.port, args.urls)
+    else:
+        serve_ray(args.port, args.urls, args.tuned)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""``cato bench peers``: jobs, CPU accounting, a real run through ``direct`` and ``cato``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestrator.api import SLAMetric, TaskKind, TaskRequest
+from orchestrator.bench import peers
+from orchestrator.bench.scenarios import scenario
+from orchestrator.emulator.process import StartEmulator
+from orchestrator.graphs import build_graph
+
+_MODEL = "codellama-7b"
+
+
+def _jobs() -> list[peers.Job]:
+    defaults = scenario("rq2").defaults()
+    complete = TaskRequest(kind=TaskKind.COMPLETE, prompt="def add(a, b):\n    return")
+    summarize = TaskRequest(
+        kind=TaskKind.SUMMARIZE, code="def add(a, b):\n    return a + b\n", language="python"
+    )
+    return [peers.make_job(r, _MODEL, defaults) for r in (complete, summarize)]
+
+
+def test_peer_body_is_the_call_cato_would_make() -> None:
+    defaults = scenario("rq2").defaults()
+    request = TaskRequest(kind=TaskKind.SUMMARIZE, code="def f():\n    pass\n", language="python")
+    job = peers.make_job(request, _MODEL, defaults)
+    node = build_graph(request, defaults).llm_nodes()[0]
+    assert job.peer_body["prompt"] == node.prompt
+    assert job.peer_body["max_tokens"] == node.max_tokens
+    assert job.peer_body["priority"] == peers.KIND_PRIORITY["summarize"]
+    assert job.cato_body["prompt"] == request.code
+    assert job.cato_body["cato"] == {"task": "summarize", "language": "python"}
+    assert job.sla_metric is SLAMetric.E2E and job.sla_ms == 6000
+
+
+def test_multi_call_tasks_are_refused() -> None:
+    request = TaskRequest(kind=TaskKind.TRANSLATE, code="x = 1\n" * 3000, target_language="go")
+    with pytest.raises(ValueError, match="peers take one"):
+        peers.make_job(request, _MODEL, scenario("rq2").defaults())
+
+
+def test_cpu_of_a_process_tree_counts_its_children() -> None:
+    busy = "import subprocess, sys; subprocess.run([sys.executable, '-c', 'sum(range(10**7))'])"
+    proc = subprocess.Popen([sys.executable, "-c", busy + "; input()"], stdin=subprocess.PIPE)
+    try:
+        # the grandchild has exited and been reaped by the child: its time is in cutime
+        for _ in range(600):
+            if peers.proc_tree_cpu_s(proc.pid) > 0.2:
+                break
+            subprocess.run([sys.executable, "-c", "import time; time.sleep(0.1)"], check=True)
+        assert peers.proc_tree_cpu_s(proc.pid) > 0.2
+        assert peers.proc_tree_cpu_s(os.getpid()) > 0.0
+    finally:
+        proc.communicate(b"\n", timeout=30)
+
+
+def test_direct_and_cato_serve_the_same_load(start_emulator: StartEmulator, tmp_path: Path) -> None:
+    urls = [
+        start_emulator(model=_MODEL, profile="codellama-7b@a100", speed=4.0).url for _ in range(2)
+    ]
+    jobs = _jobs()
+    arrivals = [(0.1 * i, jobs[i % 2]) for i in range(8)]
+    options = peers.PeersOptions(start_timeout_s=120.0, drain_s=60.0)
+    results = [
+        peers.run_system(name, urls, _MODEL, tmp_path, arrivals, jobs, options)
+        for name in ("direct", "cato")
+    ]
+    direct, cato = results
+    for r in results:
+        assert r.skipped is None
+        assert r.requests == 8
+        assert r.overall.errors == 0 and r.overall.cancelled == 0
+        assert set(r.kinds) == {"complete", "summarize"}
+    assert direct.router_cpu_s == 0.0
+    assert cato.router_cpu_s > 0.0  # the service process did the routing
+    run = peers.PeersRun(1.0, 1.0, 0, 2, results)
+    table = peers.markdown(run)
+    assert "| cato | complete |" in table and "| direct | 100.0% | 0.00 |" in table
+
+
+@pytest.mark.skipif(shutil.which("vllm-router") is not None, reason="vllm-router is installed")
+def test_a_missing_peer_is_skipped_with_a_message(tmp_path: Path) -> None:
+    options = peers.PeersOptions()
+    result = peers.run_system(
+        "vllm-router-rr", ["http://127.0.0.1:9"], _MODEL, tmp_path, [], [], options
+    )
+    assert result.skipped is not None and "not installed" in result.skipped
