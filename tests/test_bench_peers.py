@@ -48,7 +48,7 @@ def test_multi_call_tasks_are_refused() -> None:
 
 
 def test_cpu_of_a_process_tree_counts_its_children() -> None:
-    busy = "import subprocess, sys; subprocess.run([sys.executable, '-c', 'sum(range(10**7))'])"
+    busy = "import subprocess, sys; subprocess.run([sys.executable, '-c', 'sum(range(4 * 10**7))'])"
     proc = subprocess.Popen([sys.executable, "-c", busy + "; input()"], stdin=subprocess.PIPE)
     try:
         # the grandchild has exited and been reaped by the child: its time is in cutime

@@ -337,7 +337,9 @@ def _wait_http(front: Frontend, url: str, timeout_s: float, probe: dict[str, Any
         answer = _post(req)
         if answer is None:
             return
-        if answer.startswith("HTTP 4"):
+        # A 404 while starting is a route not yet registered (Ray Serve's proxy is up
+        # before the app); any other 4xx is a refusal of the request itself.
+        if answer.startswith("HTTP 4") and not answer.startswith("HTTP 404"):
             front.stop()
             raise Unavailable(f"{front.name} rejects a plain completion: {answer}")
         time.sleep(0.5)
