@@ -123,6 +123,19 @@ def builtin_profiles() -> dict[str, EngineProfile]:
     return found
 
 
+def sped_up(profile: EngineProfile, speed: float) -> EngineProfile:
+    """The profile an emulator started with ``--speed`` runs: every step ``speed`` times
+    shorter (replaying a live run against sped-up emulators needs this profile)."""
+    if speed <= 0:
+        raise ValueError("speed must be > 0")
+    return profile.with_overrides(
+        step_overhead_s=profile.step_overhead_s / speed,
+        prefill_s_per_token=profile.prefill_s_per_token / speed,
+        decode_s_per_seq=profile.decode_s_per_seq / speed,
+        kv_read_s_per_token=profile.kv_read_s_per_token / speed,
+    )
+
+
 def load_profile(name_or_path: str) -> EngineProfile:
     """A built-in profile by name (``codellama-7b@a100``) or a profile TOML file by path."""
     known = builtin_profiles()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from orchestrator.api import Status, TaskKind
 from orchestrator.config import CatoConfig, ModelConfig, load_config
-from orchestrator.engine_model import load_profile
+from orchestrator.engine_model import load_profile, sped_up
 from orchestrator.executor import Orchestrator
 from orchestrator.graphs import BUILTIN_KINDS, KindDefaults, TaskDefaults
 from orchestrator.policy.provisioner import ClusterView, ModelView, ReplicaView, make_provisioner
@@ -72,13 +72,7 @@ def prior_rates(model: ModelConfig) -> Rates:
     """The scheduler's starting point for a model before it has measured anything."""
     if model.engine != "emulated":
         return Rates()
-    p = load_profile(model.profile)
-    speed = model.speed
-    return Rates(
-        overhead_s=p.step_overhead_s / speed,
-        prefill_s_per_token=p.prefill_s_per_token / speed,
-        tpot_s=(p.step_overhead_s + p.decode_s_per_seq) / speed,
-    )
+    return Rates.from_profile(sped_up(load_profile(model.profile), model.speed))
 
 
 class Runtime:

@@ -14,7 +14,7 @@ from orchestrator.bench.scenarios import SCENARIOS, run_sweep
 from orchestrator.bench.workloads import Workload, build_workload
 from orchestrator.config import ProvisionerConfig
 from orchestrator.emulator.textgen import TextGenerator
-from orchestrator.engine_model import EngineModel, load_profile
+from orchestrator.engine_model import EngineModel, load_profile, sped_up
 from orchestrator.graphs import DEFAULTS, build_graph, split_code
 from orchestrator.policy.state import Call, ReplicaState
 from orchestrator.sim import (
@@ -24,7 +24,6 @@ from orchestrator.sim import (
     SimTask,
     Simulator,
     simulate,
-    sped_up,
 )
 from orchestrator.sim.oracle import HOPELESS
 

@@ -25,7 +25,7 @@ from orchestrator import calibrate
 from orchestrator.bench import peers, workloads
 from orchestrator.bench.live import LIVE_POLICIES, LiveOptions, run_live_sweep, twin_sweep
 from orchestrator.bench.report import markdown, write_report
-from orchestrator.bench.scenarios import POLICIES, SCENARIOS, Sweep, run_sweep, scenario
+from orchestrator.bench.scenarios import POLICIES, SCENARIOS, Scenario, Sweep, run_sweep, scenario
 from orchestrator.policy.provisioner import PROVISIONERS
 from orchestrator.sim.oracle import SIM_SCHEDULERS
 
@@ -133,20 +133,30 @@ def run(args: argparse.Namespace) -> int:
     return _run_sim(args)
 
 
+def _workload(err: Console, seed: int, per_kind: int) -> workloads.Workload | None:
+    """The benchmark workload, or None (said on ``err``) where its data is missing."""
+    try:
+        return workloads.build_workload(seed=seed, per_kind=per_kind)
+    except workloads.WorkloadUnavailable as exc:
+        err.print(str(exc))
+        return None
+
+
+def _scenario(name: str, concurrency: int | None) -> Scenario:
+    chosen = scenario(name)
+    return chosen if concurrency is None else replace(chosen, concurrency_limit=concurrency)
+
+
 def _run_sim(args: argparse.Namespace) -> int:
     err = Console(stderr=True)
     started = time.perf_counter()
     err.print(f"building the workload (seed {args.seed}) ...")
-    try:
-        workload = workloads.build_workload(seed=args.seed, per_kind=args.per_kind)
-    except workloads.WorkloadUnavailable as exc:
-        err.print(str(exc))
+    workload = _workload(err, args.seed, args.per_kind)
+    if workload is None:
         return 2
     sweeps: list[Sweep] = []
     for name in args.scenario:
-        chosen = scenario(name)
-        if args.concurrency is not None:
-            chosen = replace(chosen, concurrency_limit=args.concurrency)
+        chosen = _scenario(name, args.concurrency)
         with _progress(err) as on_run:
             sweep = run_sweep(
                 chosen,
@@ -174,15 +184,11 @@ def _run_live(args: argparse.Namespace) -> int:
     """Live sweeps, written like ``sim``'s to ``--out``; their simulated twins to
     ``--out``/twin."""
     err = Console(stderr=True)
-    try:
-        workload = workloads.build_workload(seed=args.seed, per_kind=args.per_kind)
-    except workloads.WorkloadUnavailable as exc:
-        err.print(str(exc))
+    workload = _workload(err, args.seed, args.per_kind)
+    if workload is None:
         return 2
     for name in args.scenario:
-        chosen = scenario(name)
-        if args.concurrency is not None:
-            chosen = replace(chosen, concurrency_limit=args.concurrency)
+        chosen = _scenario(name, args.concurrency)
         with _progress(err) as on_run:
             live = run_live_sweep(
                 chosen,
@@ -202,10 +208,8 @@ def _run_live(args: argparse.Namespace) -> int:
 
 def _run_peers(args: argparse.Namespace) -> int:
     err = Console(stderr=True)
-    try:
-        workload = workloads.build_workload(seed=args.seed, per_kind=200)
-    except workloads.WorkloadUnavailable as exc:
-        err.print(str(exc))
+    workload = _workload(err, args.seed, 200)
+    if workload is None:
         return 2
     duration = args.duration or (20.0 if args.quick else 60.0)
     options = peers.PeersOptions(rate=args.rate, duration_s=duration, seed=args.seed)

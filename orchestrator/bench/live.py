@@ -32,8 +32,9 @@ from orchestrator.engine_model import load_profile
 from orchestrator.executor import Orchestrator, ReplicaSpec
 from orchestrator.metrics import TaskRecord, UtilizationTracker, kind_stats
 from orchestrator.policy.scheduler import make_scheduler
+from orchestrator.policy.state import Rates
 from orchestrator.sim.results import RecordStore, SimResult
-from orchestrator.sim.simulator import SimTask, Simulator, rates_for_profile
+from orchestrator.sim.simulator import SimTask, Simulator
 
 LIVE_POLICIES: tuple[str, ...] = ("cato", "round_robin", "pow2", "least_loaded")
 _KEEP_ALL_S = 1e12  # the recorder's window: keep every task of a run
@@ -75,7 +76,7 @@ def launch_replicas(scenario: Scenario, options: LiveOptions, seed: int) -> list
                     url=emulator.url,
                     model=plan.name,
                     concurrency_limit=limit,
-                    rates=rates_for_profile(profile),
+                    rates=Rates.from_profile(profile),
                     engine="emulator",
                 )
                 started.append(_Replica(spec, emulator))

@@ -12,7 +12,10 @@ import heapq
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from orchestrator.engine_model import EngineProfile
 
 Metric = Literal["ttft", "e2e"]
 INF = math.inf
@@ -34,6 +37,15 @@ class Rates:
     prefill_s_per_token: float = 1e-4
     tpot_s: float = 0.02
     alpha: float = 0.2
+
+    @classmethod
+    def from_profile(cls, profile: EngineProfile) -> Rates:
+        """The prior for replicas running ``profile``: one sequence alone on the engine."""
+        return cls(
+            overhead_s=profile.step_overhead_s,
+            prefill_s_per_token=profile.prefill_s_per_token,
+            tpot_s=profile.step_overhead_s + profile.decode_s_per_seq,
+        )
 
     def prefill_s(self, prompt_tokens: int) -> float:
         return self.overhead_s + prompt_tokens * self.prefill_s_per_token

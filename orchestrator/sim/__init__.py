@@ -7,9 +7,7 @@ from orchestrator.sim.simulator import (
     SimConfig,
     SimTask,
     Simulator,
-    rates_for_profile,
     simulate,
-    sped_up,
 )
 
 __all__ = [
@@ -22,7 +20,5 @@ __all__ = [
     "SimTask",
     "Simulator",
     "make_sim_scheduler",
-    "rates_for_profile",
     "simulate",
-    "sped_up",
 ]

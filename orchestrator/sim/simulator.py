@@ -62,28 +62,6 @@ _ARRIVAL, _STEP_START, _STEP_END, _READY, _TICK, _LOCAL_DONE = range(6)
 _PENDING, _READY_PHASE, _DRAINING, _STOPPED = "pending", "ready", "draining", "stopped"
 
 
-def rates_for_profile(profile: EngineProfile) -> Rates:
-    """The scheduler's prior for a profile: what the runtime assumes for emulated models."""
-    return Rates(
-        overhead_s=profile.step_overhead_s,
-        prefill_s_per_token=profile.prefill_s_per_token,
-        tpot_s=profile.step_overhead_s + profile.decode_s_per_seq,
-    )
-
-
-def sped_up(profile: EngineProfile, speed: float) -> EngineProfile:
-    """The profile an emulator started with ``--speed`` runs: every step ``speed`` times
-    shorter (replaying a live run against sped-up emulators needs this profile)."""
-    if speed <= 0:
-        raise ValueError("speed must be > 0")
-    return profile.with_overrides(
-        step_overhead_s=profile.step_overhead_s / speed,
-        prefill_s_per_token=profile.prefill_s_per_token / speed,
-        decode_s_per_seq=profile.decode_s_per_seq / speed,
-        kv_read_s_per_token=profile.kv_read_s_per_token / speed,
-    )
-
-
 @dataclass(frozen=True)
 class ModelSpec:
     """One served model: its engine profile and how many replicas it may run.
@@ -301,7 +279,7 @@ class Simulator:
         )
         self.clairvoyant = is_clairvoyant(self.scheduler)
         self.provisioner = make_provisioner(config.provisioner, config.provisioner_config)
-        priors = {m.name: m.rates or rates_for_profile(m.profile) for m in config.models}
+        priors = {m.name: m.rates or Rates.from_profile(m.profile) for m in config.models}
         self.profiler = Profiler(dict(priors))
         self._priors = priors
         self.tracker = UtilizationTracker()
