@@ -215,7 +215,9 @@ class ModelConfig(_Section):
             )
         if engine != "vllm" and "entrypoint" in self.model_fields_set:
             problems.append(("entrypoint", f"only for engine 'vllm', not {engine!r}"))
-        if engine != "vllm" and self.gpus_per_replica not in (None, 0):
+        # An emulated replica may claim GPU slots (it uses none) so that a GPU box's
+        # packing can be rehearsed without GPUs; an external server's GPUs are not ours.
+        if engine == "external" and self.gpus_per_replica not in (None, 0):
             problems.append(("gpus_per_replica", f"must be 0 for engine {engine!r}"))
         if engine == "external" and self.url is None:
             problems.append(("url", "required for engine 'external' (the server's base URL)"))
@@ -225,11 +227,12 @@ class ModelConfig(_Section):
             problems.append(("url", f"expected an http:// or https:// URL, got {self.url!r}"))
         if engine != "vllm" and self.vllm_args:
             problems.append(("vllm_args", f"only for engine 'vllm', not {engine!r}"))
-        if engine == "emulated":
+        # ``profile`` times an emulated replica; for the other engines, where it is set,
+        # it is the scheduler's prior until the replica's own timings are learned.
+        if engine == "emulated" or "profile" in self.model_fields_set:
             problems += _profile_problems(self.profile)
-        for key in ("profile", "speed"):
-            if engine != "emulated" and key in self.model_fields_set:
-                problems.append((key, f"only for engine 'emulated', not {engine!r}"))
+        if engine != "emulated" and "speed" in self.model_fields_set:
+            problems.append(("speed", f"only for engine 'emulated', not {engine!r}"))
         return problems
 
     @property

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -69,10 +70,14 @@ def launch_spec(model: ModelConfig) -> LaunchSpec:
 
 
 def prior_rates(model: ModelConfig) -> Rates:
-    """The scheduler's starting point for a model before it has measured anything."""
-    if model.engine != "emulated":
-        return Rates()
-    return Rates.from_profile(sped_up(load_profile(model.profile), model.speed))
+    """The scheduler's starting point for a model before it has measured anything: its
+    engine profile where one applies (always for emulated replicas, which run it), else
+    the generic default."""
+    if model.engine == "emulated":
+        return Rates.from_profile(sped_up(load_profile(model.profile), model.speed))
+    if "profile" in model.model_fields_set:
+        return Rates.from_profile(load_profile(model.profile))
+    return Rates()
 
 
 class Runtime:
@@ -88,6 +93,8 @@ class Runtime:
     ) -> None:
         self.config = config
         self.clock = clock
+        # A folder made here is removed by ``stop``; one the caller names is kept.
+        self._owns_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="cato-replicas-"))
         self.orchestrator = Orchestrator(
             defaults=task_defaults(config),
@@ -153,6 +160,8 @@ class Runtime:
         self._loop_task = None
         await self.manager.shutdown()
         await self.orchestrator.close()
+        if self._owns_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def status(self) -> Status:
         """The orchestrator's status plus what only the runtime knows (GPUs, provisioner)."""

@@ -267,10 +267,14 @@ def test_entrypoint_is_for_vllm_only() -> None:
 
 
 def test_engine_specific_keys_on_the_wrong_engine() -> None:
-    problems = problems_of(VLLM_MODEL + "profile = 'tiny@cpu'\n")
+    problems = problems_of(VLLM_MODEL + "speed = 2.0\n")
     assert problems == [
-        "cato.toml: models[0].profile: only for engine 'emulated', not 'vllm'",
+        "cato.toml: models[0].speed: only for engine 'emulated', not 'vllm'",
     ]
+    external = "[[models]]\nname = 'x'\nengine = 'external'\nurl = 'http://h:1'\n"
+    assert one_problem(external + "gpus_per_replica = 1\n").startswith(
+        "cato.toml: models[0].gpus_per_replica: must be 0 for engine 'external'"
+    )
     text = "[[models]]\nname = 'e'\nengine = 'emulated'\nvllm_args = ['--x']\n"
     assert one_problem(text).startswith("cato.toml: models[0].vllm_args: only for engine 'vllm'")
 
@@ -335,3 +339,23 @@ def test_config_error_is_a_value_error_listing_every_problem() -> None:
         parse_config(text, "team.toml")
     assert "team.toml: server.port" in str(info.value)
     assert "team.toml: server.host" in str(info.value)
+
+
+def test_a_profile_on_a_vllm_model_is_the_schedulers_prior() -> None:
+    from orchestrator.engine_model import load_profile
+    from orchestrator.policy.state import Rates
+    from orchestrator.runtime import prior_rates
+
+    plain = parse_config(VLLM_MODEL).models[0]
+    assert prior_rates(plain) == Rates()
+    timed = parse_config(VLLM_MODEL + "profile = 'codellama-7b@a100'\n").models[0]
+    assert prior_rates(timed) == Rates.from_profile(load_profile("codellama-7b@a100"))
+    assert one_problem(VLLM_MODEL + "profile = 'nope@gpu'\n").startswith(
+        "cato.toml: models[0].profile: unknown engine profile 'nope@gpu'"
+    )
+
+
+def test_emulated_replicas_may_claim_gpu_slots() -> None:
+    text = "[gpus]\ndevices = [0, 1]\n[[models]]\nname = 'e'\nengine = 'emulated'\n"
+    model = parse_config(text + "gpus_per_replica = 1\nmax_replicas = 2\n").models[0]
+    assert model.gpus == 1

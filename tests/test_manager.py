@@ -112,6 +112,18 @@ async def ready(mgr: ReplicaManager, *reps: ManagedReplica) -> None:
 # -- emulated replicas ------------------------------------------------------------------
 
 
+async def test_emulated_replicas_claim_gpu_slots_like_vllm_ones(
+    manager: ReplicaManager, orch: Orchestrator
+) -> None:
+    """So a GPU box's packing can be rehearsed on emulators: 3 slots, 2 per replica."""
+    first = await manager.start(emulated(gpus_per_replica=2))
+    assert first is not None and first.gpus == [0, 1]
+    assert await manager.start(emulated(gpus_per_replica=2)) is None
+    await manager.drain(first.id)
+    again = await manager.start(emulated(gpus_per_replica=2))
+    assert again is not None and again.gpus == [0, 1]
+
+
 async def test_replica_goes_pending_then_ready_and_reports_its_cold_start(
     manager: ReplicaManager, orch: Orchestrator
 ) -> None:

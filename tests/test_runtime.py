@@ -159,3 +159,15 @@ def test_status_command_reports_an_unreachable_service(capsys: pytest.CaptureFix
     args = argparse.Namespace(url="http://127.0.0.1:9", token=None, json=False)
     assert status_command.run(args) == 1
     assert "cato status: " in capsys.readouterr().err
+
+
+async def test_a_log_folder_the_runtime_made_is_removed_at_stop(tmp_path: Path) -> None:
+    cfg = config(model={"min_replicas": 0})
+    made = Runtime(cfg, settings=SETTINGS)
+    assert made.workdir.is_dir()
+    await made.stop()
+    assert not made.workdir.exists()
+    (tmp_path / "logs").mkdir()
+    named = Runtime(cfg, workdir=tmp_path / "logs", settings=SETTINGS)
+    await named.stop()
+    assert (tmp_path / "logs").is_dir()

@@ -134,7 +134,11 @@ def _announce(config: CatoConfig, host: str, url: str, runtime: Runtime) -> None
         if host not in ("127.0.0.1", "localhost", "::1"):
             log.warning("listening beyond this machine without users: anyone can use it")
     log.info("cato serve listening on %s (OpenAI base URL %s/v1)", url, url)
-    log.info("replica logs under %s; Ctrl-C stops the service", runtime.workdir)
+    log.info(
+        "replica logs under %s (removed at exit unless --workdir names it); "
+        "Ctrl-C stops the service",
+        runtime.workdir,
+    )
 
 
 async def _announce_ready(runtime: Runtime, url: str) -> None:

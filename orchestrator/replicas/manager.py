@@ -153,7 +153,7 @@ class ReplicaManager:
         """Launch one replica of ``spec``; None when no GPU slot is free for it."""
         if self._closing:
             return None
-        gpus = self.slots.allocate(spec.gpus_per_replica if spec.engine == "vllm" else 0)
+        gpus = self.slots.allocate(spec.gpus_per_replica if spec.engine != "external" else 0)
         if gpus is None:
             log.warning(
                 "model %s: no free GPU slot for another replica (%d of %d free, %d needed)",
