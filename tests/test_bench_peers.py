@@ -69,8 +69,9 @@ def test_direct_and_cato_serve_the_same_load(start_emulator: StartEmulator, tmp_
     jobs = _jobs()
     arrivals = [(0.1 * i, jobs[i % 2]) for i in range(8)]
     options = peers.PeersOptions(start_timeout_s=120.0, drain_s=60.0)
+    setup = peers.CatoSetup(scenario("rq2").defaults(), "codellama-7b@a100", speed=4.0)
     results = [
-        peers.run_system(name, urls, _MODEL, tmp_path, arrivals, jobs, options)
+        peers.run_system(name, urls, _MODEL, tmp_path, arrivals, jobs, options, setup)
         for name in ("direct", "cato")
     ]
     direct, cato = results
@@ -93,3 +94,22 @@ def test_a_missing_peer_is_skipped_with_a_message(tmp_path: Path) -> None:
         "vllm-router-rr", ["http://127.0.0.1:9"], _MODEL, tmp_path, [], [], options
     )
     assert result.skipped is not None and "not installed" in result.skipped
+
+
+def test_cato_is_told_the_slas_and_the_profile_in_wall_time(tmp_path: Path) -> None:
+    """At speed 0.25 every SLA is 4 times longer and the prior 4 times slower."""
+    from orchestrator.config import parse_config
+    from orchestrator.engine_model import load_profile, sped_up
+    from orchestrator.policy.state import Rates
+    from orchestrator.runtime import prior_rates
+
+    setup = peers.CatoSetup(scenario("rq2").defaults(), "codellama-7b@a100", speed=0.25)
+    text = peers.cato_config(_MODEL, 6, "http://127.0.0.1:9", "cato_triage", setup, tmp_path)
+    config = parse_config(text, "peers.toml")
+    assert config.scheduler.policy == "cato_triage"
+    assert (config.tasks.complete.sla_metric, config.tasks.complete.sla_ms) == ("ttft", 2000)
+    assert (config.tasks.summarize.sla_metric, config.tasks.summarize.sla_ms) == ("e2e", 24000)
+    slow = sped_up(load_profile("codellama-7b@a100"), 0.25)
+    assert prior_rates(config.models[0]) == Rates.from_profile(slow)
+    plain = parse_config(peers.cato_config(_MODEL, 6, "http://127.0.0.1:9"), "peers.toml")
+    assert plain.tasks.complete.sla_ms == 500 and prior_rates(plain.models[0]) == Rates()

@@ -25,7 +25,15 @@ from orchestrator import calibrate
 from orchestrator.bench import peers, workloads
 from orchestrator.bench.live import LIVE_POLICIES, LiveOptions, run_live_sweep, twin_sweep
 from orchestrator.bench.report import markdown, write_report
-from orchestrator.bench.scenarios import POLICIES, SCENARIOS, Scenario, Sweep, run_sweep, scenario
+from orchestrator.bench.scenarios import (
+    POLICIES,
+    SCENARIOS,
+    Scenario,
+    Sweep,
+    capacity_rps,
+    run_sweep,
+    scenario,
+)
 from orchestrator.policy.provisioner import PROVISIONERS
 from orchestrator.sim.oracle import SIM_SCHEDULERS
 
@@ -115,7 +123,19 @@ def _configure_peers(peers_cmd: argparse.ArgumentParser) -> None:
         default=groups,
         help=f"comma list of {', '.join(groups)} (default: all; cato and direct always run)",
     )
-    peers_cmd.add_argument("--rate", type=float, default=4.0, help="tasks/s (default 4)")
+    load = peers_cmd.add_mutually_exclusive_group()
+    load.add_argument("--rate", type=float, default=None, help="tasks/s (default 4)")
+    load.add_argument(
+        "--load", type=float, default=None, help="tasks/s as a fraction of the replicas' capacity C"
+    )
+    peers_cmd.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        help="emulator speed (default 1); below 1 stretches wall time so a load near C "
+        "stays within the machine's cores. Rates, durations and latencies are in the "
+        "profile's time",
+    )
     peers_cmd.add_argument("--duration", type=float, default=None, help="seconds of arrivals")
     peers_cmd.add_argument("--seed", type=int, default=0, help="seed of workload and arrivals")
     peers_cmd.add_argument("--out", type=Path, default=Path("bench-results/peers"))
@@ -211,8 +231,14 @@ def _run_peers(args: argparse.Namespace) -> int:
     workload = _workload(err, args.seed, 200)
     if workload is None:
         return 2
+    if args.speed <= 0:
+        err.print("--speed must be > 0")
+        return 2
     duration = args.duration or (20.0 if args.quick else 60.0)
-    options = peers.PeersOptions(rate=args.rate, duration_s=duration, seed=args.seed)
+    rate = args.rate or 4.0
+    if args.load is not None:
+        rate = args.load * capacity_rps(scenario("rq2"), workload)
+    options = peers.PeersOptions(rate=rate, duration_s=duration, seed=args.seed, speed=args.speed)
     result = peers.run_peers(workload, args.peers, options, log=err.print)
     print(peers.markdown(result))
     err.print(f"wrote {', '.join(str(f) for f in peers.write(result, args.out))}")

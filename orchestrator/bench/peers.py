@@ -8,6 +8,12 @@ arrivals and the same prompts through ``/v1/completions`` (peers get the prompt 
 graph would build, and a fixed per-kind ``priority``), so the emulators generate the same
 outputs. Router overhead is the CPU time of the router's process tree per request
 (``/proc/PID/stat``) and its latency above ``direct``'s.
+
+Time is the profile's: rates, durations, SLAs and the reported latencies are those of
+the engine profile. With ``speed`` below 1 the emulators run that much slower than the
+profile and every wall-clock interval is stretched by ``1 / speed`` (CATO's SLAs and
+rate prior included), so a load near the replicas' capacity stays within what two cores
+can route: that is how the comparison under pressure is run.
 """
 
 from __future__ import annotations
@@ -34,13 +40,16 @@ import aiohttp
 
 from orchestrator.api import KindStats, SLAMetric, TaskKind, TaskRequest
 from orchestrator.bench.live import LiveOptions, launch_replicas, stop_replicas
-from orchestrator.bench.scenarios import Scenario, scenario
+from orchestrator.bench.scenarios import Scenario, capacity_rps, scenario
 from orchestrator.bench.workloads import Workload
+from orchestrator.calibrate import profile_toml
+from orchestrator.engine_model import load_profile, sped_up
 from orchestrator.graphs import TaskDefaults, build_graph
 from orchestrator.metrics import TaskRecord, kind_stats
 from orchestrator.sim.simulator import SimTask
 
 PEER_GROUPS: dict[str, tuple[str, ...]] = {
+    "cato-triage": ("cato-triage",),
     "vllm-router": ("vllm-router-pow2", "vllm-router-rr"),
     "sglang-router": ("sglang-router",),
     "ray-serve": ("ray-serve", "ray-serve-tuned"),
@@ -52,7 +61,8 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 
 @dataclass(frozen=True)
 class PeersOptions:
-    """How the comparison is driven; rates are tasks per second of real time."""
+    """How the comparison is driven. ``rate`` (tasks/s), ``duration_s`` and ``drain_s``
+    are in the profile's time; the emulators run ``speed`` times as fast as the profile."""
 
     rate: float = 4.0
     duration_s: float = 60.0
@@ -60,6 +70,11 @@ class PeersOptions:
     drain_s: float = 60.0
     start_timeout_s: float = 120.0
     seed: int = 0
+    speed: float = 1.0
+
+    @property
+    def drain_wall_s(self) -> float:
+        return self.drain_s / self.speed
 
 
 @dataclass
@@ -98,6 +113,8 @@ class PeersRun:
     seed: int
     replicas: int
     results: list[SystemResult] = field(default_factory=list)
+    speed: float = 1.0
+    capacity_rps: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -105,6 +122,8 @@ class PeersRun:
             "duration_s": self.duration_s,
             "seed": self.seed,
             "replicas": self.replicas,
+            "speed": self.speed,
+            "capacity_rps": self.capacity_rps,
             "systems": [r.to_dict() for r in self.results],
         }
 
@@ -198,9 +217,12 @@ async def drive(
     warmup: Sequence[Job],
     drain_s: float,
     before: Any = None,
+    speed: float = 1.0,
 ) -> list[TaskRecord]:
     """Send warm-up jobs one by one, call ``before()``, then every arrival on time
-    (round robin over ``targets``, which is one URL except for ``direct``)."""
+    (round robin over ``targets``, which is one URL except for ``direct``). Arrival
+    times are the profile's (wall = profile / ``speed``), ``drain_s`` is wall seconds,
+    and the records are in profile time."""
     timeout = aiohttp.ClientTimeout(total=None, sock_read=drain_s)
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
@@ -212,18 +234,18 @@ async def drive(
         t0 = loop.time()
         tasks = []
         for n, (at, job) in enumerate(arrivals):
-            delay = t0 + at - loop.time()
+            delay = t0 + at / speed - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
             target = targets[n % len(targets)]
             tasks.append(asyncio.create_task(_stream(session, target, _body(job, cato))))
-        last = arrivals[-1][0] if arrivals else 0.0
+        last = arrivals[-1][0] / speed if arrivals else 0.0
         _, late = await asyncio.wait(tasks, timeout=max(t0 + last + drain_s - loop.time(), 1))
         for task in late:
             task.cancel()
         await asyncio.gather(*late, return_exceptions=True)
     return [
-        _record(n, job, task)
+        _record(n, job, task, t0, speed)
         for n, ((_, job), task) in enumerate(zip(arrivals, tasks, strict=True))
     ]
 
@@ -232,21 +254,26 @@ def _body(job: Job, cato: bool) -> dict[str, Any]:
     return job.cato_body if cato else job.peer_body
 
 
-def _record(n: int, job: Job, task: asyncio.Task[_Timing]) -> TaskRecord:
+def _record(n: int, job: Job, task: asyncio.Task[_Timing], t0: float, speed: float) -> TaskRecord:
+    """The task's times since ``t0`` in profile time (wall seconds x ``speed``)."""
     if task.cancelled():
-        t = _Timing(0.0, None, 0.0, False)
+        t = _Timing(t0, None, t0, False)
         outcome = "cancelled"
     else:
         t = task.result()
         outcome = "ok" if t.ok else "error"
+
+    def profile(at: float) -> float:
+        return (at - t0) * speed
+
     return TaskRecord(
         f"t{n}",
         job.kind,
         job.sla_metric,
         job.sla_ms,
-        t.arrival,
-        t.first,
-        max(t.done, t.arrival),
+        profile(t.arrival),
+        None if t.first is None else profile(t.first),
+        profile(max(t.done, t.arrival)),
         outcome,  # type: ignore[arg-type]
     )
 
@@ -365,14 +392,31 @@ def _tail(log: Path | None) -> str:
     return log.read_text(errors="replace")[-800:]
 
 
+@dataclass(frozen=True)
+class CatoSetup:
+    """What CATO is told of the load, as its operator would write it in ``cato.toml``:
+    the task kinds' SLAs and budgets (in the profile's time) and the replicas' engine
+    profile (its rate prior), both stretched to the emulators' ``speed``."""
+
+    defaults: TaskDefaults
+    profile: str
+    speed: float = 1.0
+
+
 def start_frontend(
-    name: str, urls: Sequence[str], model: str, folder: Path, timeout_s: float
+    name: str,
+    urls: Sequence[str],
+    model: str,
+    folder: Path,
+    timeout_s: float,
+    setup: CatoSetup | None = None,
 ) -> Frontend:
     """Start ``name`` in front of ``urls``; raises ``Unavailable`` where it cannot run."""
     if name == "direct":
         return Frontend(name, [u + "/v1/completions" for u in urls])
     port = free_port()
-    front = _spawn(name, _argv(name, urls, model, port, folder), folder, cato=name == "cato")
+    argv = _argv(name, urls, model, port, folder, setup)
+    front = _spawn(name, argv, folder, cato=is_cato(name))
     url = f"http://127.0.0.1:{port}/v1/completions"
     probe: dict[str, Any] = {"model": model, "prompt": "def f():", "max_tokens": 2}
     if front.cato:
@@ -382,11 +426,23 @@ def start_frontend(
     return front
 
 
-def _argv(name: str, urls: Sequence[str], model: str, port: int, folder: Path) -> list[str]:
+def is_cato(name: str) -> bool:
+    return name in ("cato", "cato-triage")
+
+
+def _argv(
+    name: str,
+    urls: Sequence[str],
+    model: str,
+    port: int,
+    folder: Path,
+    setup: CatoSetup | None,
+) -> list[str]:
     py = sys.executable
-    if name == "cato":
-        config = folder / "cato.toml"
-        config.write_text(cato_config(model, len(urls), urls[0]))
+    if is_cato(name):
+        config = folder / f"{name}.toml"
+        policy = "cato_triage" if name == "cato-triage" else "cato"
+        config.write_text(cato_config(model, len(urls), urls[0], policy, setup, folder))
         return [py, "-m", "orchestrator.bench.peers", "serve-cato", str(config), str(port), *urls]
     if name.startswith("vllm-router"):
         policy = "power_of_two" if name.endswith("pow2") else "round_robin"
@@ -430,13 +486,32 @@ def _require_module(module: str, package: str) -> None:
         raise Unavailable(f"{package} is not installed (scripts/install-peers)")
 
 
-def cato_config(model: str, replicas: int, url: str) -> str:
-    """A ``cato.toml`` with one external model of ``replicas`` fixed replicas."""
-    return (
+def cato_config(
+    model: str,
+    replicas: int,
+    url: str,
+    policy: str = "cato",
+    setup: CatoSetup | None = None,
+    folder: Path | None = None,
+) -> str:
+    """A ``cato.toml`` with one external model of ``replicas`` fixed replicas; with a
+    ``setup``, its SLAs and a rate-prior profile (written to ``folder``) in wall time."""
+    text = (
         '[server]\nhost = "127.0.0.1"\n\n'
         f'[[models]]\nname = "{model}"\nengine = "external"\nurl = "{url}"\n'
         f"min_replicas = {replicas}\nmax_replicas = {replicas}\nconcurrency_limit = 256\n"
     )
+    if setup is not None:
+        stretched = sped_up(load_profile(setup.profile), setup.speed)
+        where = (folder or Path(".")) / "replica-profile.toml"
+        where.write_text(profile_toml(stretched, [f"{setup.profile} at speed {setup.speed:g}"]))
+        text += f"profile = {json.dumps(str(where))}\n"
+        for kind, d in setup.defaults.kinds.items():
+            text += (
+                f"\n[tasks.{kind.value}]\nsla_metric = {json.dumps(d.sla.metric.value)}\n"
+                f"sla_ms = {d.sla.target_ms / setup.speed:g}\nmax_tokens = {d.max_tokens}\n"
+            )
+    return text + f'\n[scheduler]\npolicy = "{policy}"\n'
 
 
 # --------------------------------------------------------------------------- front ends
@@ -534,7 +609,7 @@ def _ray_proxy() -> Any:  # pragma: no cover
 
 
 def systems(peers: Sequence[str]) -> list[str]:
-    """CATO, direct, then each chosen peer group's configurations."""
+    """CATO, direct, then each chosen group's configurations."""
     return ["cato", "direct", *(name for group in peers for name in PEER_GROUPS[group])]
 
 
@@ -576,15 +651,23 @@ def run_peers(
     chosen = scenario("rq2")
     arrivals, warmup = jobs_for(chosen, workload, options)
     model = chosen.models[0].name
-    live = LiveOptions(speed=1.0, start_timeout_s=options.start_timeout_s)
+    live = LiveOptions(speed=options.speed, start_timeout_s=options.start_timeout_s)
+    setup = CatoSetup(chosen.defaults(), chosen.models[0].profile, options.speed)
     replicas = launch_replicas(chosen, live, options.seed)
     urls = [r.emulator.url for r in replicas]
-    run = PeersRun(options.rate, options.duration_s, options.seed, len(urls))
+    run = PeersRun(
+        options.rate,
+        options.duration_s,
+        options.seed,
+        len(urls),
+        speed=options.speed,
+        capacity_rps=capacity_rps(chosen, workload),
+    )
     try:
         with tempfile.TemporaryDirectory(prefix="cato-peers-") as tmp:
             for name in systems(peers):
                 log(f"{name}: starting")
-                result = run_system(name, urls, model, Path(tmp), arrivals, warmup, options)
+                result = run_system(name, urls, model, Path(tmp), arrivals, warmup, options, setup)
                 log(f"{name}: {result.skipped or _line(result)}")
                 run.results.append(result)
     finally:
@@ -606,9 +689,10 @@ def run_system(
     arrivals: Sequence[tuple[float, Job]],
     warmup: Sequence[Job],
     options: PeersOptions,
+    setup: CatoSetup | None = None,
 ) -> SystemResult:
     try:
-        front = start_frontend(name, urls, model, folder, options.start_timeout_s)
+        front = start_frontend(name, urls, model, folder, options.start_timeout_s, setup)
     except Unavailable as exc:
         return SystemResult(name, {}, KindStats(), 0.0, 0, skipped=f"skipped: {exc}")
     cpu_start: list[float] = []
@@ -624,8 +708,9 @@ def run_system(
                 arrivals,
                 cato=front.cato,
                 warmup=warmup,
-                drain_s=options.drain_s,
+                drain_s=options.drain_wall_s,
                 before=before,
+                speed=options.speed,
             )
         )
         cpu = (proc_tree_cpu_s(pid) if pid is not None else 0.0) - cpu_start[0]
@@ -654,9 +739,10 @@ def _pct(value: float | None) -> str:
 
 def markdown(run: PeersRun) -> str:
     """The goodput/latency table per system and kind, and the overhead table."""
+    load = f" ({100 * run.rate / run.capacity_rps:.0f}% of C)" if run.capacity_rps else ""
     lines = [
-        f"rq2 mix, {run.replicas} emulated replicas, {run.rate:g} tasks/s for "
-        f"{run.duration_s:g} s, seed {run.seed}",
+        f"rq2 mix, {run.replicas} emulated replicas at speed {run.speed:g}, "
+        f"{run.rate:g} tasks/s{load} for {run.duration_s:g} s (profile time), seed {run.seed}",
         "",
         "| system | kind | goodput | TTFT p50 | p95 | p99 | E2E p50 | p95 | p99 |",
         "|---|---|---|---|---|---|---|---|---|",
