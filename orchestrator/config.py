@@ -182,6 +182,9 @@ class ModelConfig(_Section):
     entrypoint: VllmEntrypoint = "auto"
     min_replicas: int = Field(default=1, ge=0, le=4096)
     max_replicas: int | None = Field(default=None, ge=1, le=4096)
+    # Started with the service (default min_replicas): warm capacity at launch that the
+    # provisioner may still release down to min_replicas.
+    initial_replicas: int | None = Field(default=None, ge=0, le=4096)
     concurrency_limit: int | None = Field(default=None, ge=1)
     fim_family: str | None = Field(default=None, min_length=1)
     vllm_args: list[str] = Field(default_factory=list)
@@ -201,6 +204,16 @@ class ModelConfig(_Section):
                 (
                     "max_replicas",
                     f"must be >= min_replicas ({self.min_replicas}), got {self.max_replicas}",
+                )
+            )
+        if self.initial_replicas is None:
+            self.initial_replicas = self.min_replicas
+        elif not self.min_replicas <= self.initial_replicas <= self.replicas_max:
+            problems.append(
+                (
+                    "initial_replicas",
+                    f"must be within min_replicas..max_replicas "
+                    f"({self.min_replicas}..{self.replicas_max}), got {self.initial_replicas}",
                 )
             )
         _raise_if(problems)

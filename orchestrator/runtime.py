@@ -124,7 +124,8 @@ class Runtime:
     async def start(self, *, wait_ready_s: float | None = 600.0) -> None:
         """Start every model's minimum replicas; with ``wait_ready_s``, wait as ``wait_ready``."""
         for model in self.config.models:
-            for _ in range(max(model.min_replicas, 1 if model.engine == "external" else 0)):
+            first = model.initial_replicas or model.min_replicas
+            for _ in range(max(first, 1 if model.engine == "external" else 0)):
                 await self.manager.start(self.specs[model.name])
         self._loop_task = asyncio.create_task(self._control_loop(), name="cato autoscaler")
         if wait_ready_s:

@@ -359,3 +359,13 @@ def test_emulated_replicas_may_claim_gpu_slots() -> None:
     text = "[gpus]\ndevices = [0, 1]\n[[models]]\nname = 'e'\nengine = 'emulated'\n"
     model = parse_config(text + "gpus_per_replica = 1\nmax_replicas = 2\n").models[0]
     assert model.gpus == 1
+
+
+def test_initial_replicas_default_to_the_minimum_and_stay_within_bounds() -> None:
+    base = "[[models]]\nname = 'e'\nengine = 'emulated'\nmin_replicas = 1\nmax_replicas = 4\n"
+    assert parse_config(base).models[0].initial_replicas == 1
+    assert parse_config(base + "initial_replicas = 3\n").models[0].initial_replicas == 3
+    assert one_problem(base + "initial_replicas = 5\n") == (
+        "cato.toml: models[0].initial_replicas: must be within min_replicas..max_replicas "
+        "(1..4), got 5"
+    )

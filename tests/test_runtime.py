@@ -171,3 +171,9 @@ async def test_a_log_folder_the_runtime_made_is_removed_at_stop(tmp_path: Path) 
     named = Runtime(cfg, workdir=tmp_path / "logs", settings=SETTINGS)
     await named.stop()
     assert (tmp_path / "logs").is_dir()
+
+
+async def test_initial_replicas_start_with_the_service(tmp_path: Path) -> None:
+    cfg = config(model={"min_replicas": 1, "max_replicas": 3, "initial_replicas": 2})
+    async with running(cfg, tmp_path) as rt:
+        assert len(rt.manager.of_model("tiny", Lifecycle.READY)) == 2

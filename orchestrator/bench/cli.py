@@ -24,6 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from orchestrator import calibrate
 from orchestrator.bench import peers, workloads
 from orchestrator.bench.live import LIVE_POLICIES, LiveOptions, run_live_sweep, twin_sweep
+from orchestrator.bench.live_serve import run_serve_sweep
 from orchestrator.bench.report import markdown, write_report
 from orchestrator.bench.scenarios import (
     POLICIES,
@@ -95,7 +96,21 @@ def _configure_live(live: argparse.ArgumentParser) -> None:
         "--scenario",
         default=["rq2"],
         type=lambda s: list(SCENARIOS) if s == "all" else _names(s, list(SCENARIOS), "scenario"),
-        help="rq1, rq2, rq3 (fixed replicas only), a comma list, or all (default rq2)",
+        help="rq1, rq2, rq3, a comma list, or all (default rq2)",
+    )
+    live.add_argument(
+        "--via",
+        choices=("embedded", "serve"),
+        default="embedded",
+        help="embedded: the orchestrator in this process on a sped-up clock (fixed "
+        "replicas); serve: a fresh `cato serve` per run over HTTP, with its replica "
+        "manager and provisioner (default embedded)",
+    )
+    live.add_argument(
+        "--provisioners",
+        type=lambda s: _names(s, list(PROVISIONERS), "provisioner"),
+        default=None,
+        help="with --via serve: comma list of cato, queue_length, fixed (default: the scenario's)",
     )
     live.add_argument("--quick", action="store_true", help="two rates, short runs")
     live.add_argument(
@@ -207,22 +222,44 @@ def _run_live(args: argparse.Namespace) -> int:
     workload = _workload(err, args.seed, args.per_kind)
     if workload is None:
         return 2
+    if args.speed <= 0:
+        err.print("--speed must be > 0")
+        return 2
+    if args.provisioners and args.via != "serve":
+        err.print("--provisioners needs --via serve (embedded runs use fixed replicas)")
+        return 2
+    options = LiveOptions(speed=args.speed)
     for name in args.scenario:
         chosen = _scenario(name, args.concurrency)
         with _progress(err) as on_run:
-            live = run_live_sweep(
-                chosen,
-                workload,
-                policies=args.policies,
-                quick=args.quick,
-                seed=args.seed,
-                duration_s=args.duration,
-                options=LiveOptions(speed=args.speed),
-                on_run=on_run,
-            )
+            if args.via == "serve":
+                live = run_serve_sweep(
+                    chosen,
+                    workload,
+                    policies=args.policies,
+                    provisioners=args.provisioners,
+                    quick=args.quick,
+                    seed=args.seed,
+                    duration_s=args.duration,
+                    options=options,
+                    on_run=on_run,
+                )
+            else:
+                live = run_live_sweep(
+                    chosen,
+                    workload,
+                    policies=args.policies,
+                    quick=args.quick,
+                    seed=args.seed,
+                    duration_s=args.duration,
+                    options=options,
+                    on_run=on_run,
+                )
         _write(live, args.out, args.no_plots, err)
         if not args.no_twin:
-            _write(twin_sweep(live, workload), args.out / "twin", args.no_plots, err)
+            # replicas `cato serve` starts run the emulator's default seed, 0
+            seed = 0 if args.via == "serve" else None
+            _write(twin_sweep(live, workload, seed), args.out / "twin", args.no_plots, err)
     return 0
 
 

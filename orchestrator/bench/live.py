@@ -31,12 +31,12 @@ from orchestrator.emulator.process import RunningEmulator, launch_emulator
 from orchestrator.engine_model import load_profile
 from orchestrator.executor import Orchestrator, ReplicaSpec
 from orchestrator.metrics import TaskRecord, UtilizationTracker, kind_stats
-from orchestrator.policy.scheduler import make_scheduler
+from orchestrator.policy.scheduler import SCHEDULERS, make_scheduler
 from orchestrator.policy.state import Rates
 from orchestrator.sim.results import RecordStore, SimResult
 from orchestrator.sim.simulator import SimTask, Simulator
 
-LIVE_POLICIES: tuple[str, ...] = ("cato", "round_robin", "pow2", "least_loaded")
+LIVE_POLICIES: tuple[str, ...] = tuple(SCHEDULERS)  # every live router (no oracle)
 _KEEP_ALL_S = 1e12  # the recorder's window: keep every task of a run
 
 
@@ -127,16 +127,16 @@ def run_live_sweep(
     return sweep
 
 
-def twin_sweep(live: Sweep, workload: Workload) -> Sweep:
+def twin_sweep(live: Sweep, workload: Workload, emulator_seed: int | None = None) -> Sweep:
     """The simulator's run of exactly the live sweep's points, with the emulator's output
-    lengths (what the live replicas generated)."""
+    lengths (what the live replicas generated: ``emulator_seed``, default the sweep's)."""
     scenario = live.scenario
     twin = Sweep(scenario, live.capacity_rps, live.duration_s, live.seed, live.quick)
     for point in live.points:
         config = replace(
-            scenario.config(point.policy, "fixed", live.seed),
+            scenario.config(point.policy, point.provisioner, live.seed),
             outputs="emulator",
-            emulator_seed=live.seed,
+            emulator_seed=live.seed if emulator_seed is None else emulator_seed,
         )
         arrivals = scenario.arrivals(point.rate, live.duration_s, workload, live.seed)
         result = Simulator(config).run(arrivals)
