@@ -233,7 +233,9 @@ async def _measure(
     timeout = aiohttp.ClientTimeout(total=None, sock_read=options.drain_s / speed + 60)
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-        await wait_ready(service, session, options.start_timeout_s)
+        # replicas take their profile's cold start, stretched like everything else
+        cold = max(load_profile(p.profile).cold_start_s for p in scenario.models)
+        await wait_ready(service, session, options.start_timeout_s + cold / speed)
         loop = asyncio.get_running_loop()
         t0 = loop.time()
 
