@@ -14,6 +14,10 @@ tokens are streamed); the replica is then avoided for ``suspect_s``.
 Cancellation: closing the iterator returned by ``submit`` cancels the graph's node tasks;
 queued calls leave their queue, and in-flight calls close their HTTP stream, which makes
 vLLM abort the sequence.
+
+Tokens are the hot path (a service streams thousands a second): they travel as plain
+``TokenDelta`` objects, a read's worth at a time, and become pydantic ``TaskEvent``
+models only for the callers that want those (``submit``).
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections import deque
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from orchestrator import graphs
@@ -45,10 +50,30 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 OnToken = Callable[[str, float], None]
+# Takes the text deltas of one read and writes them out (awaited by the model call).
+TextSink = Callable[[list[str]], Awaitable[None]]
 OnDispatch = Callable[[Call], None]
 
 # Statuses that reject the request itself: another replica would answer the same.
 REQUEST_ERROR_STATUSES = frozenset({400, 413, 422})
+
+
+@dataclass(slots=True)
+class TokenDelta:
+    """A ``token`` event of a task, before (if ever) it becomes a ``TaskEvent``."""
+
+    task_id: str
+    node: str
+    text: str
+    t_ms: float
+
+    def event(self) -> TaskEvent:
+        return TaskEvent(
+            type="token", task_id=self.task_id, t_ms=self.t_ms, node=self.node, text=self.text
+        )
+
+
+RunItem = TaskEvent | TokenDelta
 
 
 class TaskFailed(Exception):
@@ -192,6 +217,18 @@ class Orchestrator:
         cancels the task, upstream requests included.
         """
         return _TaskRun(self, request, next(self._run_ids)).events()
+
+    def submit_batches(
+        self, request: TaskRequest, sink: TextSink | None = None
+    ) -> AsyncGenerator[list[RunItem], None]:
+        """``submit`` for a service: the events that are ready together come as one
+        list, tokens as ``TokenDelta``; closing the iterator cancels the same way.
+
+        With a ``sink``, the final node's text deltas are not queued: its model call
+        awaits ``sink(texts)`` with those of each read, which saves a hand-off between
+        tasks per token (a sink that waits holds back reading from the replica).
+        """
+        return _TaskRun(self, request, next(self._run_ids), sink).batches()
 
     def status(self) -> Status:
         now = self.clock()
@@ -338,11 +375,13 @@ class Orchestrator:
         node: Node,
         on_token: OnToken,
         on_dispatch: OnDispatch | None = None,
+        on_texts: TextSink | None = None,
     ) -> tuple[str, Usage]:
         """Route, wait for a slot, stream the call; retry elsewhere while that is safe.
 
         ``on_dispatch`` is told each time the call gets a slot on a replica (again
-        after a retry); ``on_token`` gets every text delta with its time.
+        after a retry); ``on_token`` gets every text delta with its time, then
+        ``on_texts`` (awaited) those of each read.
         """
         excluded: set[str] = set()
         for attempt in itertools.count(1):
@@ -351,7 +390,7 @@ class Orchestrator:
                 on_dispatch(call)
             failure: ReplicaError | None = None
             try:
-                result = await self._stream(rep, call, node, on_token)
+                result = await self._stream(rep, call, node, on_token, on_texts)
             except ReplicaError as exc:
                 failure = exc
                 self._suspect(rep, exc)
@@ -413,14 +452,19 @@ class Orchestrator:
         self.on_call_done(call, (reached or now) > call.deadline, now)
 
     async def _stream(
-        self, rep: _Replica, call: Call, node: Node, on_token: OnToken
+        self,
+        rep: _Replica,
+        call: Call,
+        node: Node,
+        on_token: OnToken,
+        on_texts: TextSink | None = None,
     ) -> tuple[str, Usage]:
         st = rep.state
         parts: list[str] = []
         usage = Usage(prompt_tokens=call.prompt_tokens)
         started = self.clock()
         first_at: float | None = None
-        stream = rep.client.stream_completion(
+        stream = rep.client.stream_completion_batches(
             rep.spec.served_name or call.model,
             node.prompt or "",
             max_tokens=node.max_tokens,
@@ -428,18 +472,24 @@ class Orchestrator:
             temperature=0.0,
             priority=call.priority if rep.spec.send_priority else None,
         )
-        async with contextlib.aclosing(stream) as events:
-            async for ev in events:
+        async with contextlib.aclosing(stream) as batches:
+            async for batch in batches:
                 now = self.clock()
-                if isinstance(ev, Token):
+                texts = [ev.text for ev in batch if isinstance(ev, Token)]
+                if texts:
                     if first_at is None:
                         first_at = now
                         st.first_token(call.id, now)
-                    st.tokens(call.id, 1)
-                    parts.append(ev.text)
-                    on_token(ev.text, now)
-                elif isinstance(ev, Finished) and ev.usage is not None:
-                    usage = ev.usage
+                    st.tokens(call.id, len(texts))
+                    parts += texts
+                    for text in texts:
+                        on_token(text, now)
+                    if on_texts is not None:
+                        await on_texts(texts)
+                if len(texts) < len(batch):
+                    for ev in batch:
+                        if isinstance(ev, Finished) and ev.usage is not None:
+                            usage = ev.usage
         done = self.clock()
         ttft = (first_at or done) - started
         st.observe(
@@ -485,15 +535,28 @@ class _TaskRun:
     Events: ``started``; per node ``running`` then ``finished`` (or ``failed``), an
     ``llm`` node's ``running`` sent when a replica takes the call and naming it and the
     call's priority (sent again if the call moves to another replica); ``token``
-    events of the final ``llm`` node; one ``done`` or ``error``.
+    events of the final ``llm`` node; one ``done`` or ``error``. The consumer takes
+    everything queued at once, so the tokens of one read cost it one wake-up.
     """
 
-    def __init__(self, orch: Orchestrator, request: TaskRequest, run_id: int) -> None:
+    def __init__(
+        self,
+        orch: Orchestrator,
+        request: TaskRequest,
+        run_id: int,
+        sink: TextSink | None = None,
+    ) -> None:
         self.orch = orch
         self.request = request
         self.run_id = run_id
+        self.sink = sink
         self.arrival = orch.clock()
-        self.queue: asyncio.Queue[TaskEvent | None] = asyncio.Queue()
+        self.pending: deque[RunItem] = deque()
+        self._ended = False  # nothing more will be queued
+        self._wakeup: asyncio.Future[None] | None = None
+        self._graph: TaskGraph | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._outcome: Outcome = "cancelled"
         self.first_token_at: float | None = None
         self.usage = Usage()
         self.diagnostics: list[str] = []
@@ -507,43 +570,98 @@ class _TaskRun:
         return TaskEvent(task_id=self.request.id, t_ms=self._t_ms(), **fields)  # type: ignore[arg-type]
 
     def _emit(self, **fields: object) -> None:
-        self.queue.put_nowait(self._event(**fields))
+        self._put(self._event(**fields))
+
+    def _put(self, item: RunItem) -> None:
+        self.pending.append(item)
+        if self._wakeup is not None:
+            self._wake()
+
+    def _end(self) -> None:
+        self._ended = True
+        self._wake()
+
+    def _wake(self) -> None:
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            if not wakeup.done():
+                wakeup.set_result(None)
+
+    async def _take(self) -> list[RunItem]:
+        """Everything queued since the last take: waits for an item or the end. After
+        the take that returns the last items, ``_ended`` is true."""
+        while not self.pending and not self._ended:
+            self._wakeup = asyncio.get_running_loop().create_future()
+            await self._wakeup
+        items = list(self.pending)
+        self.pending.clear()
+        return items
 
     def _error_event(self, message: str, code: str) -> TaskEvent:
         return self._event(type="error", error=message, code=code)
 
-    async def events(self) -> AsyncGenerator[TaskEvent, None]:
-        graph: TaskGraph | None = None
-        runner: asyncio.Task[None] | None = None
-        outcome: Outcome = "cancelled"
+    def _start(self) -> TaskEvent:
+        """Build the graph and start running it; return the first event (``started``,
+        or the ``error`` of a request whose graph cannot be built)."""
         try:
-            try:
-                graph = graphs.build_graph(self.request, self.orch.defaults)
-            except ValueError as exc:
-                outcome = "error"
-                yield self._error_event(str(exc), "bad_request")
-                return
-            runner = asyncio.create_task(self._run(graph), name=f"task {self.request.id}")
-            yield self._event(type="started")
-            while (event := await self.queue.get()) is not None:
-                if event.type in ("done", "error"):
-                    outcome = "ok" if event.type == "done" else "error"
-                yield event
+            self._graph = graphs.build_graph(self.request, self.orch.defaults)
+        except ValueError as exc:
+            self._outcome = "error"
+            return self._error_event(str(exc), "bad_request")
+        self._runner = asyncio.create_task(self._run(self._graph), name=f"task {self.request.id}")
+        return self._event(type="started")
+
+    async def _stop(self) -> None:
+        """Cancel what still runs (the consumer left early) and record the task."""
+        runner = self._runner
+        if runner is not None and not runner.done():
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+        self._record(self._graph, self._outcome)
+
+    def _over(self) -> bool:
+        """Nothing left to hand out: the run never started, or ended and was drained."""
+        return self._runner is None or (self._ended and not self.pending)
+
+    def _note_end(self, event: TaskEvent) -> None:
+        if event.type in ("done", "error"):
+            self._outcome = "ok" if event.type == "done" else "error"
+
+    async def events(self) -> AsyncGenerator[TaskEvent, None]:
+        try:
+            yield self._start()
+            while not self._over():
+                for item in await self._take():
+                    if isinstance(item, TokenDelta):
+                        yield item.event()
+                    else:
+                        self._note_end(item)
+                        yield item
         finally:
-            if runner is not None and not runner.done():
-                runner.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await runner
-            self._record(graph, outcome)
+            await self._stop()
+
+    async def batches(self) -> AsyncGenerator[list[RunItem], None]:
+        try:
+            yield [self._start()]
+            while not self._over():
+                items = await self._take()
+                if self._ended and items and isinstance(last := items[-1], TaskEvent):
+                    self._note_end(last)  # done or error is queued right before the end
+                if items:
+                    yield items
+        finally:
+            await self._stop()
 
     async def _run(self, graph: TaskGraph) -> None:
         try:
             result = await self._run_graph(graph)
         except Exception as exc:
-            self.queue.put_nowait(self._failure_event(exc))
+            self._put(self._failure_event(exc))
         else:
             self._finish(graph, result)
-        self.queue.put_nowait(None)
+        self._end()
 
     def _failure_event(self, exc: Exception) -> TaskEvent:
         """The error event of a failed graph: its first ``TaskFailed``, else a bug."""
@@ -620,13 +738,16 @@ class _TaskRun:
 
     async def _llm(self, graph: TaskGraph, node: Node, deadline: float) -> str:
         call = self._call(graph, node, deadline)
+        task_id, node_id, arrival, put = self.request.id, node.id, self.arrival, self._put
+        sink = self.sink if node.final else None
 
         def on_token(text: str, t: float) -> None:
             if not node.final:
                 return
             if self.first_token_at is None:
                 self.first_token_at = t
-            self._emit(type="token", node=node.id, text=text)
+            if sink is None:
+                put(TokenDelta(task_id, node_id, text, (t - arrival) * 1000.0))
 
         def on_dispatch(c: Call) -> None:
             self._emit(
@@ -634,7 +755,7 @@ class _TaskRun:
             )
 
         try:
-            text, usage = await self.orch.run_call(call, node, on_token, on_dispatch)
+            text, usage = await self.orch.run_call(call, node, on_token, on_dispatch, sink)
         except TaskFailed:
             self._emit(
                 type="node", node=node.id, state="failed", replica=call.replica,

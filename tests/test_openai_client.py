@@ -28,6 +28,7 @@ from orchestrator.replicas.openai_client import (
     SSEEvent,
     StreamEvent,
     Token,
+    _loads,
 )
 
 Serve = Callable[[web.Application], Awaitable[str]]
@@ -542,3 +543,77 @@ async def test_models_error_and_garbage(serve: Serve) -> None:
             await a.models()
         with pytest.raises(ReplicaProtocolError):
             await b.models()
+
+
+# --------------------------------------------------------------------------- by read
+
+
+async def test_batches_hold_the_tokens_of_one_read_then_finished(serve: Serve) -> None:
+    raw = vllm_completion_stream(["a", "b", "c"]).encode()
+    url = await serve(app_with("/v1/completions", fixed_stream(raw)))
+    async with ReplicaClient(url) as client:
+        batches = [b async for b in client.stream_completion_batches("m", "p", max_tokens=3)]
+
+    assert [[t.text for t in b if isinstance(t, Token)] for b in batches] == [["a", "b", "c"], []]
+    assert [t.first for t in batches[0] if isinstance(t, Token)] == [True, False, False]
+    finished = batches[-1]
+    assert len(finished) == 1 and isinstance(finished[0], Finished)
+    assert finished[0].text == "abc"
+    assert finished[0].usage == Usage(prompt_tokens=7, completion_tokens=3)
+
+
+async def test_batches_hand_on_tokens_before_an_error_in_the_same_read(serve: Serve) -> None:
+    error = {"error": {"message": "engine died", "code": 500}}
+    raw = (sse(completion_chunk("a")) + sse(completion_chunk("b")) + sse(error)).encode()
+    url = await serve(app_with("/v1/completions", fixed_stream(raw)))
+    seen: list[str] = []
+    async with ReplicaClient(url) as client:
+        with pytest.raises(ReplicaHTTPError) as info:
+            async for batch in client.stream_completion_batches("m", "p", max_tokens=3):
+                seen += [t.text for t in batch if isinstance(t, Token)]
+
+    assert seen == ["a", "b"]
+    assert info.value.after_first_token is True
+    assert info.value.message == "engine died"
+
+
+async def test_steady_stream_longer_than_the_read_timeout_is_fine(serve: Serve) -> None:
+    """The read timeout bounds each wait for data, not the whole body."""
+    texts = [f"t{i}" for i in range(8)]
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = await open_sse(request)
+        for text in texts:
+            await resp.write(sse(completion_chunk(text)).encode())
+            await asyncio.sleep(0.1)
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    url = await serve(app_with("/v1/completions", handler))
+    async with ReplicaClient(url, read_timeout_s=0.4) as client:
+        events = await collect(client.stream_completion("m", "p", max_tokens=8))
+
+    assert [t.text for t in tokens_of(events)] == texts
+    assert isinstance(events[-1], Finished)
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+        max_leaves=8,
+    ),
+    st.sampled_from(["", " ", "\n", " \t"]),
+)
+def test_json_fast_path_agrees_with_json_loads(value: Any, pad: str) -> None:
+    text = pad + json.dumps(value) + pad
+    assert _loads(text) == json.loads(text)
+
+
+@pytest.mark.parametrize("text", ["", " ", "1 2", "{", '{"a": 1} x', "[1,]", "nul"])
+def test_json_fast_path_raises_what_json_loads_raises(text: str) -> None:
+    with pytest.raises(json.JSONDecodeError) as ours:
+        _loads(text)
+    with pytest.raises(json.JSONDecodeError) as theirs:
+        json.loads(text)
+    assert str(ours.value) == str(theirs.value)

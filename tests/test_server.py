@@ -24,6 +24,8 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletionMessageParam
 from prometheus_client.parser import text_string_to_metric_families
@@ -33,7 +35,15 @@ from orchestrator.config import User, hash_token, load_config
 from orchestrator.emulator.process import RunningEmulator, health_status, launch_emulator
 from orchestrator.executor import Orchestrator, ReplicaSpec
 from orchestrator.runtime import task_defaults
-from orchestrator.server import SERVICE, Service, ServiceOptions, create_app, serve_app
+from orchestrator.server import (
+    SERVICE,
+    Service,
+    ServiceOptions,
+    _OpenAIWriter,
+    _TextStream,
+    create_app,
+    serve_app,
+)
 
 MODEL = "tiny"
 PROMPT = "def fibonacci(n):"
@@ -425,3 +435,44 @@ def test_cato_serve_on_a_taken_port_fails_clearly(tmp_path: Path) -> None:
             output = log.read_text()
     assert f"port {port} on 127.0.0.1 is already in use" in output
     assert "--port" in output and not STARTED.search(output)  # no replica was started
+
+
+# -- the per-token path ---------------------------------------------------------------------
+
+
+@given(st.text(), st.text(min_size=1, max_size=20), st.booleans())
+def test_openai_chunks_are_the_frames_byte_for_byte(text: str, model: str, chat: bool) -> None:
+    """``chunk`` fills a template; it must give exactly what a full ``json.dumps`` of the
+    frame gives, for any text and model name (the chat's first chunk names the role)."""
+    fast = _OpenAIWriter(chat=chat, model=model)
+    slow = _OpenAIWriter(chat=chat, model=model)
+    slow.id, slow.created = fast.id, fast.created
+    for piece in ("first", text, text + '\u2192\n"', text):
+        assert fast.chunk(piece) == slow._frame([slow._choice(piece, None)])
+
+
+async def test_a_write_to_a_client_that_left_ends_the_request() -> None:
+    """The task's model call writes the text; when the client is gone, it cancels the
+    handler (as aiohttp does on a lost connection) instead of generating on."""
+
+    class GoneResponse:
+        async def write(self, data: bytes) -> None:
+            raise ConnectionResetError("Cannot write to closing transport")
+
+    started = asyncio.Event()
+    out: list[_TextStream] = []
+
+    async def handler() -> None:
+        stream = _TextStream(None, _OpenAIWriter(chat=False, model=MODEL))  # type: ignore[arg-type]
+        stream.resp = GoneResponse()  # type: ignore[assignment]
+        out.append(stream)
+        started.set()
+        await asyncio.Event().wait()
+
+    task = asyncio.create_task(handler())
+    await started.wait()
+    await out[0].write(["x"])
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert out[0].gone
+    await out[0].write(["y"])  # nothing more is written

@@ -13,10 +13,12 @@ the event loop finalizes the abandoned generator, one loop turn later.
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import json
 import time
-from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, Self
@@ -30,6 +32,8 @@ Message = Mapping[str, Any]
 
 ERROR_BODY_LIMIT: Final = 64 * 1024
 DONE: Final = "[DONE]"
+# The C scanner that ``json.loads`` runs (set in ``JSONDecoder.__init__``; not in typeshed).
+_scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 # --------------------------------------------------------------------------- errors
@@ -125,6 +129,9 @@ class SSEDecoder:
     waits for the next piece, which may start with its LF), ``:`` lines are comments,
     one optional space after the field colon, a blank line dispatches. UTF-8 sequences
     split between pieces are reassembled.
+
+    It runs once per read of every stream, so the common piece (whole UTF-8, LF only)
+    takes a short path: one ``bytes.decode`` and one ``split``.
     """
 
     _decoder: codecs.IncrementalDecoder = field(
@@ -134,6 +141,7 @@ class SSEDecoder:
     _data: list[str] = field(default_factory=list)
     _event: str | None = None
     _started: bool = False
+    _partial: bool = False  # the incremental decoder holds part of a UTF-8 sequence
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         return self._feed_text(self._decode(chunk, final=False), final=False)
@@ -142,49 +150,69 @@ class SSEDecoder:
         """Flush at end of stream; a last event without its blank line still counts."""
         events = self._feed_text(self._decode(b"", final=True), final=True)
         if self._buf:
-            events.extend(self._line(self._buf))
+            self._line(self._buf, events)
             self._buf = ""
-        events.extend(self._dispatch())
+        self._dispatch(events)
         return events
 
     def _decode(self, chunk: bytes, *, final: bool) -> str:
-        try:
-            text = self._decoder.decode(chunk, final)
-        except UnicodeDecodeError as exc:
-            raise ValueError(f"invalid UTF-8 in event stream: {exc}") from exc
+        text: str | None = None
+        if not self._partial and not final:
+            try:
+                text = chunk.decode()
+            except UnicodeDecodeError:
+                text = None  # maybe a sequence split at the end: the slow path knows
+        if text is None:
+            try:
+                text = self._decoder.decode(chunk, final)
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"invalid UTF-8 in event stream: {exc}") from exc
+            self._partial = bool(self._decoder.getstate()[0])
         if not self._started and text:
             self._started = True
             text = text.removeprefix("\ufeff")
         return text
 
     def _feed_text(self, text: str, *, final: bool) -> list[SSEEvent]:
-        buf = self._buf + text
+        buf = self._buf + text if self._buf else text
         held = ""
-        if buf.endswith("\r") and not final:
-            buf, held = buf[:-1], "\r"
-        lines = buf.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        if "\r" in buf:
+            if buf.endswith("\r") and not final:
+                buf, held = buf[:-1], "\r"
+            buf = buf.replace("\r\n", "\n").replace("\r", "\n")
+        lines = buf.split("\n")
         self._buf = lines.pop() + held
         events: list[SSEEvent] = []
         for line in lines:
-            events.extend(self._line(line))
+            if line.startswith("data:"):  # nearly every line: no method call for it
+                self._data.append(line[6:] if line[5:6] == " " else line[5:])
+            elif line:
+                self._line(line, events)
+            elif self._data:
+                events.append(SSEEvent("\n".join(self._data), self._event))
+                self._data = []
+                self._event = None
+            else:
+                self._event = None
         return events
 
-    def _line(self, line: str) -> Iterator[SSEEvent]:
+    def _line(self, line: str, events: list[SSEEvent]) -> None:
         if not line:
-            yield from self._dispatch()
+            self._dispatch(events)
             return
-        if line.startswith(":"):
+        if line[0] == ":":
             return
         name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
+        if value[:1] == " ":
+            value = value[1:]
         if name == "data":
             self._data.append(value)
         elif name == "event":
             self._event = value
 
-    def _dispatch(self) -> Iterator[SSEEvent]:
+    def _dispatch(self, events: list[SSEEvent]) -> None:
         if self._data:
-            yield SSEEvent(data="\n".join(self._data), event=self._event)
+            events.append(SSEEvent("\n".join(self._data), self._event))
         self._data = []
         self._event = None
 
@@ -211,6 +239,17 @@ def _error_status(payload: Mapping[str, Any]) -> int:
     source = err if isinstance(err, dict) else payload
     code = source.get("code")
     return code if isinstance(code, int) and 400 <= code <= 599 else 500
+
+
+def _loads(data: str) -> Any:
+    """``json.loads`` without its wrapper frames and whitespace scans when ``data`` is
+    one bare JSON value (every chunk a replica sends); anything else, including every
+    error, goes through ``json.loads`` itself."""
+    try:
+        value, end = _scan_json(data, 0)
+    except (StopIteration, ValueError):
+        return json.loads(data)
+    return value if end == len(data) else json.loads(data)
 
 
 def _parse_usage(raw: Any) -> Usage | None:
@@ -258,26 +297,39 @@ class _Progress:
     def protocol_error(self, message: str) -> ReplicaProtocolError:
         return ReplicaProtocolError(message, after_first_token=self.after_first_token, url=self.url)
 
-    def tokens(self, decoder: SSEDecoder, chunk: bytes, text_of: TextOf) -> Iterator[Token]:
-        """Tokens of the events ``chunk`` completes, up to ``[DONE]``; ``b""`` ends it."""
+    def tokens(
+        self, decoder: SSEDecoder, chunk: bytes, text_of: TextOf
+    ) -> tuple[list[StreamEvent], ReplicaError | None]:
+        """Tokens of the events ``chunk`` completes, up to ``[DONE]``; ``b""`` ends it.
+
+        An error after some of them is returned, not raised, so that the caller can
+        hand those tokens on first (as a token-by-token stream would have).
+        """
         try:
             events = decoder.feed(chunk) if chunk else decoder.close()
         except ValueError as exc:
             raise self.protocol_error(str(exc)) from exc
+        tokens: list[StreamEvent] = []
         for event in events:
-            token = self.handle(event, text_of)
+            try:
+                token = self.handle(event, text_of)
+            except ReplicaError as exc:
+                if not tokens:
+                    raise
+                return tokens, exc
             if token is not None:
-                yield token
+                tokens.append(token)
             if self.done:
-                return
+                break
+        return tokens, None
 
     def handle(self, event: SSEEvent, text_of: TextOf) -> Token | None:
         """Fold one SSE event in; return the token it carries, if any."""
-        if event.data.strip() == DONE:
+        if event.data[:1] != "{" and event.data.strip() == DONE:
             self.done = True
             return None
         try:
-            payload = json.loads(event.data)
+            payload = _loads(event.data)
         except json.JSONDecodeError as exc:
             raise self.protocol_error(f"invalid JSON in stream: {exc}") from exc
         if not isinstance(payload, dict):
@@ -387,6 +439,7 @@ class ReplicaClient:
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s
         )
+        self._read_timeout_s = read_timeout_s
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._limit = limit
         self._keepalive_s = keepalive_s
@@ -445,6 +498,32 @@ class ReplicaClient:
         body["prompt"] = prompt
         return self._stream("/v1/completions", body, completion_text)
 
+    def stream_completion_batches(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        max_tokens: int,
+        stop: Sequence[str] = (),
+        temperature: float = 0.0,
+        seed: int | None = None,
+        priority: int | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> AsyncGenerator[list[StreamEvent], None]:
+        """``stream_completion`` one read at a time: the tokens that arrived together
+        as one list, then ``[Finished]``; a busy service saves a hand-off per token."""
+        body = _request_body(
+            model,
+            max_tokens=max_tokens,
+            stop=stop,
+            temperature=temperature,
+            seed=seed,
+            priority=priority,
+            extra=extra,
+        )
+        body["prompt"] = prompt
+        return self._stream_batches("/v1/completions", body, completion_text)
+
     def stream_chat(
         self,
         model: str,
@@ -473,22 +552,54 @@ class ReplicaClient:
     async def _stream(
         self, path: str, body: Mapping[str, Any], text_of: TextOf
     ) -> AsyncGenerator[StreamEvent, None]:
+        async with aclosing(self._stream_batches(path, body, text_of)) as batches:
+            async for batch in batches:
+                for event in batch:
+                    yield event
+
+    async def _stream_batches(
+        self, path: str, body: Mapping[str, Any], text_of: TextOf
+    ) -> AsyncGenerator[list[StreamEvent], None]:
+        """The tokens of each read as one list (never empty), then ``[Finished]``."""
         url = self.base_url + path
         progress = _Progress(url=url, clock=self.clock)
         resp = await self._open(url, body)
         decoder = SSEDecoder()
+        content = resp.content
+        watch = _ReadWatch.start(resp, self._read_timeout_s)
         try:
             while True:
-                chunk = await _read_chunk(resp, progress)
-                for token in progress.tokens(decoder, chunk, text_of):
-                    yield token
+                try:
+                    if watch is None:
+                        chunk = await content.readany()
+                    else:
+                        watch.waiting_since = watch.loop.time()
+                        chunk = await content.readany()
+                        watch.waiting_since = None
+                except TimeoutError as exc:
+                    raise ReplicaTimeout(
+                        "no data from replica within the read timeout",
+                        after_first_token=progress.after_first_token,
+                        url=url,
+                    ) from exc
+                except (aiohttp.ClientError, OSError) as exc:
+                    raise progress.protocol_error(
+                        f"stream broken: {type(exc).__name__}: {exc}"
+                    ) from exc
+                tokens, error = progress.tokens(decoder, chunk, text_of)
+                if tokens:
+                    yield tokens
+                if error is not None:
+                    raise error
                 if progress.done:
                     break
                 if not chunk:
                     raise progress.protocol_error("stream ended without [DONE]")
             resp.release()
-            yield progress.finished()
+            yield [progress.finished()]
         finally:
+            if watch is not None:
+                watch.stop()
             resp.close()
 
     async def _open(self, url: str, body: Mapping[str, Any]) -> aiohttp.ClientResponse:
@@ -552,18 +663,45 @@ class ReplicaClient:
             resp.release()
 
 
-async def _read_chunk(resp: aiohttp.ClientResponse, progress: _Progress) -> bytes:
-    """The next bytes of the body, ``b""`` at its end, with failures classified."""
-    try:
-        return await resp.content.readany()
-    except TimeoutError as exc:
-        raise ReplicaTimeout(
-            "no data from replica within the read timeout",
-            after_first_token=progress.after_first_token,
-            url=progress.url,
-        ) from exc
-    except (aiohttp.ClientError, OSError) as exc:
-        raise progress.protocol_error(f"stream broken: {type(exc).__name__}: {exc}") from exc
+class _ReadWatch:
+    """The read timeout of a streamed body: one timer per stream that checks how long
+    the current read has waited. aiohttp's own (``sock_read``, kept for the response
+    head) re-arms a timer at every chunk received, a timer per token."""
+
+    __slots__ = ("_handle", "content", "loop", "timeout_s", "waiting_since")
+
+    def __init__(self, content: aiohttp.StreamReader, timeout_s: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.content = content
+        self.timeout_s = timeout_s
+        self.waiting_since: float | None = None
+        self._handle: asyncio.TimerHandle | None = self.loop.call_later(timeout_s, self._check)
+
+    @classmethod
+    def start(cls, resp: aiohttp.ClientResponse, timeout_s: float | None) -> _ReadWatch | None:
+        """Take the body's read timeout over from aiohttp; None leaves it to aiohttp."""
+        conn = resp.connection
+        proto = conn.protocol if conn is not None else None
+        if not timeout_s or proto is None or not hasattr(proto, "read_timeout"):
+            return None
+        proto.read_timeout = None
+        return cls(resp.content, timeout_s)
+
+    def _check(self) -> None:
+        now = self.loop.time()
+        since = self.waiting_since
+        if since is not None and now - since >= self.timeout_s:
+            self._handle = None
+            self.content.set_exception(TimeoutError("no data within the read timeout"))
+            return
+        self._handle = self.loop.call_at(
+            (now if since is None else since) + self.timeout_s, self._check
+        )
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 def _before_response_error(exc: BaseException, url: str) -> ReplicaError:
