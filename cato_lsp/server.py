@@ -275,6 +275,7 @@ async def on_configuration(
 
 def on_close(ls: CatoLanguageServer, params: types.DidCloseTextDocumentParams) -> None:
     ls.completion.forget(params.text_document.uri)
+    ls.commands.forget(params.text_document.uri)
 
 
 async def on_inline_completion(

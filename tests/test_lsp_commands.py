@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -247,6 +248,111 @@ async def test_translate_next_to_an_existing_file_picks_a_free_name(
 
     assert result["uri"] == (tmp_path / "calc.2.js").as_uri()
     assert (tmp_path / "calc.js").read_text(encoding="utf-8") == "// already here\n"
+
+
+def created_text(edit: types.WorkspaceEdit) -> str:
+    """The text a translation's `CreateFile` + edit puts into the new file."""
+    changes = edit.document_changes
+    assert changes is not None and isinstance(changes[1], types.TextDocumentEdit)
+    first = changes[1].edits[0]
+    assert isinstance(first, types.TextEdit)
+    return first.new_text
+
+
+async def diagnostics_become(editor: Editor, uri: str, expected: list[Any]) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT_S
+    while list(editor.client.diagnostics.get(uri, [None])) != expected:
+        assert loop.time() < deadline, f"diagnostics of {uri}: {editor.client.diagnostics}"
+        await asyncio.sleep(0.05)
+
+
+async def test_translation_problems_are_published_on_the_new_file_until_it_closes(
+    start: EditorFactory, emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    config = external_config(tmp_path / "cato.toml", emulator)
+    editor = await start({"config": str(config), "debounceMs": 0})
+    uri = (tmp_path / "app.js").as_uri()
+    editor.open(uri, "function add(x, y) {\n  return x + y;\n}\n", "javascript")
+
+    result = await editor.command("cato.translateFile", {"uri": uri, "targetLanguage": "python"})
+
+    target = (tmp_path / "app.py").as_uri()
+    problems = result["diagnostics"]
+    # The emulator's text is code-like but cut at its budget: not valid Python.
+    assert result["applied"] is True and result["uri"] == target and problems
+    published = editor.client.diagnostics[target]  # sent before the command's answer
+    assert len(published) == len(problems)
+    lines = created_text(editor.edits[0]).split("\n")
+    for problem, diagnostic in zip(problems, published, strict=True):
+        assert diagnostic.source == "cato"
+        assert diagnostic.severity == types.DiagnosticSeverity.Warning
+        assert diagnostic.message in problem
+        where = re.match(r"line (\d+)(?:, column (\d+))?", problem)
+        assert where is not None, problem  # ast's errors name their line
+        assert diagnostic.range.start.line == int(where.group(1)) - 1
+        assert diagnostic.range.end.line == diagnostic.range.start.line < len(lines)
+        if where.group(2) is not None:  # ASCII text: columns are characters
+            column = min(int(where.group(2)) - 1, len(lines[diagnostic.range.start.line]))
+            assert diagnostic.range.start.character == column
+    assert any("problem(s)" in m.message for m in editor.client.messages)  # as before
+    assert uri not in editor.client.diagnostics
+
+    editor.open(target, created_text(editor.edits[0]))
+    editor.close(target)
+
+    await diagnostics_become(editor, target, [])
+
+
+async def test_a_clean_translation_clears_the_problems_of_its_file(
+    start: EditorFactory, emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    editor, uri = await opened(start, emulator, tmp_path)
+    target = (tmp_path / "calc.js").as_uri()
+
+    def budget(max_tokens: int) -> None:
+        editor.client.set_configuration(
+            {"tasks": {"translate": {"maxTokens": max_tokens}}}, section="cato"
+        )
+        editor.client.workspace_did_change_configuration(
+            types.DidChangeConfigurationParams(settings=None)
+        )
+
+    async def translate() -> Any:
+        result = await editor.command(
+            "cato.translateFile", {"uri": uri, "targetLanguage": "javascript"}
+        )
+        # The test client records the new file without writing it: the name is free again.
+        assert result["applied"] is True and result["uri"] == target
+        return result
+
+    budget(4)  # the emulator's text stops right after its first `(`
+    await settings_after(editor, ["tasks", "translate", "max_tokens"], 4)
+    cut = await translate()
+    assert cut["diagnostics"] == ["line 1: unclosed '('"], "the emulator's text changed"
+    [diagnostic] = editor.client.diagnostics[target]
+    assert diagnostic.message == "unclosed '('" and diagnostic.range.start.line == 0
+
+    budget(2048)
+    await settings_after(editor, ["tasks", "translate", "max_tokens"], 2048)
+    whole = await translate()
+
+    assert whole["diagnostics"] == []
+    assert list(editor.client.diagnostics[target]) == []
+
+
+async def settings_after(editor: Editor, path: list[str], value: Any) -> None:
+    """Wait until the server's settings (as `cato.status` shows them) hold `value`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT_S
+    while True:
+        found: Any = (await editor.command("cato.status"))["settings"]
+        for key in path:
+            found = found.get(key) if isinstance(found, dict) else None
+        if found == value:
+            return
+        assert loop.time() < deadline, f"settings never had {'.'.join(path)} = {value!r}"
+        await asyncio.sleep(0.05)
 
 
 async def test_cancelling_the_progress_stops_the_translation_upstream(

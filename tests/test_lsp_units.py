@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 from lsprotocol import types
+from pydantic import BaseModel
+from pydantic.alias_generators import to_camel
 
 from cato_lsp.backend import BackendError, EmbeddedOrchestrator, make_backend
 from cato_lsp.features import code_actions as actions
 from cato_lsp.features.commands import target_path
+from cato_lsp.features.diagnostics import line_shift, translation_diagnostics
 from cato_lsp.features.documents import DocumentView, apply_change, relative_path
 from cato_lsp.features.inline_completion import SuggestionCache, choose_family, prepare
 from cato_lsp.prompts import get_template
-from cato_lsp.settings import Settings, SettingsError, parse_settings
+from cato_lsp.settings import (
+    ContextSettings,
+    Settings,
+    SettingsError,
+    TaskSettings,
+    parse_settings,
+)
 from cato_lsp.status import StatusReporter
 from orchestrator.api import SLAMetric, TaskKind
+from orchestrator.graphs import validate
 
 # --------------------------------------------------------------------------- settings
 
@@ -61,6 +73,42 @@ def test_sla_metric_defaults_follow_the_kind() -> None:
     assert sla is not None and sla.metric is SLAMetric.E2E
 
 
+_SETTINGS_DOC = Path(__file__).resolve().parent.parent / "docs" / "LSP_SETTINGS.md"
+_ROW = re.compile(r"^\| `([^`]+)` \|[^|]*\| ([^|]*) \|", re.MULTILINE)
+
+
+def _documented_defaults() -> dict[str, Any]:
+    """Key -> the default its row shows, as JSON (`None` where it shows no JSON value)."""
+    rows: dict[str, Any] = {}
+    for key, cell in _ROW.findall(_SETTINGS_DOC.read_text(encoding="utf-8")):
+        literal = re.fullmatch(r"\s*`([^`]*)`\s*", cell)
+        rows[key] = json.loads(literal.group(1)) if literal else None
+    return rows
+
+
+def _model_defaults() -> dict[str, Any]:
+    """Every key an editor can send, as the reference names it, with its default."""
+    models: tuple[tuple[str, type[BaseModel]], ...] = (
+        ("", Settings),
+        ("tasks.<kind>.", TaskSettings),
+        ("context.", ContextSettings),
+    )
+    out: dict[str, Any] = {}
+    for prefix, model in models:
+        for name, field in model.model_fields.items():
+            default = field.get_default(call_default_factory=True)
+            out[prefix + to_camel(name)] = None if isinstance(default, BaseModel) else default
+    return out
+
+
+def test_the_settings_reference_lists_every_setting_with_its_default() -> None:
+    """docs/LSP_SETTINGS.md cannot drift from the settings model."""
+    documented, actual = _documented_defaults(), _model_defaults()
+    assert sorted(documented) == sorted(actual)  # nothing missing, nothing made up
+    for key, default in actual.items():
+        assert documented[key] == default, key
+
+
 # --------------------------------------------------------------------------- document edits
 
 
@@ -92,7 +140,6 @@ def test_apply_change_counts_lines_as_lsp_does(text: str, change: Any, result: s
 
 def test_line_starts_across_chunk_boundaries(monkeypatch: pytest.MonkeyPatch) -> None:
     import random
-    import re
 
     from cato_lsp import context
 
@@ -316,6 +363,73 @@ def test_code_actions_follow_the_only_filter() -> None:
     sources = actions.code_actions(doc, types.Range(start=at, end=at), Settings(), ["source"])
     assert {a.kind for a in everything} == {actions.KIND_SUMMARIZE, actions.KIND_TRANSLATE}
     assert {a.kind for a in sources} == {actions.KIND_TRANSLATE}
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+
+def _span(d: types.Diagnostic) -> tuple[int, int, int, int]:
+    return d.range.start.line, d.range.start.character, d.range.end.line, d.range.end.character
+
+
+@pytest.mark.parametrize(("encoding", "column"), [("utf-16", 11), ("utf-8", 13), ("utf-32", 10)])
+def test_python_syntax_errors_land_on_their_column(encoding: str, column: int) -> None:
+    text = 'x = 1\ns = "\U0001f600" + )\n'
+    problems = validate(text, "python")  # the orchestrator's own wording
+    assert problems and problems[0].startswith("line 2, column 11")
+
+    [diagnostic] = translation_diagnostics(problems, text, encoding)
+
+    assert _span(diagnostic) == (1, column, 1, column + 1)  # the `)`, after a 2-unit emoji
+    assert diagnostic.severity == types.DiagnosticSeverity.Warning
+    assert diagnostic.source == "cato"
+    assert diagnostic.message == problems[0].split(": ", 1)[1]
+
+
+def test_balance_problems_cover_their_line() -> None:
+    text = "function f() {\n  return (1;\n}\n"
+    problems = validate(text, "javascript")
+    assert len(problems) == 2
+
+    mismatch, unclosed = translation_diagnostics(problems, text)
+
+    assert _span(mismatch) == (2, 0, 2, 1)
+    assert mismatch.message == "'}' does not close '(' (line 2)"  # its other line kept as text
+    assert _span(unclosed) == (0, 0, 0, 14)
+    assert unclosed.message == "unclosed '{'"
+
+
+def test_problems_without_a_usable_line() -> None:
+    text = "let a = 1;\n  let b = 2;\n"
+    found = translation_diagnostics(
+        [
+            "unknown line: source code string cannot contain null bytes",
+            "the model stopped early",
+            "line 40: unclosed '['",  # past the end: the last line
+            "chunk 2 failed at line 2, column 3 of its output",  # a position inside the text
+        ],
+        text,
+    )
+    assert [_span(d) for d in found] == [(0, 0, 0, 10), (0, 0, 0, 10), (2, 0, 2, 0), (1, 2, 1, 3)]
+    assert found[0].message == "source code string cannot contain null bytes"
+    assert found[1].message == "the model stopped early"
+    assert found[3].message == "chunk 2 failed at line 2, column 3 of its output"
+    assert translation_diagnostics([], text) == []
+
+
+def test_lines_trimmed_in_front_of_the_file_move_the_positions() -> None:
+    validated = "```python\n\ndef f(:\n    pass\n```\n"
+    written = actions.clean_model_text(validated).rstrip("\n") + "\n"
+    assert written == "def f(:\n    pass\n"
+    shift = line_shift(validated, written)
+    assert shift == 2
+
+    [diagnostic] = translation_diagnostics(
+        ["line 3, column 7: invalid syntax"], written, shift=shift
+    )
+
+    assert _span(diagnostic) == (0, 6, 0, 7)
+    assert line_shift("x = (\n", "x = (\n") == 0 and line_shift("abc", "zzz\n") == 0
 
 
 # --------------------------------------------------------------------------- status

@@ -6,7 +6,8 @@ that progress (`window/workDoneProgress/cancel`) or the request (`$/cancelReques
 the orchestrator stream is closed, which cancels every model call of the task.
 Edits reach the editor through `workspace/applyEdit`; a new file through `CreateFile`
 plus an edit (or written to disk when the client cannot create files), then opened
-with `window/showDocument`.
+with `window/showDocument`. Problems the orchestrator found in a translation are
+published as diagnostics on the new file until it is translated again or closed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
+from urllib.parse import unquote
 
 from lsprotocol import types
 from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, ValidationError
@@ -30,6 +32,7 @@ from pygls.uris import from_fs_path, to_fs_path
 from cato_lsp.backend import BackendError, Orchestrator
 from cato_lsp.context import position_at
 from cato_lsp.features import code_actions as actions
+from cato_lsp.features.diagnostics import line_shift, translation_diagnostics
 from cato_lsp.features.documents import (
     LANGUAGE_EXTENSIONS,
     DocumentView,
@@ -150,6 +153,7 @@ class Commands:
     def __init__(self, host: CommandHost) -> None:
         self.host = host
         self._by_token: dict[str, asyncio.Task[TaskEvent]] = {}
+        self._diagnosed: dict[str, str] = {}  # unquoted URI -> URI published to
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -383,6 +387,9 @@ class Commands:
         applied = await self._create_file(uri, path, text)
         shown = await self._show(uri) if applied else False
         problems = list(run.done.diagnostics)
+        if applied:
+            raw = run.done.result or ""
+            self._publish(uri, problems, text, line_shift(raw, text))
         if problems:
             self.host.ls.window_show_message(
                 types.ShowMessageParams(
@@ -392,6 +399,26 @@ class Commands:
                 )
             )
         return {"applied": applied, "uri": uri, "shown": shown, "diagnostics": problems}
+
+    def _publish(self, uri: str, problems: Sequence[str], text: str, shift: int) -> None:
+        """Diagnostics of a freshly written translation; an empty list clears old ones."""
+        encoding = encoding_name(self.host.ls.workspace.position_encoding)
+        diagnostics = translation_diagnostics(problems, text, encoding, shift)
+        if diagnostics:
+            self._diagnosed[unquote(uri)] = uri
+        else:
+            self._diagnosed.pop(unquote(uri), None)
+        self.host.ls.text_document_publish_diagnostics(
+            types.PublishDiagnosticsParams(uri=uri, diagnostics=diagnostics)
+        )
+
+    def forget(self, uri: str) -> None:
+        """A document was closed: withdraw the translation problems published on it."""
+        published = self._diagnosed.pop(unquote(uri), None)
+        if published is not None:
+            self.host.ls.text_document_publish_diagnostics(
+                types.PublishDiagnosticsParams(uri=published, diagnostics=[])
+            )
 
     async def _create_file(self, uri: str, path: str, text: str) -> bool:
         workspace_caps = self._caps.workspace
