@@ -184,7 +184,12 @@ class TokenOutput:
 
 @dataclass(slots=True)
 class StepResult:
-    """One forward pass: how long it takes and what it yields once it is over."""
+    """One forward pass: how long it takes and what it yields once it is over.
+
+    From an engine made with ``every_token=False``, ``outputs`` holds only first tokens
+    and finished sequences, and ``sampled`` the ids of every sequence that got a token,
+    in the order ``outputs`` would have had them (``None`` otherwise).
+    """
 
     duration_s: float
     outputs: list[TokenOutput] = field(default_factory=list)
@@ -193,6 +198,7 @@ class StepResult:
     decode_seqs: int = 0
     context_tokens: int = 0
     scheduled_seqs: int = 0
+    sampled: list[str] | None = None
 
 
 class EngineModel:
@@ -202,13 +208,20 @@ class EngineModel:
     first, ties by arrival (vLLM's ``--scheduling-policy priority``). Preemption picks
     the running sequence that comes last in that order and sends it back to waiting,
     where it recomputes its prompt and the tokens it had generated.
+
+    ``every_token=False`` is for a caller that streams nothing (the simulator): a step
+    reports plain decode tokens by sequence id only (see ``StepResult.sampled``), and
+    ``output_tokens`` tells their counts when it wants them.
     """
 
-    def __init__(self, profile: EngineProfile, policy: Policy = "fcfs") -> None:
+    def __init__(
+        self, profile: EngineProfile, policy: Policy = "fcfs", *, every_token: bool = True
+    ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown scheduling policy {policy!r}; use one of {POLICIES}")
         self.profile = profile
         self.policy: Policy = policy
+        self.every_token = every_token
         self._seqs: dict[str, _Seq] = {}
         self._running: dict[str, _Seq] = {}  # admission order
         self._waiting: list[tuple[tuple[int, float, int], _Seq]] = []  # heap, lazy deletes
@@ -245,6 +258,10 @@ class EngineModel:
 
     def __contains__(self, seq_id: object) -> bool:
         return seq_id in self._seqs
+
+    def output_tokens(self, seq_id: str) -> int:
+        """Tokens a sequence still in the engine has generated so far."""
+        return self._seqs[seq_id].output_tokens
 
     def __len__(self) -> int:
         return len(self._seqs)
@@ -382,6 +399,7 @@ class EngineModel:
         """Compute the scheduled tokens; a sequence whose KV is complete samples a token."""
         decodes = prefill = context = 0
         outputs = result.outputs
+        sampled: list[str] | None = None if self.every_token else []
         for seq, tokens in scheduled.items():
             total = seq.prompt_tokens + seq.output_tokens
             computed = seq.computed_tokens + tokens
@@ -395,11 +413,15 @@ class EngineModel:
                 continue  # a prompt chunk that does not finish the prompt
             made = seq.output_tokens = seq.output_tokens + 1
             done = made >= seq.max_output_tokens
-            outputs.append(TokenOutput(seq.seq_id, 1, made, made == 1, done))
+            if sampled is None or made == 1 or done:
+                outputs.append(TokenOutput(seq.seq_id, 1, made, made == 1, done))
+            if sampled is not None:
+                sampled.append(seq.seq_id)
             if done:
                 self._finish(seq)
         result.decode_seqs, result.prefill_tokens, result.context_tokens = decodes, prefill, context
         result.scheduled_seqs = len(scheduled)
+        result.sampled = sampled
 
     # -- bookkeeping --------------------------------------------------------------------
 

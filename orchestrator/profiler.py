@@ -28,6 +28,7 @@ Pure: nothing here reads a clock or does I/O; callers pass times in.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -69,11 +70,62 @@ def percentile(values: Iterable[float], q: float) -> float:
 
 @dataclass
 class _Learned:
-    """Observed / prior ratios of one (kind, model, bucket)."""
+    """Observed / prior ratios of one (kind, model, bucket).
+
+    ``ordered`` is the window kept sorted, so that its percentile is one lookup, and
+    ``factor`` caches the learned correction until the next observation that moves it:
+    deadlines are asked for at every arrival.
+    """
 
     window: deque[float]
     ewma: float = 1.0
     count: int = 0
+    factor: float | None = None
+    ordered: list[float] = field(default_factory=list)
+
+
+class DeadlinePlan:
+    """A graph resolved once for the profiler: every node's baseline key and prior, and
+    the scope and edges of ``slack_deadlines``.
+
+    A caller that sees the same graph again and again (the simulator, per distinct
+    request) keeps the plan and asks ``Profiler.deadline_list`` for fresh deadlines
+    (the arithmetic is ``slack_deadlines``'s, so the results are equal) and tells
+    ``Profiler.observe_planned`` what the nodes took. The priors are read when the plan
+    is made: make a new plan after changing them.
+    """
+
+    __slots__ = (
+        "budget_s",
+        "deps",
+        "edges",
+        "graph",
+        "keys",
+        "priors",
+        "scoped",
+        "succ",
+        "unbounded",
+    )
+
+    def __init__(self, profiler: Profiler, graph: TaskGraph) -> None:
+        self.graph = graph
+        self.budget_s = graph.sla.target_ms / 1000.0
+        self.keys = [profiler.key(n, graph.model) for n in graph.nodes]
+        self.priors = [profiler.prior(n, graph.model) for n in graph.nodes]
+        self.unbounded = [INF] * len(graph.nodes)  # the deadline of a node out of scope
+        scope = sla_scope(graph)
+        self.scoped = [i for i, n in enumerate(graph.nodes) if n.id in scope]
+        # Per scoped node, by its position in ``scoped``: the positions of its deps
+        # within the scope, and of its successors.
+        position = {graph.nodes[i].id: k for k, i in enumerate(self.scoped)}
+        self.deps: list[list[int]] = []
+        self.succ: list[list[int]] = [[] for _ in self.scoped]
+        for k, i in enumerate(self.scoped):
+            deps = graph.nodes[i].deps
+            self.deps.append([position[d] for d in deps if d in position])
+            for d in deps:
+                self.succ[position[d]].append(k)
+        self.edges = any(self.succ)
 
 
 @dataclass
@@ -109,11 +161,18 @@ class Profiler:
     def factor(self, node: Node, model: str) -> float:
         """The learned correction over the prior (1.0 before any observation)."""
         learned = self._learned.get(self.key(node, model))
-        if learned is None:
-            return 1.0
-        if len(learned.window) >= self.min_samples:
-            return max(learned.ewma, percentile(learned.window, self.quantile))
-        return learned.ewma
+        return 1.0 if learned is None else self._factor(learned)
+
+    def _factor(self, learned: _Learned) -> float:
+        found = learned.factor
+        if found is None:
+            found = learned.ewma
+            ordered = learned.ordered
+            if len(ordered) >= self.min_samples:  # ``percentile`` of the window
+                rank = max(math.ceil(self.quantile / 100 * len(ordered)), 1)
+                found = max(found, ordered[rank - 1])
+            learned.factor = found
+        return found
 
     def baseline(self, node: Node, model: str) -> float:
         """Expected latency of ``node`` served alone, in seconds."""
@@ -126,26 +185,93 @@ class Profiler:
         token for ``ttft``, to the last token for ``e2e``), without the queueing before
         dispatch: that wait is what the scheduler estimates separately.
         """
-        if not math.isfinite(latency_s) or latency_s < 0:
-            return
-        key = self.key(node, model)
+        if math.isfinite(latency_s) and latency_s >= 0:
+            self._learn(self.key(node, model), latency_s / self.prior(node, model))
+
+    def observe_planned(self, plan: DeadlinePlan, index: int, latency_s: float) -> None:
+        """``observe`` for node ``index`` of the plan's graph (its key and prior known)."""
+        if math.isfinite(latency_s) and latency_s >= 0:
+            self._learn(plan.keys[index], latency_s / plan.priors[index])
+
+    def _learn(self, key: BaselineKey, ratio: float) -> None:
         learned = self._learned.get(key)
         if learned is None:
             learned = self._learned[key] = _Learned(window=deque(maxlen=self.window))
-        ratio = latency_s / self.prior(node, model)
+        window, ordered = learned.window, learned.ordered
+        full = len(window) == window.maxlen
+        if full and ordered and ordered[0] == ratio == ordered[-1] == learned.ewma:
+            # The ratio a full window holds throughout, and the EWMA too (a local step
+            # that always takes 0 s, say): nothing moves, and the factor stays known.
+            learned.count += 1
+            return
         learned.ewma = (
             ratio if learned.count == 0 else learned.ewma + self.alpha * (ratio - learned.ewma)
         )
-        learned.window.append(ratio)
+        if full:  # slide the window, and its sorted copy
+            del ordered[bisect_left(ordered, window[0])]
+        window.append(ratio)
+        insort(ordered, ratio)
         learned.count += 1
+        learned.factor = None
 
     def baselines(self, graph: TaskGraph) -> dict[str, float]:
         return {node.id: self.baseline(node, graph.model) for node in graph.nodes}
 
     def deadlines(self, graph: TaskGraph, arrival: float) -> dict[str, float]:
         """Absolute deadline of every node (``inf`` for nodes outside the SLA's scope)."""
-        budget_s = graph.sla.target_ms / 1000.0
-        return slack_deadlines(graph, self.baselines(graph), budget_s, arrival)
+        found = self.deadline_list(self.plan(graph), arrival)
+        return {node.id: d for node, d in zip(graph.nodes, found, strict=True)}
+
+    def plan(self, graph: TaskGraph) -> DeadlinePlan:
+        """``graph`` resolved for ``deadline_list`` (keep it to ask again later)."""
+        return DeadlinePlan(self, graph)
+
+    def deadline_list(self, plan: DeadlinePlan, arrival: float) -> list[float]:
+        """``deadlines`` of the plan's graph, in node order: ``slack_deadlines`` over the
+        current baselines, step for step (the simulator asks this for every task)."""
+        due = arrival + plan.budget_s
+        found = plan.unbounded.copy()
+        if not plan.edges:  # every node in scope is due at the end, whatever its baseline
+            for i in plan.scoped:
+                found[i] = due
+            return found
+        learned = self._learned
+        keys, priors = plan.keys, plan.priors
+        baselines = []  # ``baseline`` (a prior times 1.0 is the prior)
+        for i in plan.scoped:
+            entry = learned.get(keys[i])
+            if entry is None:
+                baselines.append(priors[i])
+            else:
+                factor = entry.factor
+                if factor is None:
+                    factor = self._factor(entry)
+                baselines.append(priors[i] * factor)
+        ends: list[float] = []  # ``critical_path_s``
+        k = 0
+        for deps in plan.deps:
+            if not deps:
+                ends.append(0.0 + baselines[k])
+            elif len(deps) == 1:
+                ends.append(ends[deps[0]] + baselines[k])
+            else:
+                ends.append(max([ends[d] for d in deps]) + baselines[k])
+            k += 1
+        longest = max(ends)
+        scale = plan.budget_s / longest if longest > 0 else 0.0
+        succ = plan.succ
+        scoped = plan.scoped
+        finish = [due] * k  # latest finish, by position in ``scoped``
+        while k:
+            k -= 1
+            latest = due
+            for j in succ[k]:
+                start = finish[j] - baselines[j] * scale
+                if start < latest:  # ``min``
+                    latest = start
+            finish[k] = latest
+            found[scoped[k]] = latest
+        return found
 
 
 def sla_scope(graph: TaskGraph) -> set[str]:

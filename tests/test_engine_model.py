@@ -381,3 +381,31 @@ def test_invariants_hold_under_random_load(
         assert made == list(range(1, len(made) + 1))  # in order, none repeated
         if f"s{i}" not in aborted:
             assert len(made) == output
+
+
+def test_an_engine_that_streams_nothing_reports_the_same_steps_by_id() -> None:
+    """``every_token=False``: the same steps, with plain decode tokens named in
+    ``sampled`` (in output order) instead of ``outputs``, and counted on demand."""
+    arrivals = [(0.002 * i, f"s{i}", 40 + 97 * (i % 5), 3 + 7 * (i % 4), i % 3) for i in range(30)]
+    tight = dataclasses.replace(SMALL, num_kv_blocks=60, max_model_len=900)  # and preemptions
+    loud, quiet = EngineModel(tight, "priority"), EngineModel(tight, "priority", every_token=False)
+    pending = sorted(arrivals)
+    now = 0.0
+    while pending or not loud.idle:
+        while pending and pending[0][0] <= now:
+            t, seq_id, prompt, output, priority = pending.pop(0)
+            loud.add(seq_id, prompt, output, priority=priority, now=t)
+            quiet.add(seq_id, prompt, output, priority=priority, now=t)
+        full, brief = loud.step(now), quiet.step(now)
+        if full is None or brief is None:
+            assert full is brief is None
+            now = pending[0][0]
+            continue
+        assert full.sampled is None and brief.sampled == [o.seq_id for o in full.outputs]
+        assert brief.outputs == [o for o in full.outputs if o.first_token or o.finished]
+        for out in full.outputs:
+            if not out.finished:
+                assert quiet.output_tokens(out.seq_id) == out.output_tokens
+        assert dataclasses.replace(brief, outputs=full.outputs, sampled=None) == full
+        now += full.duration_s
+    assert loud.num_preemptions == quiet.num_preemptions > 0

@@ -157,3 +157,62 @@ def test_percentile_nearest_rank() -> None:
     assert percentile([5.0], 90) == 5.0
     with pytest.raises(ValueError):
         percentile([], 50)
+
+
+def test_planned_deadlines_and_observations_equal_the_graph_walk() -> None:
+    """``deadline_list`` over a kept plan gives ``slack_deadlines`` exactly (float for
+    float), and ``observe_planned`` learns what ``observe`` would."""
+    rates = Rates(overhead_s=0.02, prefill_s_per_token=2e-4, tpot_s=0.03)
+    graphs = [
+        translate_graph([5, 60, 20]),
+        chain_graph(9_000),
+        build_graph(TaskRequest(kind=TaskKind.GENERATE, code="# parse a date")),
+        build_graph(TaskRequest(kind=TaskKind.SUMMARIZE, code="x = 1\n" * 40)),
+        build_graph(TaskRequest(kind=TaskKind.COMPLETE, prompt="def f(x):\n    return")),
+    ]
+    planned, walked = Profiler({"tiny": rates}), Profiler({"tiny": rates})
+    plans = [planned.plan(g) for g in graphs]
+    for step in range(60):
+        graph, plan = graphs[step % len(graphs)], plans[step % len(graphs)]
+        arrival = 0.37 * step
+        expected = slack_deadlines(
+            graph, walked.baselines(graph), graph.sla.target_ms / 1000.0, arrival
+        )
+        assert planned.deadline_list(plan, arrival) == [expected[n.id] for n in graph.nodes]
+        assert planned.deadlines(graph, arrival) == expected
+        for i, node in enumerate(graph.nodes):
+            latency = (1.0 + (step * 7 + i) % 5) * walked.prior(node, graph.model)
+            walked.observe(node, graph.model, latency)
+            planned.observe_planned(plan, i, latency)
+        assert planned.baselines(graph) == walked.baselines(graph)
+
+
+SAME_THEN_MIXED = [0.0] * 45 + [[0.5, 2.0, 1.25, 0.0, 3.5, 1.25][i % 6] for i in range(50)]
+
+
+@pytest.mark.parametrize(
+    "sequence",
+    [
+        [[0.5, 2.0, 1.25, 0.0, 3.5, 1.25][i % 6] * (1 + i % 7 / 10) for i in range(100)],
+        SAME_THEN_MIXED + [2.0] * 80 + SAME_THEN_MIXED,
+    ],
+    ids=["mixed", "runs-of-one-value"],
+)
+def test_factor_is_the_ewma_or_the_window_percentile_after_any_observations(
+    sequence: list[float],
+) -> None:
+    """The sorted window kept beside the ratios gives ``percentile`` of the window (and
+    a long run of one value, which moves nothing, keeps it)."""
+    profiler = Profiler({"m": Rates(overhead_s=1.0, prefill_s_per_token=0.0, tpot_s=0.0)})
+    node = llm_node(10)
+    ratios: list[float] = []
+    ewma = 1.0
+    for ratio in sequence:
+        profiler.observe(node, "m", ratio)  # the prior is 1 s: latency = ratio
+        ewma = ratio if not ratios else ewma + profiler.alpha * (ratio - ewma)
+        ratios.append(ratio)
+        window = ratios[-profiler.window :]
+        expected = ewma
+        if len(window) >= profiler.min_samples:
+            expected = max(ewma, percentile(window, profiler.quantile))
+        assert profiler.factor(node, "m") == expected

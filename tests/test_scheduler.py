@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import random
@@ -83,7 +84,10 @@ def test_wait_counts_prefill_ahead_and_decode_until_a_slot_frees() -> None:
     assert r.wait_s == r.estimate_wait_s()
 
 
-@given(st.lists(st.sampled_from(["enqueue", "start", "first", "tokens", "finish", "observe"])))
+OPS = ["enqueue", "start", "dispatch", "first", "tokens", "finish", "finish_at", "observe"]
+
+
+@given(st.lists(st.sampled_from(OPS)))
 @settings(max_examples=60, deadline=None)
 def test_kept_wait_and_aggregates_match_a_recount(ops: list[str]) -> None:
     r = ReplicaState(id="r", model="m", concurrency_limit=2, rates=Rates())
@@ -97,12 +101,21 @@ def test_kept_wait_and_aggregates_match_a_recount(ops: list[str]) -> None:
             assert head is not None
             r.dequeue(head.id)
             r.start(head, 1.0)
+        elif op == "dispatch" and queued:
+            head = r.queue.peek(0.0)
+            assert head is not None
+            r.dispatch(head, 1.0)
+            assert head.id in r.in_flight and head.id not in r.queue
         elif op == "first" and running:
             r.first_token(rng.choice(running).id, 1.0)
         elif op == "tokens" and running:
             r.tokens(rng.choice(running).id, rng.randint(1, 30))
         elif op == "finish" and running:
             r.finish(rng.choice(running).id, 2.0)
+        elif op == "finish_at" and running:
+            done = rng.choice(running)
+            produced = done.tokens_done + rng.randint(0, 90)
+            assert r.finish(done.id, 2.0, produced) is done and done.tokens_done == produced
         elif op == "observe":
             r.observe(rng.randint(1, 100), 0.5, rng.randint(2, 50), 0.4)
         queued, running = r.queue.calls(), list(r.in_flight.values())
@@ -112,6 +125,55 @@ def test_kept_wait_and_aggregates_match_a_recount(ops: list[str]) -> None:
         assert r.inflight_prefill_tokens == sum(c.prompt_tokens for c in prefilling)
         assert r.inflight_output_tokens == sum(c.remaining_output_tokens for c in running)
         assert r.wait_s == r.estimate_wait_s()
+
+
+STEPS = st.tuples(st.sampled_from(["enqueue", "start", "first", "end"]), st.integers(0, 9))
+
+
+@given(st.lists(STEPS))
+@settings(max_examples=60, deadline=None)
+def test_dispatch_and_finish_with_tokens_equal_their_separate_steps(
+    ops: list[tuple[str, int]],
+) -> None:
+    """``dispatch`` is ``dequeue`` + ``start``, ``finish(..., n)`` is ``tokens`` + ``finish``:
+    the same state, float for float."""
+    one = ReplicaState(id="r", model="m", concurrency_limit=3, rates=Rates())
+    two = ReplicaState(id="r", model="m", concurrency_limit=3, rates=Rates())
+    for step, (op, n) in enumerate(ops):
+        for r, fused in ((one, True), (two, False)):
+            running = list(r.in_flight.values())
+            if op == "enqueue":
+                fresh = call(prompt=50 + 37 * n, output=3 + 11 * n, metric="e2e")
+                r.enqueue(dataclasses.replace(fresh, id=f"e{step}", deadline=float(n)))
+            elif op == "start" and len(r.queue) and r.free_slots:
+                head = r.queue.peek(0.0)
+                assert head is not None
+                if fused:
+                    r.dispatch(head, 1.0)
+                else:
+                    r.dequeue(head.id)
+                    r.start(head, 1.0)
+            elif op == "first" and running:
+                r.first_token(running[n % len(running)].id, 1.5)
+            elif op == "end" and running:
+                done = running[n % len(running)]
+                produced = done.tokens_done + 7 * n
+                if fused:
+                    r.finish(done.id, 2.0, produced)
+                else:
+                    if produced > done.tokens_done:
+                        r.tokens(done.id, produced - done.tokens_done)
+                    r.finish(done.id, 2.0)
+        assert one.wait_s == two.wait_s and one.route_key == two.route_key
+        fields = (
+            "queued_prompt_tokens",
+            "queued_output_tokens",
+            "inflight_prefill_tokens",
+            "inflight_output_tokens",
+            "idle_since",
+        )
+        assert all(getattr(one, f) == getattr(two, f) for f in fields)
+        assert list(one.in_flight) == list(two.in_flight)
 
 
 def test_safe_call_goes_to_an_idle_replica_with_priority_2() -> None:
@@ -235,6 +297,7 @@ def test_triage_routes_late_calls_like_cato_but_last() -> None:
     assert triage.replica_id == cato.replica_id == "idle"
     assert triage.expected_completion == cato.expected_completion
     assert triage.sort_key == cato.sort_key and triage.promote_at == math.inf
+    assert triage.promote_to == LATE
 
 
 @pytest.mark.parametrize(("deadline", "priority"), [(1.0, AT_RISK), (5.0, SAFE), (100.0, SAFE)])
@@ -242,8 +305,10 @@ def test_triage_routes_on_time_calls_exactly_as_cato(deadline: float, priority: 
     replicas = [replica("q2", queued=2), replica("q1", queued=1)]
     c = call(deadline=deadline, prompt=100, output=50, metric="e2e")
     cato = CatoScheduler().route(c, replicas, now=0.0)
-    assert cato.priority == priority
-    assert CatoTriageScheduler().route(c, replicas, now=0.0) == cato
+    assert cato.priority == priority and cato.promote_to == URGENT
+    # The same decision, but should its slack run out in the queue, it goes to the back.
+    triage = CatoTriageScheduler().route(c, replicas, now=0.0)
+    assert triage == dataclasses.replace(cato, promote_to=LATE)
 
 
 def test_triage_queue_serves_on_time_calls_before_late_ones() -> None:
@@ -280,6 +345,22 @@ def test_triage_sends_a_call_whose_slack_runs_out_while_queued_to_the_back() -> 
     assert later.priority == SAFE
 
 
+def test_a_moved_call_stays_where_it_was_moved() -> None:
+    """After its move a call has nothing left to wait for: queued again (a replica
+    drained, say), it keeps its level and no timer moves it a second time."""
+    q = ReplicaQueue()
+    late, safe = call(deadline=5.0), call(deadline=9.0)
+    for c, promote_to in ((late, LATE), (safe, URGENT)):
+        c.priority, c.sort_key, c.promote_at, c.promote_to = SAFE, c.deadline, 4.0, promote_to
+        q.push(c)
+    assert q.peek(3.0) is late
+    assert q.peek(4.0) is safe and safe.priority == URGENT and late.priority == LATE
+    assert late.promote_at == safe.promote_at == math.inf
+    q.remove(late.id)
+    q.push(late)
+    assert q.pop(10.0) is safe and q.pop(10.0) is late and late.priority == LATE
+
+
 def test_cato_and_triage_differ_only_on_late_calls() -> None:
     """Same arrivals on both: the on-time calls come out in the same order under both,
     and triage serves every late call after every on-time one."""
@@ -302,33 +383,36 @@ def test_cato_and_triage_differ_only_on_late_calls() -> None:
 
 
 @st.composite
-def queue_entries(draw: st.DrawFn) -> list[tuple[int, float, float]]:
+def queue_entries(draw: st.DrawFn) -> list[tuple[int, float, float, int]]:
     n = draw(st.integers(0, 30))
     keys = draw(st.lists(st.integers(0, 10_000), min_size=n, max_size=n, unique=True))
     out = []
     for key in keys:
-        priority = draw(st.sampled_from([0, 1, 2]))
+        priority = draw(st.sampled_from([0, 1, 2, 3]))
         promote = draw(st.one_of(st.just(math.inf), st.floats(0, 100)))
-        out.append((priority, float(key), promote))
+        promote_to = draw(st.sampled_from([URGENT, LATE]))
+        out.append((priority, float(key), promote, promote_to))
     return out
 
 
 @given(queue_entries(), st.lists(st.floats(0, 120), max_size=40), st.data())
 @settings(max_examples=150, deadline=None)
 def test_queue_pops_in_priority_key_order_with_promotion(
-    entries: list[tuple[int, float, float]], times: list[float], data: st.DataObject
+    entries: list[tuple[int, float, float, int]], times: list[float], data: st.DataObject
 ) -> None:
     q = ReplicaQueue()
     calls = []
-    for priority, key, promote in entries:
+    for priority, key, promote, promote_to in entries:
         c = call()
-        c.priority, c.sort_key, c.promote_at = priority, key, promote
+        c.priority, c.sort_key, c.promote_at, c.promote_to = priority, key, promote, promote_to
         calls.append(c)
         q.push(c)
     removed = data.draw(st.lists(st.sampled_from(calls), unique=True)) if calls else []
     for c in removed:
         assert q.remove(c.id) is c
-    left = {c.id: (c.priority, c.sort_key, c.promote_at) for c in calls if c not in removed}
+    left = {c.id: (c.priority, c.sort_key, c.promote_at, c.promote_to) for c in calls}
+    for c in removed:
+        del left[c.id]
     for now in sorted(times):
         got = q.pop(now)
         if not left:
@@ -336,8 +420,9 @@ def test_queue_pops_in_priority_key_order_with_promotion(
             continue
 
         def effective(cid: str, now: float = now) -> tuple[int, float]:
-            priority, key, promote = left[cid]
-            return (0 if promote <= now else priority, key)
+            priority, key, promote, promote_to = left[cid]
+            # A priority-0 call has nowhere to go (push sets no timer for it).
+            return (promote_to if promote <= now and priority != 0 else priority, key)
 
         expected = min(left, key=effective)
         assert got is not None and got.id == expected

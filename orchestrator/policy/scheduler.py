@@ -7,20 +7,23 @@ A scheduler answers two questions, both pure (state and ``now`` in, a decision o
   orders by priority, then deadline for CATO or arrival for the baselines).
 
 The caller applies a ``Route`` (``route.apply(call, replica)``), and dispatches the
-call ``pick`` returns with ``replica.dequeue(call.id)`` and ``replica.start(call, now)``.
+call ``pick`` returns with ``replica.dequeue(call.id)`` and ``replica.start(call, now)``
+(or ``replica.dispatch(call, now)``, the two in one).
 
 Priorities (lower is served first): 0 = the call's slack is already gone, 1 = no
-replica is expected to meet its deadline, 2 = safe. A waiting call is raised to 0 by
-its queue at ``promote_at``, the moment its slack runs out.
+replica is expected to meet its deadline, 2 = safe. A waiting call is moved by its
+queue to the route's ``promote_to`` (0 for ``cato``) at ``promote_at``, the moment its
+slack runs out.
 
 ``cato_triage`` is Algorithm 1 with the opposite answer for late calls: priority 3
 (``LATE``), behind every call that can still meet its deadline, in the queue and in the
-engine alike. Past saturation, serving late calls first only makes more calls late.
+engine alike, whether the call is late on arrival or its slack runs out while it waits
+(``promote_to`` is ``LATE``). Past saturation, serving late calls first only makes more
+calls late.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -49,7 +52,8 @@ class SchedulerConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """A routing decision: the replica and the queue position the call takes there."""
+    """A routing decision: the replica and the queue position the call takes there
+    (``priority`` now, ``promote_to`` from ``promote_at`` on if it is still queued)."""
 
     replica_id: str
     priority: int
@@ -57,6 +61,7 @@ class Route:
     expected_completion: float
     sort_key: float
     promote_at: float
+    promote_to: int = URGENT
 
     def apply(self, call: Call, replica: ReplicaState) -> None:
         """Stamp the decision on ``call`` and queue it on ``replica``."""
@@ -65,6 +70,7 @@ class Route:
         call.priority = self.priority
         call.sort_key = self.sort_key
         call.promote_at = self.promote_at
+        call.promote_to = self.promote_to
         replica.enqueue(call)
 
 
@@ -110,24 +116,33 @@ class CatoScheduler(Scheduler):
     """
 
     name = "cato"
+    # Where a call goes once its slack is gone (on arrival, or while it waits).
+    late_priority: ClassVar[int] = URGENT
 
     def route(self, call: Call, replicas: Sequence[ReplicaState], now: float) -> Route:
         _require(call, replicas)
+        late = self.late_priority
         best = min(replicas, key=_by_route_key)
         wait = best.wait_s
         service = service_s(best.rates, call)
         deadline = call.deadline
         if now + wait + service <= deadline:
-            return Route(best.id, SAFE, wait, now + wait + service, deadline, deadline - service)
+            done = now + wait + service
+            return Route(best.id, SAFE, wait, done, deadline, deadline - service, late)
         meeting = self._shortest_wait_meeting(call, replicas, now)
         if meeting is not None:
             best = meeting
             wait = best.wait_s
             service = service_s(best.rates, call)
             priority = SAFE
+        elif deadline - now - service < 0:
+            if late != URGENT:  # queued as late from the start: nothing left to promote
+                return Route(best.id, late, wait, now + wait + service, deadline, INF, late)
+            priority = URGENT
         else:
-            priority = URGENT if deadline - now - service < 0 else AT_RISK
-        return Route(best.id, priority, wait, now + wait + service, deadline, deadline - service)
+            priority = AT_RISK
+        done = now + wait + service
+        return Route(best.id, priority, wait, done, deadline, deadline - service, late)
 
     @staticmethod
     def _shortest_wait_meeting(
@@ -152,37 +167,16 @@ class CatoScheduler(Scheduler):
 
 
 class CatoTriageScheduler(CatoScheduler):
-    """Algorithm 1, except that late calls go last: priority ``LATE``, never promoted.
+    """Algorithm 1, except that late calls go last: priority ``LATE``, never raised.
 
     A call whose slack is gone on arrival is routed as in ``cato`` but queued (and sent
     to the engine) behind on-time work. One whose slack runs out while it waits is
-    raised to 0 by its queue's timer; ``pick`` finds it at the head, where every
-    promoted call surfaces, and re-files it as ``LATE`` before choosing, so each call
-    is re-filed at most once (O(log queue) each).
+    moved there by its queue's timer (``promote_to`` is ``LATE``), where ``cato``'s
+    would raise it to the front.
     """
 
     name = "cato_triage"
-
-    def route(self, call: Call, replicas: Sequence[ReplicaState], now: float) -> Route:
-        route = super().route(call, replicas, now)
-        if route.priority != URGENT:
-            return route
-        return dataclasses.replace(route, priority=LATE, promote_at=INF)
-
-    def pick(self, replica: ReplicaState, now: float) -> Call | None:
-        head = replica.queue.peek(now)
-        while head is not None and head.priority == URGENT:
-            _demote(head, replica)
-            head = replica.queue.peek(now)
-        return head
-
-
-def _demote(call: Call, replica: ReplicaState) -> None:
-    """Move a call queued on ``replica`` behind its on-time calls, for good."""
-    replica.dequeue(call.id)
-    call.priority = LATE
-    call.promote_at = INF
-    replica.enqueue(call)
+    late_priority: ClassVar[int] = LATE
 
 
 class _FifoScheduler(Scheduler):

@@ -88,12 +88,14 @@ class Rates:
             self.tpot_s += a * (tpot - self.tpot_s)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Call:
     """One llm node: a single model call with its own deadline.
 
     ``metric`` says which latency the node's deadline bounds (``ttft`` for a node whose
-    first token is what the user waits for, ``e2e`` otherwise).
+    first token is what the user waits for, ``e2e`` otherwise). While queued, the call
+    moves to priority ``promote_to`` at ``promote_at`` (its slack is gone then): to 0,
+    the front, by default; a policy that serves late calls last sets a larger level.
     """
 
     id: str
@@ -110,6 +112,7 @@ class Call:
     replica: str | None = None
     sort_key: float = 0.0
     promote_at: float = INF
+    promote_to: int = 0
     started_at: float | None = None
     first_token_at: float | None = None
     tokens_done: int = 0
@@ -124,10 +127,10 @@ class Call:
 class ReplicaQueue:
     """Calls waiting for one replica, ordered by (priority, key) with lazy re-evaluation.
 
-    A call's priority only ever rises to 0 (its slack ran out while it waited), at a
-    time known when it was routed (``promote_at``). So instead of re-sorting at every
-    dispatch, a timer heap promotes calls as ``now`` passes that time: push, pop and
-    remove are all O(log n).
+    A call's priority changes at most once while it waits: to ``promote_to`` (0 unless
+    its policy says otherwise) when its slack runs out, at a time known when it was
+    routed (``promote_at``). So instead of re-sorting at every dispatch, a timer heap
+    moves calls as ``now`` passes that time: push, pop and remove are all O(log n).
     """
 
     def __init__(self) -> None:
@@ -164,18 +167,24 @@ class ReplicaQueue:
         return call
 
     def promote(self, now: float) -> None:
-        """Raise to priority 0 every call whose slack has run out by ``now``."""
-        while self._timers and self._timers[0][0] <= now:
-            _, token, call = heapq.heappop(self._timers)
+        """Move every call whose slack has run out by ``now`` to its ``promote_to``."""
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, token, call = heapq.heappop(timers)
             if call._token != token or call.id not in self._live:
                 continue
-            call.priority = 0
-            new = next(self._seq)
-            call._token = new
-            heapq.heappush(self._urgent, (call.sort_key, new, call))
+            level = call.priority = call.promote_to
+            call.promote_at = INF  # done: a re-push must not move it again
+            new = call._token = next(self._seq)
+            if level == 0:
+                heapq.heappush(self._urgent, (call.sort_key, new, call))
+            else:
+                heapq.heappush(self._normal, (level, call.sort_key, new, call))
 
     def peek(self, now: float) -> Call | None:
-        self.promote(now)
+        timers = self._timers
+        if timers and timers[0][0] <= now:
+            self.promote(now)
         urgent = self._urgent
         while urgent:
             _, token, call = urgent[0]
@@ -248,8 +257,9 @@ class ReplicaState:
         of the ``ahead`` calls are done. The whole queue counts as ahead (a call with
         an earlier deadline may overtake it, so this errs on the safe side).
         """
-        queued = len(self.queue)
-        running = len(self.in_flight)
+        return self._wait_s(len(self.queue), len(self.in_flight))
+
+    def _wait_s(self, queued: int, running: int) -> float:
         limit = max(self.concurrency_limit, 1)
         if queued == 0 and running < limit:
             return 0.0
@@ -265,8 +275,16 @@ class ReplicaState:
 
     def refresh(self) -> None:
         """Recompute ``wait_s`` and ``route_key`` after a change to the replica."""
-        self.wait_s = wait = self.estimate_wait_s()
-        self.route_key = wait + (len(self.queue) + len(self.in_flight)) * TIE_BREAK_S
+        # This runs after every change: ``len`` of the queue's dict (not ``__len__``),
+        # and the usual answer of ``_wait_s`` (a free slot, nothing queued) inline.
+        queued = len(self.queue._live)
+        running = len(self.in_flight)
+        if queued == 0 and (running < self.concurrency_limit or running == 0):
+            wait = 0.0
+        else:
+            wait = self._wait_s(queued, running)
+        self.wait_s = wait
+        self.route_key = wait + (queued + running) * TIE_BREAK_S
 
     def observe(
         self,
@@ -289,26 +307,41 @@ class ReplicaState:
         self.refresh()
 
     def dequeue(self, call_id: str) -> Call | None:
-        call = self.queue.remove(call_id)
+        call = self._unqueue(call_id)
         if call is not None:
-            self.queued_prompt_tokens -= call.prompt_tokens
-            self.queued_output_tokens -= call.expected_output_tokens
             self.refresh()
         return call
 
     def start(self, call: Call, now: float) -> None:
         """Move a call (already taken off the queue) into flight."""
+        self._start(call, now)
+        self.refresh()
+
+    def dispatch(self, call: Call, now: float) -> None:
+        """``dequeue`` then ``start``: the call ``pick`` chose goes into flight (one
+        refresh instead of two; a call is dispatched once per run, so this is hot)."""
+        self._unqueue(call.id)
+        self._start(call, now)
+        self.refresh()
+
+    def _unqueue(self, call_id: str) -> Call | None:
+        call = self.queue.remove(call_id)
+        if call is not None:
+            self.queued_prompt_tokens -= call.prompt_tokens
+            self.queued_output_tokens -= call.expected_output_tokens
+        return call
+
+    def _start(self, call: Call, now: float) -> None:
         call.started_at = now
         call.replica = self.id
         call.peers_at_start = len(self.in_flight)
         self.in_flight[call.id] = call
         if call.first_token_at is None:
             self.inflight_prefill_tokens += call.prompt_tokens
-        self.inflight_output_tokens += call.remaining_output_tokens
+        self.inflight_output_tokens += max(call.expected_output_tokens - call.tokens_done, 0)
         if self.busy_since is None:
             self.busy_since = now
         self.idle_since = None
-        self.refresh()
 
     def first_token(self, call_id: str, now: float) -> None:
         call = self.in_flight.get(call_id)
@@ -327,13 +360,17 @@ class ReplicaState:
         self.inflight_output_tokens -= before - call.remaining_output_tokens
         self.refresh()
 
-    def finish(self, call_id: str, now: float) -> Call | None:
+    def finish(self, call_id: str, now: float, output_tokens: int | None = None) -> Call | None:
+        """Take a call out of flight; ``output_tokens``, if given, is its final count
+        (``tokens`` for what ``tokens`` was not told yet, without another refresh)."""
         call = self.in_flight.pop(call_id, None)
         if call is None:
             return None
         if call.first_token_at is None:
             self.inflight_prefill_tokens -= call.prompt_tokens
         self.inflight_output_tokens -= call.remaining_output_tokens
+        if output_tokens is not None and output_tokens > call.tokens_done:
+            call.tokens_done = output_tokens
         if not self.in_flight:
             self.busy_since = None
             self.idle_since = now

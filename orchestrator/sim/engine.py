@@ -12,25 +12,35 @@ changes ``m`` calls to ``step`` would make. Everything else is ``EngineModel.ste
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from orchestrator.engine_model import EngineModel, StepResult, TokenOutput
 
 
-@dataclass(frozen=True, slots=True)
 class DecodeRun:
     """``steps`` pure decode steps of ``batch`` sequences from ``start``.
 
     Step ``j`` (0-based) lasts ``base + slope * (j + 1)``: the fixed costs plus the
-    context, which grows by one token per sequence per step.
+    context, which grows by one token per sequence per step. Not to be changed once
+    made (a plain class, not a frozen dataclass: one is made per engine step or two).
     """
 
-    start: float
-    batch: int
-    base: float
-    slope: float
-    context: int
-    steps: int
+    __slots__ = ("base", "batch", "context", "slope", "start", "steps")
+
+    def __init__(
+        self, start: float, batch: int, base: float, slope: float, context: int, steps: int
+    ) -> None:
+        self.start = start
+        self.batch = batch
+        self.base = base
+        self.slope = slope
+        self.context = context
+        self.steps = steps
+
+    def __repr__(self) -> str:
+        return (
+            f"DecodeRun(start={self.start}, batch={self.batch}, base={self.base}, "
+            f"slope={self.slope}, context={self.context}, steps={self.steps})"
+        )
 
     def cut(self, steps: int) -> DecodeRun:
         """The same run, ending after ``steps`` steps."""
@@ -69,6 +79,8 @@ class FusedEngine(EngineModel):
         newest = next(reversed(running.values()))
         if newest.prompt_tokens + newest.output_tokens - newest.computed_tokens != 1:
             return None  # the newest sequence is still prefilling: a mixed step
+        if self._num_waiting and self._admissible(batch):
+            return None  # the next step admits a sequence (the usual miss: checked first)
         steps = max_steps
         context = 0
         for seq in running.values():
@@ -80,7 +92,7 @@ class FusedEngine(EngineModel):
             if left < steps:
                 steps = left
             context += computed
-        if steps < 2 or (self._num_waiting and self._admissible(batch)):
+        if steps < 2:
             return None
         if batch * (steps // profile.block_size + 1) > self._free_blocks:
             steps = self._kv_limit(steps)
@@ -107,8 +119,10 @@ class FusedEngine(EngineModel):
         head = self._peek_waiting()
         if head is None or budget <= 0:
             return False
-        free_after = self._free_blocks - self._first_new_blocks().count(0)
-        return self._blocks_for(min(head.num_tokens, budget)) <= free_after
+        needed = self._blocks_for(min(head.num_tokens, budget))
+        if needed <= self._free_blocks - batch:
+            return True  # fits even if every running sequence takes a block first
+        return needed <= self._free_blocks - self._first_new_blocks().count(0)
 
     def _kv_limit(self, steps: int) -> int:
         """The most steps (up to ``steps``) whose new KV blocks fit in the free ones."""
@@ -129,21 +143,27 @@ class FusedEngine(EngineModel):
                 high = mid
         return low
 
-    def apply_run(self, run: DecodeRun, m: int) -> StepResult:
-        """Perform the first ``m`` steps of ``run``; outputs are the state after them."""
+    def apply_run(self, run: DecodeRun, m: int, *, finished_only: bool = False) -> StepResult:
+        """Perform the first ``m`` steps of ``run``; outputs are the state after them (of
+        every sequence, or with ``finished_only`` of those that finished)."""
         block = self.profile.block_size
         outputs: list[TokenOutput] = []
-        for seq in list(self._running.values()):
-            if m == 0:
-                break
-            seq.computed_tokens += m
-            seq.output_tokens += m
-            blocks = -(-seq.computed_tokens // block)
-            self._free_blocks -= blocks - seq.blocks
-            seq.blocks = blocks
-            done = seq.output_tokens >= seq.max_output_tokens
-            outputs.append(TokenOutput(seq.seq_id, m, seq.output_tokens, False, done))
-            if done:
+        if m > 0:
+            finished = []
+            grown = 0
+            for seq in self._running.values():
+                computed = seq.computed_tokens = seq.computed_tokens + m
+                made = seq.output_tokens = seq.output_tokens + m
+                blocks = -(-computed // block)
+                grown += blocks - seq.blocks
+                seq.blocks = blocks
+                if made >= seq.max_output_tokens:
+                    finished.append(seq)
+                    outputs.append(TokenOutput(seq.seq_id, m, made, False, True))
+                elif not finished_only:
+                    outputs.append(TokenOutput(seq.seq_id, m, made, False, False))
+            self._free_blocks -= grown
+            for seq in finished:
                 self._finish(seq)
         end = run.end(m)
         self.busy_until = end

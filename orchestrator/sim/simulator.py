@@ -31,7 +31,7 @@ from typing import Any, Literal
 from orchestrator.api import TaskRequest
 from orchestrator.config import ProvisionerConfig
 from orchestrator.emulator.textgen import TextGenerator
-from orchestrator.engine_model import EngineProfile, Policy, StepResult
+from orchestrator.engine_model import EngineProfile, Policy, StepResult, TokenOutput
 from orchestrator.graphs import DEFAULTS, GraphError, Node, TaskDefaults, TaskGraph, build_graph
 from orchestrator.graphs import approx_tokens as _approx_tokens
 from orchestrator.metrics import (
@@ -47,7 +47,7 @@ from orchestrator.policy.provisioner import (
     make_provisioner,
 )
 from orchestrator.policy.state import Call, Rates, ReplicaState
-from orchestrator.profiler import Profiler
+from orchestrator.profiler import DeadlinePlan, Profiler
 from orchestrator.sim.engine import DecodeRun, FusedEngine
 from orchestrator.sim.oracle import is_clairvoyant, make_sim_scheduler
 from orchestrator.sim.results import RecordStore, ScaleEvent, SimResult
@@ -174,13 +174,18 @@ class _Template:
         "offsets",
         "offsets_at",
         "outputs",
+        "plan",
+        "roots",
         "succ",
         "target_ms",
         "ttft_metric",
     )
 
-    def __init__(self, graph: TaskGraph, outputs: list[int], error: str | None) -> None:
+    def __init__(
+        self, graph: TaskGraph, plan: DeadlinePlan, outputs: list[int], error: str | None
+    ) -> None:
         self.graph = graph
+        self.plan = plan
         self.nodes = graph.nodes
         index = {n.id: i for i, n in enumerate(graph.nodes)}
         self.succ: list[list[int]] = [[] for _ in graph.nodes]
@@ -188,6 +193,7 @@ class _Template:
             for dep in node.deps:
                 self.succ[index[dep]].append(i)
         self.deps_left = [len(n.deps) for n in graph.nodes]
+        self.roots = [i for i, left in enumerate(self.deps_left) if left == 0]
         self.final = [n.final for n in graph.nodes]
         self.outputs = outputs
         self.model = graph.model
@@ -306,6 +312,11 @@ class Simulator:
         self._textgens: dict[str, TextGenerator] = {}
         self._ran = False
         self._cpu_s = 0.0
+        # Read at every engine step or task: kept at hand.
+        self._sync_s = config.sync_s
+        self._max_fused = config.max_fused_steps if config.fuse_decode else 0
+        self._refresh_s = config.profiler_refresh_s
+        self._local_s = config.local_s
 
     # -- the event loop -----------------------------------------------------------------
 
@@ -342,7 +353,8 @@ class Simulator:
         hard_end = math.inf
         arrived = 0
         heap = self._heap
-        pop = heapq.heappop
+        pop, push = heapq.heappop, heapq.heappush
+        order = self._order
         while heap:
             t, _, _, kind, payload = pop(heap)
             if t > hard_end:
@@ -350,9 +362,13 @@ class Simulator:
                 break
             self.now = t
             if kind == _STEP_END:
-                self._step_end(payload[0], payload[1], payload[2], t)
-            elif kind == _STEP_START:
-                self._step_start(payload, t)
+                rep = payload[0]
+                if self._step_end(rep, payload[1], payload[2], t):
+                    if (heap and heap[0][0] <= t) or (pending is None and not self._live):
+                        push(heap, (t, _STEP, next(order), _STEP_START, rep))
+                    else:  # it would be the next event: take it now (and its number)
+                        next(order)
+                        self._step_start(rep, t)
             elif kind == _ARRIVAL:
                 self._arrive(payload, t)
                 arrived += 1
@@ -365,7 +381,9 @@ class Simulator:
                     if pending[0] < t:
                         raise ValueError(f"arrivals out of order: {pending[0]} after {t}")
                     last_arrival = pending[0]
-                    self._push(pending[0], _ARRIVAL, pending[1])
+                    push(heap, (last_arrival, _EVENT, next(order), _ARRIVAL, pending[1]))
+            elif kind == _STEP_START:
+                self._step_start(payload, t)
             elif kind == _TICK:
                 self._tick(t)
                 self._push(t + interval, _TICK, None)
@@ -373,7 +391,7 @@ class Simulator:
                 self._ready(payload, t)
             else:
                 self._local_done(payload[0], payload[1], t, payload[2])
-            if not self._live and pending is None:
+            if pending is None and not self._live:
                 break
         if progress is not None:
             progress(arrived)
@@ -405,7 +423,7 @@ class Simulator:
         for node in graph.nodes:
             if node.op == "llm" and node.prompt_tokens + node.max_tokens > max_len:
                 error = f"node {node.id}: prompt + max_tokens exceed max_model_len {max_len}"
-        return _Template(graph, outputs, error)
+        return _Template(graph, self.profiler.plan(graph), outputs, error)
 
     def _output(self, task: SimTask, graph: TaskGraph, node: Node, llm_nodes: int) -> int:
         if node.op != "llm":
@@ -422,31 +440,34 @@ class Simulator:
         return gen.plan(node.prompt, node.max_tokens, stop=node.stop).num_tokens
 
     def _deadline_offsets(self, tpl: _Template, now: float) -> list[float]:
-        if now - tpl.offsets_at >= self.config.profiler_refresh_s or not tpl.offsets:
-            found = self.profiler.deadlines(tpl.graph, 0.0)
-            tpl.offsets = [found[n.id] for n in tpl.nodes]
+        if now - tpl.offsets_at >= self._refresh_s or not tpl.offsets:
+            tpl.offsets = self.profiler.deadline_list(tpl.plan, 0.0)
             tpl.offsets_at = now
         return tpl.offsets
 
     def _arrive(self, sim_task: SimTask, now: float) -> None:
-        tpl = self._template(sim_task)
+        tpl = self._templates.get(sim_task.key)
+        if tpl is None:
+            tpl = self._template(sim_task)
         task = _Task(next(self._task_ids), tpl, now)
         self._counters["tasks"] += 1
         self._live[task.id] = task
         if tpl.error is not None:
             self._fail(task, now)
             return
-        task.deadlines = [now + o for o in self._deadline_offsets(tpl, now)]
-        for i, left in enumerate(tpl.deps_left):
-            if left == 0:
-                self._start_node(task, i, now)
+        offsets = tpl.offsets
+        if now - tpl.offsets_at >= self._refresh_s or not offsets:
+            offsets = self._deadline_offsets(tpl, now)
+        task.deadlines = [now + o for o in offsets]
+        for i in tpl.roots:
+            self._start_node(task, i, now)
 
     def _start_node(self, task: _Task, index: int, now: float) -> None:
         node = task.tpl.nodes[index]
         if node.op == "llm":
             self._start_call(task, index, now)
             return
-        duration = self.config.local_s.get(node.op, 0.0)
+        duration = self._local_s.get(node.op, 0.0)
         if duration > 0:
             self._push(now + duration, _LOCAL_DONE, (task, index, duration))
         else:
@@ -455,7 +476,7 @@ class Simulator:
     def _local_done(self, task: _Task, index: int, now: float, duration: float) -> None:
         if task.failed:
             return
-        self.profiler.observe(task.tpl.nodes[index], task.tpl.model, duration)
+        self.profiler.observe_planned(task.tpl.plan, index, duration)
         self._node_done(task, index, now)
 
     def _node_done(self, task: _Task, index: int, now: float) -> None:
@@ -527,28 +548,35 @@ class Simulator:
         route.apply(call, rep.state)
         self._dispatch(rep, now)
 
-    def _dispatch(self, rep: _Replica, now: float) -> None:
+    def _dispatch(self, rep: _Replica, now: float) -> bool:
+        """Start queued calls while the replica has room; whether any started."""
         st = rep.state
+        in_flight = st.in_flight
+        limit = st.concurrency_limit
+        if not st.accepting or len(in_flight) >= limit or not len(st.queue):
+            return False
         started = False
         pick = self.scheduler.pick
         engine = rep.engine
+        runs = self._runs
         send = self.config.send_priority
-        while st.accepting and st.free_slots > 0:
+        while len(in_flight) < limit:
             call = pick(st, now)
             if call is None:
                 break
-            st.dequeue(call.id)
-            st.start(call, now)
-            run = self._runs[call.id]
-            engine.add(call.id, call.prompt_tokens, run.out, call.priority if send else 0, now)
+            st.dispatch(call, now)
+            engine.add(
+                call.id, call.prompt_tokens, runs[call.id].out, call.priority if send else 0, now
+            )
             started = True
         if started:
-            self.tracker.running(rep.id, len(st.in_flight), st.concurrency_limit, now)
+            self.tracker.running(rep.id, len(in_flight), limit, now)
             if not rep.stepping:
                 rep.stepping = True
                 self._push(now, _STEP_START, rep, _STEP)
             elif rep.run is not None:
                 self._cut_run(rep, rep.run, now)
+        return started
 
     def _cut_run(self, rep: _Replica, run: DecodeRun, now: float) -> None:
         """New work joins the first step that starts at or after ``now``."""
@@ -560,43 +588,62 @@ class Simulator:
 
     def _step_start(self, rep: _Replica, now: float) -> None:
         engine = rep.engine
-        if self.config.fuse_decode:
-            run = engine.decode_run(now, self.config.max_fused_steps)
+        if self._max_fused:
+            run = engine.decode_run(now, self._max_fused)
             if run is not None:
-                if self._needs_sync(rep.state):  # end the run in time for the next sync
-                    run = run.cut(max(run.steps_before(now + self.config.sync_s), 2))
+                # Token counts only move the wait estimate of a full replica (or one
+                # with a queue): then end the run in time for the next sync.
+                st = rep.state
+                if len(st.in_flight) >= st.concurrency_limit or len(st.queue) > 0:
+                    run = run.cut(max(run.steps_before(now + self._sync_s), 2))
                 rep.run = run
-                rep.version += 1
+                version = rep.version = rep.version + 1
                 self._counters["fused_runs"] += 1
-                self._push(run.end(run.steps), _STEP_END, (rep, None, rep.version))
+                entry: tuple[float, int, int, int, Any] = (
+                    run.end(run.steps),
+                    _EVENT,
+                    next(self._order),
+                    _STEP_END,
+                    (rep, None, version),
+                )
+                heapq.heappush(self._heap, entry)
                 return
         result = engine.step(now)
         if result is None:
             rep.stepping = False
             return
         self._counters["steps"] += 1
-        self._push(engine.busy_until, _STEP_END, (rep, result, 0))
+        entry = (engine.busy_until, _EVENT, next(self._order), _STEP_END, (rep, result, 0))
+        heapq.heappush(self._heap, entry)
 
-    @staticmethod
-    def _needs_sync(st: ReplicaState) -> bool:
-        """Token counts only move the wait estimate of a full replica (or one with a queue)."""
-        return len(st.in_flight) >= st.concurrency_limit or len(st.queue) > 0
-
-    def _step_end(self, rep: _Replica, result: StepResult | None, version: int, now: float) -> None:
-        if result is None:
-            fused = rep.run
-            if version != rep.version or fused is None:
-                return  # a run cut short since: its new end is another event
-            rep.run = None
-            result = rep.engine.apply_run(fused, fused.steps)
-            self._counters["steps"] += fused.steps
+    def _step_end(self, rep: _Replica, result: StepResult | None, version: int, now: float) -> bool:
+        """Deliver a step's outputs; whether the replica's next step starts at ``now``."""
+        fused = rep.run
+        if result is None and (version != rep.version or fused is None):
+            return False  # a run cut short since: its new end is another event
         st = rep.state
         model = rep.model
         in_flight = st.in_flight
-        sync = self._needs_sync(st) and (
-            now - model.synced_at.get(rep.id, -math.inf) >= self.config.sync_s
-        )
-        for out in result.outputs:
+        sync = (len(in_flight) >= st.concurrency_limit or len(st.queue) > 0) and (
+            now - model.synced_at.get(rep.id, -math.inf) >= self._sync_s
+        )  # a full replica (or one with a queue) whose last sync is ``sync_s`` old
+        if result is None:
+            assert fused is not None
+            rep.run = None
+            # Without a sync only the calls that finish have news (no first tokens here).
+            result = rep.engine.apply_run(fused, fused.steps, finished_only=not sync)
+            self._counters["steps"] += fused.steps
+        outputs = result.outputs
+        if sync and result.sampled is not None:
+            # The step reported plain decode tokens by id: a sync wants them all, in order
+            # (their counts have not moved since the step began).
+            shown = {out.seq_id: out for out in outputs}
+            count = rep.engine.output_tokens
+            outputs = [
+                shown.get(seq_id) or TokenOutput(seq_id, 1, count(seq_id), False, False)
+                for seq_id in result.sampled
+            ]
+        for out in outputs:
             if out.first_token:
                 st.first_token(out.seq_id, now)
                 owner = self._runs[out.seq_id]
@@ -611,31 +658,30 @@ class Simulator:
                     st.tokens(out.seq_id, out.output_tokens - call.tokens_done)
         if sync:
             model.synced_at[rep.id] = now
-        self._push(now, _STEP_START, rep, _STEP)
+        return True
 
     def _finish_call(self, rep: _Replica, run: _Run, produced: int, now: float) -> None:
         """The executor's order: rates, release (and dispatch), provisioner, profiler."""
         call = run.call
         st = rep.state
-        if produced > call.tokens_done:
-            st.tokens(call.id, produced - call.tokens_done)
         started = call.started_at if call.started_at is not None else now
         first = call.first_token_at if call.first_token_at is not None else now
-        st.observe(
+        # ``tokens``, ``observe`` and ``finish`` of the executor, with the one refresh
+        # of the replica's wait estimate (in ``finish``) that the end state needs.
+        st.rates.observe(
             call.prompt_tokens,
             first - started,
             produced,
             now - first,
             contended=call.peers_at_start > 0,
         )
-        st.finish(call.id, now)
-        self.tracker.running(rep.id, len(st.in_flight), st.concurrency_limit, now)
-        self._dispatch(rep, now)
+        st.finish(call.id, now, produced)
+        if not self._dispatch(rep, now):  # else it told the tracker, at the same time
+            self.tracker.running(rep.id, len(st.in_flight), st.concurrency_limit, now)
         reached = first if call.metric == "ttft" else now
         self.provisioner.observe_task(call.model, reached > call.deadline, now)
         task = run.task
-        node = task.tpl.nodes[run.node]
-        self.profiler.observe(node, call.model, max((reached) - started, 0.0))
+        self.profiler.observe_planned(task.tpl.plan, run.node, max(reached - started, 0.0))
         if rep.phase == _DRAINING and not st.in_flight:
             self._stop(rep, now)
         if not task.failed:
@@ -655,7 +701,7 @@ class Simulator:
             accepting=False,
             idle_since=None,
         )
-        engine = FusedEngine(spec.profile, self.config.engine_policy)
+        engine = FusedEngine(spec.profile, self.config.engine_policy, every_token=False)
         rep = _Replica(rid, model, state, engine, now)
         self.replicas[rid] = rep
         model.replicas.append(rep)
