@@ -62,10 +62,31 @@ def replica(rid: str, queued: int = 0, limit: int = 1, rates: Rates = RATES) -> 
     return r
 
 
-def test_wait_is_zero_with_a_free_slot_and_empty_queue() -> None:
-    r = ReplicaState(id="r", model="m", concurrency_limit=2, rates=RATES)
-    r.start(call(), 0.0)
-    assert r.free_slots == 1 and r.wait_s == 0.0
+def test_with_a_free_slot_the_wait_is_the_prefill_still_owed() -> None:
+    r = ReplicaState(id="r", model="m", concurrency_limit=3, rates=RATES)
+    a = call(prompt=400)
+    r.start(a, 0.0)
+    r.start(call(prompt=100), 0.0)
+    assert r.free_slots == 1 and r.wait_s == pytest.approx(0.5)  # 500 tokens x 1 ms
+    r.first_token(a.id, 0.4)
+    assert r.wait_s == pytest.approx(0.1)
+    idle = ReplicaState(id="i", model="m", concurrency_limit=3, rates=RATES)
+    assert idle.wait_s == 0.0
+
+
+def test_cato_steers_a_completion_away_from_a_long_prefill() -> None:
+    """Fewer calls is not less wait: one 3,000-token prompt being prefilled delays a
+    new call more than three calls that are only decoding."""
+    prefilling = ReplicaState(id="p", model="m", concurrency_limit=8, rates=RATES)
+    prefilling.start(call(prompt=3000, metric="e2e"), 0.0)
+    decoding = ReplicaState(id="d", model="m", concurrency_limit=8, rates=RATES)
+    for _ in range(3):
+        c = call(prompt=100)
+        decoding.start(c, 0.0)
+        decoding.first_token(c.id, 0.1)
+    new = call(deadline=1.0, prompt=50)
+    assert make_scheduler("cato").route(new, [prefilling, decoding], 0.2).replica_id == "d"
+    assert make_scheduler("least_loaded").route(new, [prefilling, decoding], 0.2).replica_id == "p"
 
 
 def test_wait_counts_prefill_ahead_and_decode_until_a_slot_frees() -> None:
@@ -197,9 +218,11 @@ def test_shortest_wait_wins_when_it_meets_the_deadline() -> None:
 def test_idle_replicas_tie_broken_by_fewer_calls() -> None:
     a = ReplicaState(id="a", model="m", concurrency_limit=4, rates=RATES)
     b = ReplicaState(id="b", model="m", concurrency_limit=4, rates=RATES)
-    a.start(call(), 0.0)
+    busy = call()
+    a.start(busy, 0.0)
+    a.first_token(busy.id, 0.1)  # decoding only: nothing owed ahead of a new call
     assert a.wait_s == b.wait_s == 0.0
-    assert CatoScheduler().route(call(), [a, b], now=0.0).replica_id == "b"
+    assert CatoScheduler().route(call(), [a, b], now=0.1).replica_id == "b"
 
 
 def test_shortest_wait_among_replicas_that_meet_the_deadline() -> None:

@@ -249,7 +249,11 @@ class ReplicaState:
     def estimate_wait_s(self) -> float:
         """Expected time before a call routed here now starts being served.
 
-        Zero with a free slot and an empty queue. Otherwise the prefill still owed to
+        With a free slot and an empty queue: the prefill still owed by the calls in
+        flight. The engine admits the call at once, but prefill is compute-bound and a
+        step's token budget goes to the prompts already being prefilled, so a short
+        completion behind a long summary's prompt waits for it; counting calls alone
+        (least loaded) would miss that. Otherwise the prefill still owed to
         the calls ahead (they prefill first; prefill is compute-bound, so serial), plus
         the time until enough of them finish to free a slot: decode runs up to
         ``concurrency_limit`` sequences per step, so the decode work ahead drains at
@@ -261,9 +265,9 @@ class ReplicaState:
 
     def _wait_s(self, queued: int, running: int) -> float:
         limit = max(self.concurrency_limit, 1)
-        if queued == 0 and running < limit:
-            return 0.0
         rates = self.rates
+        if queued == 0 and running < limit:
+            return self.inflight_prefill_tokens * rates.prefill_s_per_token
         wait = (
             self.inflight_prefill_tokens + self.queued_prompt_tokens
         ) * rates.prefill_s_per_token + queued * rates.overhead_s
@@ -280,7 +284,7 @@ class ReplicaState:
         queued = len(self.queue._live)
         running = len(self.in_flight)
         if queued == 0 and (running < self.concurrency_limit or running == 0):
-            wait = 0.0
+            wait = self.inflight_prefill_tokens * self.rates.prefill_s_per_token
         else:
             wait = self._wait_s(queued, running)
         self.wait_s = wait
