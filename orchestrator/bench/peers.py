@@ -455,12 +455,29 @@ def _argv(
             str(port),
             "--policy",
             policy,
+            "--prometheus-host",
+            "127.0.0.1",
+            "--prometheus-port",
+            str(free_port()),
             "--worker-urls",
             *urls,
         ]
     if name == "sglang-router":
         exe = _exe("sglang-router")
-        return [exe, "launch", "--host", "127.0.0.1", "--port", str(port), "--worker-urls", *urls]
+        # Both Rust routers export metrics on port 29000 by default: a second router on
+        # the machine (another comparison running) would then fail to start.
+        metrics = ["--prometheus-host", "127.0.0.1", "--prometheus-port", str(free_port())]
+        return [
+            exe,
+            "launch",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *metrics,
+            "--worker-urls",
+            *urls,
+        ]
     if name.startswith("ray-serve"):
         _require_module("ray.serve", "ray[serve]")
         tuned = ["--tuned"] if name.endswith("tuned") else []
