@@ -16,7 +16,13 @@ E2E P50 859 / 853 ms; goodput 100% in both.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -95,3 +101,55 @@ def test_the_simulator_matches_the_live_emulator_within_tolerance(
             sim_p50 = getattr(other, name)
             assert live_p50 is not None and sim_p50 is not None
             assert sim_p50 == pytest.approx(live_p50, rel=P50_REL, abs=P50_ABS_MS), (kind, name)
+
+
+def _descendants(root: int) -> set[int]:
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        children = [p for p, parent in parents.items() if parent == pid]
+        found.update(children)
+        todo += children
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_sigterm_stops_the_service_a_live_run_started(tmp_path: Path) -> None:
+    """``cato serve`` runs in a session of its own: only the bench command can stop it."""
+    argv = [sys.executable, "-m", "orchestrator.cli", "bench", "live", "--via", "serve"]
+    argv += ["--scenario", "rq2", "--quick", "--speed", "4", "--duration", "120"]
+    argv += ["--policies", "cato", "--no-twin", "--no-plots", "--out", str(tmp_path)]
+    proc = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
+    try:
+        started: set[int] = set()
+        for _ in range(1200):
+            started = _descendants(proc.pid)
+            if len(started) >= 7 or proc.poll() is not None:  # the service and 6 replicas
+                break
+            time.sleep(0.1)
+        assert len(started) >= 7, "the run did not start its service and replicas"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(90)
+        for _ in range(300):
+            if not any(_alive(p) for p in started):
+                break
+            time.sleep(0.1)
+        assert not [p for p in started if _alive(p)], "the service outlived the run"
+    finally:
+        if proc.poll() is None:
+            proc.kill()

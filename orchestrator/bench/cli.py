@@ -12,6 +12,7 @@ the per-kind prompt and output length distributions;
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -156,7 +157,22 @@ def _configure_peers(peers_cmd: argparse.ArgumentParser) -> None:
     peers_cmd.add_argument("--out", type=Path, default=Path("bench-results/peers"))
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def run(args: argparse.Namespace) -> int:
+    """SIGTERM unwinds like Ctrl-C while a bench command runs, through the ``finally``
+    blocks that stop the routers, services and emulators it started (they live in
+    process groups of their own, so nothing else would stop them)."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.bench_command == "peers":
         return _run_peers(args)
     if args.bench_command == "workloads":
