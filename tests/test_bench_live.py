@@ -16,7 +16,6 @@ E2E P50 859 / 853 ms; goodput 100% in both.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.bench.live import LiveOptions, run_live_sweep, twin_sweep
+from orchestrator.bench.peers import descendants
 from orchestrator.bench.scenarios import ModelPlan, Scenario, Sweep, capacity_rps, scenario
 from orchestrator.bench.workloads import Workload, build_workload, iter_tasks
 
@@ -103,24 +103,6 @@ def test_the_simulator_matches_the_live_emulator_within_tolerance(
             assert sim_p50 == pytest.approx(live_p50, rel=P50_REL, abs=P50_ABS_MS), (kind, name)
 
 
-def _descendants(root: int) -> set[int]:
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found, todo = set(), [root]
-    while todo:
-        pid = todo.pop()
-        children = [p for p, parent in parents.items() if parent == pid]
-        found.update(children)
-        todo += children
-    return found
-
-
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -138,7 +120,7 @@ def test_sigterm_stops_the_service_a_live_run_started(tmp_path: Path) -> None:
     try:
         started: set[int] = set()
         for _ in range(1200):
-            started = _descendants(proc.pid)
+            started = descendants(proc.pid)
             if len(started) >= 7 or proc.poll() is not None:  # the service and 6 replicas
                 break
             time.sleep(0.1)

@@ -15,12 +15,12 @@ import os
 import signal
 import stat
 import sys
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from processes import group_alive, wait_for
 
 from orchestrator.api import TaskEvent, TaskKind, TaskRequest
 from orchestrator.executor import Orchestrator
@@ -54,22 +54,6 @@ def emulated(**overrides: Any) -> LaunchSpec:
         "cold_start_s": 0.0,
     }
     return LaunchSpec(**(fields | overrides))
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-async def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def run_task(

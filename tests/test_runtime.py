@@ -9,13 +9,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from processes import group_alive, wait_for
 from rich.console import Console
 
 from orchestrator.api import TaskEvent, TaskKind, TaskRequest
@@ -32,22 +31,6 @@ SETTINGS = ManagerSettings(ready_timeout_s=90.0, ready_poll_s=0.05, health_inter
 def config(**sections: Any) -> CatoConfig:
     model = {"name": "tiny", "engine": "emulated", "profile": "tiny@cpu", "speed": 8.0}
     return config_from_dict({"models": [model | sections.pop("model", {})], **sections})
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-async def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @contextlib.asynccontextmanager

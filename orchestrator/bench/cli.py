@@ -247,30 +247,20 @@ def _run_live(args: argparse.Namespace) -> int:
     options = LiveOptions(speed=args.speed)
     for name in args.scenario:
         chosen = _scenario(name, args.concurrency)
+        via_serve = {"provisioners": args.provisioners} if args.via == "serve" else {}
+        sweep = run_serve_sweep if args.via == "serve" else run_live_sweep
         with _progress(err) as on_run:
-            if args.via == "serve":
-                live = run_serve_sweep(
-                    chosen,
-                    workload,
-                    policies=args.policies,
-                    provisioners=args.provisioners,
-                    quick=args.quick,
-                    seed=args.seed,
-                    duration_s=args.duration,
-                    options=options,
-                    on_run=on_run,
-                )
-            else:
-                live = run_live_sweep(
-                    chosen,
-                    workload,
-                    policies=args.policies,
-                    quick=args.quick,
-                    seed=args.seed,
-                    duration_s=args.duration,
-                    options=options,
-                    on_run=on_run,
-                )
+            live = sweep(
+                chosen,
+                workload,
+                policies=args.policies,
+                quick=args.quick,
+                seed=args.seed,
+                duration_s=args.duration,
+                options=options,
+                on_run=on_run,
+                **via_serve,
+            )
         _write(live, args.out, args.no_plots, err)
         if not args.no_twin:
             # replicas `cato serve` starts run the emulator's default seed, 0

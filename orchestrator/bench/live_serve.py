@@ -33,6 +33,7 @@ import aiohttp
 
 from orchestrator.api import SLA, TaskRequest
 from orchestrator.bench.live import LiveOptions
+from orchestrator.bench.peers import free_port, proc_cpu_s
 from orchestrator.bench.scenarios import Point, Scenario, Sweep, capacity_rps, sweep_rates
 from orchestrator.bench.workloads import Workload
 from orchestrator.engine_model import load_profile
@@ -50,7 +51,6 @@ _SECONDS = (
     "downscale_delay_s",
     "look_back_s",
 )
-_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def serve_config(scenario: Scenario, policy: str, provisioner: str, speed: float, seed: int) -> str:
@@ -103,11 +103,7 @@ class Service:
 
     def cpu_s(self) -> float:
         """CPU of the service process itself (its emulator children are not counted)."""
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        return sum(int(x) for x in fields[11:13]) / _TICKS
+        return proc_cpu_s(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc.poll() is not None:
@@ -211,8 +207,6 @@ async def run_point(
     progress: Callable[[int], None] | None = None,
 ) -> SimResult:
     """One run through a fresh ``cato serve``."""
-    from orchestrator.bench.peers import free_port
-
     with tempfile.TemporaryDirectory(prefix="cato-live-serve-") as tmp:
         text = serve_config(run.scenario, run.policy, run.provisioner, run.options.speed, run.seed)
         service = start_service(text, Path(tmp), free_port())

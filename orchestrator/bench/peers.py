@@ -281,10 +281,9 @@ def _record(n: int, job: Job, task: asyncio.Task[_Timing], t0: float, speed: flo
 # --------------------------------------------------------------------------- processes
 
 
-def proc_tree_cpu_s(root: int) -> float:
-    """utime + stime of ``root`` and every live descendant, plus their reaped children."""
-    parents: dict[int, int] = {}
-    cpu: dict[int, float] = {}
+def _processes() -> dict[int, list[str]]:
+    """Every live process's ``/proc/PID/stat`` fields after the command name."""
+    table: dict[int, list[str]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -292,15 +291,38 @@ def proc_tree_cpu_s(root: int) -> float:
             stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        fields = stat.rsplit(")", 1)[1].split()
-        parents[int(entry)] = int(fields[1])
-        cpu[int(entry)] = sum(int(x) for x in fields[11:15]) / _TICKS
-    total, todo = 0.0, [root]
+        table[int(entry)] = stat.rsplit(")", 1)[1].split()
+    return table
+
+
+def _cpu_s(fields: Sequence[str], children: bool = True) -> float:
+    """utime + stime (and, with ``children``, those of reaped children) in seconds."""
+    return sum(int(x) for x in fields[11 : 15 if children else 13]) / _TICKS
+
+
+def descendants(root: int, table: dict[int, list[str]] | None = None) -> set[int]:
+    """The live processes below ``root``."""
+    table = _processes() if table is None else table
+    found: set[int] = set()
+    todo = [root]
     while todo:
         pid = todo.pop()
-        total += cpu.get(pid, 0.0)
-        todo += [p for p, parent in parents.items() if parent == pid]
-    return total
+        children = [p for p, fields in table.items() if int(fields[1]) == pid]
+        found.update(children)
+        todo += children
+    return found
+
+
+def proc_cpu_s(pid: int) -> float:
+    """CPU of one process itself (not its children), 0 once it is gone."""
+    fields = _processes().get(pid)
+    return 0.0 if fields is None else _cpu_s(fields, children=False)
+
+
+def proc_tree_cpu_s(root: int) -> float:
+    """utime + stime of ``root`` and every live descendant, plus their reaped children."""
+    table = _processes()
+    return sum(_cpu_s(table[p]) for p in {root} | descendants(root, table) if p in table)
 
 
 def free_port() -> int:
