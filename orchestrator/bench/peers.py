@@ -604,7 +604,7 @@ def serve_ray(port: int, urls: Sequence[str], tuned: bool) -> None:  # pragma: n
     signal.signal(signal.SIGTERM, _stop)
     while not stop:
         time.sleep(0.5)
-    serve.shutdown()  # type: ignore[no-untyped-call]
+    serve.shutdown()  # type: ignore[no-untyped-call, unused-ignore]
     ray.shutdown()
 
 
