@@ -66,6 +66,7 @@ def launch_spec(model: ModelConfig) -> LaunchSpec:
         speed=model.speed,
         max_model_len=model.max_model_len,
         entrypoint=model.entrypoint,
+        priority=model.priority,
     )
 
 
@@ -225,21 +226,25 @@ class Runtime:
     async def autoscale_once(self) -> None:
         now = self.clock()
         for decision in self.provisioner.decide(self.cluster_view(now), now):
-            if decision.empty:
+            add = decision.add
+            if add and self.manager.held_until(decision.model) is not None:
+                add = 0  # a replica was just retired: its replacement waits its backoff
+            if not add and not decision.remove:
                 continue
             before = len(self.manager.of_model(decision.model))
             log.info(
                 "autoscaler: %s +%d -%d (%s)",
                 decision.model,
-                decision.add,
+                add,
                 len(decision.remove),
                 decision.reason,
             )
-            for _ in range(decision.add):
-                await self.manager.start(self.specs[decision.model])
+            started = 0
+            for _ in range(add):
+                started += await self.manager.start(self.specs[decision.model]) is not None
             for rid in decision.remove:
                 task = asyncio.create_task(self.manager.drain(rid), name=f"drain {rid}")
                 self._drains.add(task)
                 task.add_done_callback(self._drains.discard)
-            after = before + decision.add - len(decision.remove)
+            after = before + started - len(decision.remove)
             self.scale_events.append((now, decision.model, before, after))

@@ -7,6 +7,17 @@ only READY replicas get new work, and the queue of a replica that leaves READY i
 re-routed at once. In-flight requests of a dead replica fail on their stream; the
 executor retries those that had sent no token yet.
 
+Supervision heals instead of giving up for good. A FAILED replica is restarted with an
+exponential backoff; its budget is ``max_restarts`` within ``restart_window_s``, and
+``healthy_reset_s`` of READY time forgives the restarts before it (a replica killed
+now and then is not a crash loop). A replica that exhausts its budget is retired: its
+process group is stopped, its GPUs are freed and it leaves the orchestrator, so the
+provisioner sees the capacity as missing and tops it up with a fresh replica (new
+port, new process). Until a replacement may start, ``start`` refuses that model for
+``replace_backoff_s``, doubled for each retirement in a row and reset once a replica
+of the model stays healthy. External replicas (a URL, no process) are never retired:
+a fresh one would be the same URL, so they are retried for as long as they fail.
+
 A replica holds a pipe on its stdin for as long as the manager runs it; emulated
 replicas exit when that pipe closes, so they cannot outlive a manager that was killed.
 """
@@ -68,6 +79,7 @@ class ManagedReplica:
     started_at: float = 0.0
     ready_at: float | None = None
     restarts: int = 0
+    restart_times: deque[float] = field(default_factory=deque)
     gave_up: bool = False
     health_failures: int = 0
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -98,7 +110,14 @@ class ManagerSettings:
     term_grace_s: float = 10.0
     restart_backoff_s: float = 1.0
     restart_backoff_max_s: float = 60.0
+    # At most this many restarts within restart_window_s before a replica is retired.
     max_restarts: int = 5
+    restart_window_s: float = 600.0
+    # READY this long forgives a replica's earlier restarts (and its model's retirements).
+    healthy_reset_s: float = 30.0
+    # A retired replica's replacement waits this long, doubled per retirement in a row.
+    replace_backoff_s: float = 30.0
+    replace_backoff_max_s: float = 300.0
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -131,6 +150,9 @@ class ReplicaManager:
         self._stopping: dict[str, asyncio.Task[None]] = {}
         self._ids = itertools.count(1)
         self._closing = False
+        # Per model: no new replica before this time, and retirements in a row.
+        self._hold_until: dict[str, float] = {}
+        self._retired_in_row: dict[str, int] = {}
 
     # -- queries ----------------------------------------------------------------
 
@@ -142,6 +164,11 @@ class ReplicaManager:
         """The states one replica went through, oldest first."""
         return [t.state for t in self.transitions if t.replica_id == replica_id]
 
+    def held_until(self, model: str) -> float | None:
+        """When a model may start a replica again after a retirement (None: it may now)."""
+        until = self._hold_until.get(model)
+        return until if until is not None and until > self.clock() else None
+
     @property
     def live_groups(self) -> set[int]:
         """Process groups this manager started that still exist."""
@@ -150,8 +177,9 @@ class ReplicaManager:
     # -- start --------------------------------------------------------------------
 
     async def start(self, spec: LaunchSpec) -> ManagedReplica | None:
-        """Launch one replica of ``spec``; None when no GPU slot is free for it."""
-        if self._closing:
+        """Launch one replica of ``spec``; None when no GPU slot is free for it, or
+        while the model waits out the backoff after a replica was retired."""
+        if self._closing or self.held_until(spec.name) is not None:
             return None
         gpus = self.slots.allocate(spec.gpus_per_replica if spec.engine != "external" else 0)
         if gpus is None:
@@ -187,6 +215,7 @@ class ReplicaManager:
             concurrency_limit=rep.spec.concurrency_limit,
             engine=rep.spec.engine,
             gpus=rep.gpus,
+            priority=rep.spec.priority,
         )
 
     def _command(self, rep: ManagedReplica) -> list[str]:
@@ -244,7 +273,8 @@ class ReplicaManager:
                     await self._await_ready(rep, client)
                 elif rep.state in (Lifecycle.READY, Lifecycle.DRAINING):
                     await self._check_health(rep, client)
-                    await self._pause(rep, self.settings.health_interval_s)
+                    if self._serving(rep):  # after a failure, restart without a pause
+                        await self._pause(rep, self.settings.health_interval_s)
                 elif rep.state == Lifecycle.FAILED and not await self._restart(rep):
                     return
         finally:
@@ -288,10 +318,14 @@ class ReplicaManager:
             return
         if await client.health(timeout_s=self.settings.health_timeout_s):
             rep.health_failures = 0
+            self._forgive(rep)
             return
         rep.health_failures += 1
         if rep.health_failures >= self.settings.health_failures_to_fail:
             self._fail(rep, f"{rep.health_failures} failed health checks")
+
+    def _serving(self, rep: ManagedReplica) -> bool:
+        return rep.state in (Lifecycle.READY, Lifecycle.DRAINING) and not self._exited(rep)
 
     def _exited(self, rep: ManagedReplica) -> bool:
         return rep.proc is not None and rep.proc.returncode is not None
@@ -307,21 +341,32 @@ class ReplicaManager:
         self._set(rep, Lifecycle.FAILED, why)
         self.orch.set_lifecycle(rep.id, "failed")
 
+    def _forgive(self, rep: ManagedReplica) -> None:
+        """After ``healthy_reset_s`` of READY time, earlier restarts no longer count."""
+        if rep.state is not Lifecycle.READY or rep.ready_at is None:
+            return
+        if self.clock() - rep.ready_at < self.settings.healthy_reset_s:
+            return
+        rep.restart_times.clear()
+        self._retired_in_row.pop(rep.spec.name, None)
+
+    def _recent_restarts(self, rep: ManagedReplica) -> int:
+        horizon = self.clock() - self.settings.restart_window_s
+        while rep.restart_times and rep.restart_times[0] < horizon:
+            rep.restart_times.popleft()
+        return len(rep.restart_times)
+
     async def _restart(self, rep: ManagedReplica) -> bool:
         await self._terminate(rep)
-        if rep.restarts >= self.settings.max_restarts:
-            rep.gave_up = True
-            log.error(
-                "replica %s: gave up after %d restarts; see %s",
-                rep.id,
-                rep.restarts,
-                rep.log_path or "its log",
-            )
+        recent = self._recent_restarts(rep)
+        if recent >= self.settings.max_restarts and rep.spec.engine != "external":
+            await self._retire(rep, recent)
             return False
         backoff = min(
-            self.settings.restart_backoff_s * 2**rep.restarts, self.settings.restart_backoff_max_s
+            self.settings.restart_backoff_s * 2**recent, self.settings.restart_backoff_max_s
         )
         rep.restarts += 1
+        rep.restart_times.append(self.clock())
         self.orch.note_restart(rep.id)
         log.info("replica %s: restarting in %.1f s (restart %d)", rep.id, backoff, rep.restarts)
         await asyncio.sleep(backoff)
@@ -331,6 +376,35 @@ class ReplicaManager:
         self.orch.set_lifecycle(rep.id, "pending")
         await self._spawn(rep)
         return True
+
+    async def _retire(self, rep: ManagedReplica, recent: int) -> None:
+        """Give a crash-looping replica up for good and hold its model's next start back.
+
+        Runs in the replica's own supervision task, which ends right after, so this does
+        not go through ``_stop`` (that cancels the supervision task)."""
+        model = rep.spec.name
+        in_row = self._retired_in_row.get(model, 0)
+        hold = min(self.settings.replace_backoff_s * 2**in_row, self.settings.replace_backoff_max_s)
+        self._retired_in_row[model] = in_row + 1
+        self._hold_until[model] = self.clock() + hold
+        rep.gave_up = True
+        log.error(
+            "replica %s: %d restarts within %.0f s; retired, a fresh replica of %s may "
+            "start in %.0f s; see %s",
+            rep.id,
+            recent,
+            self.settings.restart_window_s,
+            model,
+            hold,
+            rep.log_path or "its log",
+        )
+        if self.replicas.get(rep.id) is rep:
+            del self.replicas[rep.id]
+        rep.state = Lifecycle.STOPPED
+        self.slots.release(rep.gpus)
+        self._record(rep, f"retired after {recent} restarts")
+        self.orch.set_lifecycle(rep.id, "stopped")
+        await self.orch.remove_replica(rep.id)
 
     def _set(self, rep: ManagedReplica, state: Lifecycle, why: str = "") -> None:
         rep.state = state
