@@ -30,6 +30,9 @@ from orchestrator.engine_model import builtin_profiles
 
 EngineName = Literal["vllm", "emulated", "external"]
 VllmEntrypoint = Literal["auto", "serve", "module"]
+# Whether calls carry vLLM's ``priority`` field: until a replica refuses it, always, never.
+PriorityMode = Literal["auto", "on", "off"]
+PRIORITY_MODES: tuple[PriorityMode, ...] = get_args(PriorityMode)
 SchedulerPolicy = Literal["cato", "cato_triage", "round_robin", "pow2", "least_loaded"]
 ProvisionerPolicy = Literal["cato", "queue_length", "fixed"]
 
@@ -191,6 +194,10 @@ class ModelConfig(_Section):
     profile: str = Field(default="tiny@cpu", min_length=1)
     speed: float = Field(default=1.0, gt=0)
     max_model_len: int | None = Field(default=None, ge=16)
+    # "auto": send each call's priority until a replica refuses it (a stock vLLM runs
+    # FCFS and answers 400), then not to that replica; "on": always; "off": never (and
+    # vLLM replicas are then started without --scheduling-policy priority).
+    priority: PriorityMode = "auto"
 
     @model_validator(mode="after")
     def _check_engine(self) -> ModelConfig:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 from orchestrator import graphs
 from orchestrator.api import ReplicaInfo, Status, TaskEvent, TaskRequest, Usage
+from orchestrator.config import PriorityMode
 from orchestrator.graphs import Node, TaskDefaults, TaskGraph
 from orchestrator.metrics import Outcome, Recorder, TaskRecord
 from orchestrator.policy.scheduler import Route, Scheduler, make_scheduler
@@ -94,7 +95,7 @@ class ReplicaSpec:
     concurrency_limit: int = 16
     served_name: str | None = None
     rates: Rates | None = None
-    send_priority: bool = True
+    priority: PriorityMode = "auto"  # what the client does with call priorities
     engine: str = "external"
     gpus: list[int] = field(default_factory=list)
 
@@ -161,7 +162,8 @@ class Orchestrator:
             idle_since=self.clock() if ready else None,
         )
         lifecycle = "ready" if ready else "pending"
-        self._replicas[spec.id] = _Replica(spec, state, ReplicaClient(spec.url), lifecycle)
+        client = ReplicaClient(spec.url, priority=spec.priority)
+        self._replicas[spec.id] = _Replica(spec, state, client, lifecycle)
         self._settle_parked(spec.model)
 
     def set_lifecycle(
@@ -470,7 +472,7 @@ class Orchestrator:
             max_tokens=node.max_tokens,
             stop=list(node.stop),
             temperature=0.0,
-            priority=call.priority if rep.spec.send_priority else None,
+            priority=call.priority,
         )
         async with contextlib.aclosing(stream) as batches:
             async for batch in batches:

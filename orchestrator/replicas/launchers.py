@@ -29,13 +29,16 @@ from functools import cache
 from pathlib import Path
 from typing import Literal
 
+from orchestrator.config import PriorityMode
 from orchestrator.models.prepare import resolve_model
 
 Engine = Literal["vllm", "emulated", "external"]
 Entrypoint = Literal["auto", "serve", "module"]
 ENTRYPOINTS: tuple[Entrypoint, ...] = ("auto", "serve", "module")
 
-# ``{model}``, ``{name}``, ``{port}``, ``{host}`` and ``{python}`` are filled in per replica.
+# ``{model}``, ``{name}``, ``{port}``, ``{host}`` and ``{python}`` are filled in per replica;
+# ``--scheduling-policy priority`` follows unless the model's priority is "off" or its
+# arguments choose a policy themselves.
 VLLM_SERVE_TEMPLATE: tuple[str, ...] = (
     "vllm",
     "serve",
@@ -46,8 +49,6 @@ VLLM_SERVE_TEMPLATE: tuple[str, ...] = (
     "{port}",
     "--served-model-name",
     "{name}",
-    "--scheduling-policy",
-    "priority",
 )
 VLLM_MODULE_TEMPLATE: tuple[str, ...] = (
     "{python}",
@@ -61,8 +62,6 @@ VLLM_MODULE_TEMPLATE: tuple[str, ...] = (
     "{port}",
     "--served-model-name",
     "{name}",
-    "--scheduling-policy",
-    "priority",
 )
 
 # Distributions of vLLM whose ``vllm`` CLI cannot be relied on.
@@ -93,6 +92,7 @@ class LaunchSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     entrypoint: Entrypoint = "auto"
     max_model_len: int | None = None
+    priority: PriorityMode = "auto"
 
 
 # --------------------------------------------------------------------------- entry point
@@ -165,6 +165,8 @@ def _vllm_command(spec: LaunchSpec, host: str, port: int) -> list[str]:
     }
     argv = [part.format(**values) for part in vllm_template(spec)]
     extra = list(spec.extra_args)
+    if spec.priority != "off" and not _has_flag([*argv, *extra], "--scheduling-policy"):
+        argv += ["--scheduling-policy", "priority"]
     if spec.max_model_len is not None and not _has_flag(extra, "--max-model-len"):
         argv += ["--max-model-len", str(spec.max_model_len)]
     if is_cpu_replica(spec) and not _has_flag(extra, "--dtype"):

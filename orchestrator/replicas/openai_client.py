@@ -9,6 +9,11 @@ connection instead of reading the response to the end.
 Streams are async generators: close them with ``contextlib.aclosing`` (or cancel the
 task) to abort at once. Breaking out of a bare ``async for`` also aborts, but only when
 the event loop finalizes the abandoned generator, one loop turn later.
+
+The ``priority`` field is vLLM's and only works where the server runs priority
+scheduling: a stock vLLM (FCFS) answers 400 to any priority but 0. ``priority="auto"``
+(the default) sends it until a replica refuses it that way, then sends the call again
+without it and leaves it out for that replica from then on.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import json
+import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import aclosing
@@ -26,6 +32,9 @@ from typing import Any, Final, Self
 import aiohttp
 
 from orchestrator.api import Usage
+from orchestrator.config import PRIORITY_MODES, PriorityMode
+
+log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 Message = Mapping[str, Any]
@@ -421,6 +430,10 @@ class ReplicaClient:
     included), not the whole call, so a long generation never times out while it
     streams. ``keepalive_s`` stays below uvicorn's 5 s keep-alive so that a pooled
     connection is not reused just as vLLM closes it.
+
+    ``priority`` says what happens to a call's ``priority``: ``"on"`` sends it always,
+    ``"off"`` never, ``"auto"`` until this replica refuses it (see the module doc);
+    ``sends_priority`` tells which it is now.
     """
 
     def __init__(
@@ -433,9 +446,16 @@ class ReplicaClient:
         limit: int = 512,
         keepalive_s: float = 4.0,
         clock: Clock = time.monotonic,
+        priority: PriorityMode = "auto",
     ) -> None:
+        if priority not in PRIORITY_MODES:
+            raise ValueError(
+                f"priority must be one of {', '.join(PRIORITY_MODES)}, not {priority!r}"
+            )
         self.base_url = _root_url(base_url)
         self.clock = clock
+        self.priority_mode: PriorityMode = priority
+        self.sends_priority = priority != "off"
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s
         )
@@ -603,7 +623,38 @@ class ReplicaClient:
             resp.close()
 
     async def _open(self, url: str, body: Mapping[str, Any]) -> aiohttp.ClientResponse:
-        """Send the request and wait for the response head; raise on non-2xx."""
+        """Send the request and wait for the response head; raise on non-2xx.
+
+        A refused ``priority`` is dealt with here, before any token: see the module doc.
+        """
+        if "priority" not in body:
+            return await self._post(url, body)
+        if not self.sends_priority:
+            return await self._post(url, _without_priority(body))
+        try:
+            return await self._post(url, body)
+        except ReplicaHTTPError as exc:
+            if not _refuses_priority(exc):
+                raise
+            if self.priority_mode == "on":
+                raise _priority_required(exc) from exc
+            resp = await self._post(url, _without_priority(body))
+            self._stop_priority(exc)
+            return resp
+
+    def _stop_priority(self, exc: ReplicaHTTPError) -> None:
+        """Send no more priorities here: the call went through once it had none."""
+        if self.sends_priority:
+            self.sends_priority = False
+            log.warning(
+                "replica %s does not take 'priority' (%s); sending calls without it. Start "
+                "vLLM with --scheduling-policy priority for SLA-aware ordering inside the "
+                'engine, or set priority = "off" for this model in cato.toml.',
+                self.base_url,
+                exc.message,
+            )
+
+    async def _post(self, url: str, body: Mapping[str, Any]) -> aiohttp.ClientResponse:
         try:
             resp = await self._get_session().post(
                 url, json=body, headers={"Accept": "text/event-stream"}
@@ -727,6 +778,27 @@ async def _read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     except (TimeoutError, aiohttp.ClientError, OSError):
         pass
     return b"".join(parts)
+
+
+def _without_priority(body: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k != "priority"}
+
+
+def _refuses_priority(exc: ReplicaHTTPError) -> bool:
+    """A 400 (or 422) whose message is about ``priority``, as vLLM's FCFS engine says
+    "Got priority 1 but Priority scheduling is not enabled."; servers that reject the
+    unknown field name it too. A false match costs one retry, never the setting: the
+    setting changes only when the call then goes through without the field."""
+    return exc.status in (400, 422) and "priority" in exc.message.lower()
+
+
+def _priority_required(exc: ReplicaHTTPError) -> ReplicaHTTPError:
+    message = (
+        f'{exc.message} (this model has priority = "on" but the replica refuses '
+        "priorities: start vLLM with --scheduling-policy priority, or set priority = "
+        '"auto" or "off" for the model in cato.toml)'
+    )
+    return ReplicaHTTPError(exc.status, exc.body, message, url=exc.url)
 
 
 async def _http_error(resp: aiohttp.ClientResponse, url: str) -> ReplicaHTTPError:

@@ -4,6 +4,8 @@
 ``CUDA_VISIBLE_DEVICES`` and pid as ``<pid>.json`` into the folder named by
 ``FAKE_VLLM_RECORDS``, then replaces itself with the engine emulator on that host and
 port, serving NAME, so the replica manager sees a server that becomes ready like vLLM.
+Its scheduling policy is vLLM's: FCFS (which refuses priorities) unless the command line
+says ``--scheduling-policy priority``.
 Tests put a ``vllm`` wrapper that runs this file first on the PATH.
 """
 
@@ -62,6 +64,7 @@ def main(argv: list[str]) -> int:
     emulator += ["--host", opts.get("--host", "127.0.0.1"), "--port", opts.get("--port", "8000")]
     emulator += ["--model", name, "--profile", "tiny@cpu", "--speed", "10"]
     emulator += ["--cold-start-s", "0", "--exit-with-stdin"]
+    emulator += ["--scheduling-policy", opts.get("--scheduling-policy", "fcfs")]
     os.execv(sys.executable, emulator)
 
 
