@@ -313,6 +313,11 @@ def descendants(root: int, table: dict[int, list[str]] | None = None) -> set[int
     return found
 
 
+def children(root: int) -> set[int]:
+    """The live processes whose parent is ``root``."""
+    return {p for p, fields in _processes().items() if int(fields[1]) == root}
+
+
 def proc_cpu_s(pid: int) -> float:
     """CPU of one process itself (not its children), 0 once it is gone."""
     fields = _processes().get(pid)
