@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from orchestrator import calibrate
-from orchestrator.bench import peers, workloads
+from orchestrator.bench import chaos, peers, workloads
 from orchestrator.bench.live import LIVE_POLICIES, LiveOptions, run_live_sweep, twin_sweep
 from orchestrator.bench.live_serve import run_serve_sweep
 from orchestrator.bench.report import markdown, write_report
@@ -85,6 +85,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     sim.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     _configure_live(sub.add_parser("live", help="run a scenario live over emulator processes"))
     _configure_peers(sub.add_parser("peers", help="CATO next to real routers on the same load"))
+    chaos.configure(sub.add_parser("chaos", help="stream through cato serve, killing replicas"))
     shape = sub.add_parser("workloads", help="print per-kind prompt and output lengths")
     workloads.configure(shape)
     calibrate.configure(
@@ -181,6 +182,8 @@ def _run(args: argparse.Namespace) -> int:
         return _run_live(args)
     if args.bench_command == "calibrate":
         return calibrate.run(args)
+    if args.bench_command == "chaos":
+        return chaos.run(args)
     return _run_sim(args)
 
 
