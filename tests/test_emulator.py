@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator import cli as cato_cli
 from orchestrator.emulator import cli as emulate_cli
+from orchestrator.emulator.lengths import LENGTHS_ENV, LengthTable, prompt_key
 from orchestrator.emulator.process import (
     RunningEmulator,
     StartEmulator,
@@ -137,6 +138,26 @@ def test_stop_string_cuts_the_text_and_ends_generation() -> None:
     assert kept.text == cut.text + stop
 
 
+def test_min_tokens_holds_back_eos_and_stop_strings_as_vllm_does() -> None:
+    gen = TextGenerator(seed=1, mean_tokens=4, sigma=0.1)  # stops on its own near 4
+    prompt = "def f():\n"
+    free = gen.plan(prompt, 300, ignore_eos=True)
+    lines = gen.plan(prompt, 300, ignore_eos=True, stop=["\n"])
+    assert lines.num_tokens < 30 and lines.stop_reason == "\n"
+    # EOS is held back until min_tokens, then the natural length is long past
+    assert gen.plan(prompt, 300, min_tokens=40).num_tokens == 40
+    # a stop string counts only where it ends after the first min_tokens tokens
+    held = gen.plan(prompt, 300, ignore_eos=True, stop=["\n"], min_tokens=30)
+    first_30 = "".join(free.deltas[:30])
+    rest = free.text[len(first_30) :]
+    assert held.stop_reason == "\n" and held.num_tokens > 30
+    assert held.text == first_30 + rest.split("\n")[0]
+    # min_tokens == max_tokens: exactly that many, whatever EOS or the stop strings say
+    exact = gen.plan(prompt, 50, stop=["\n", "="], min_tokens=50)
+    assert exact.num_tokens == 50 and exact.finish_reason == "length"
+    assert exact.text == "".join(free.deltas[:50])
+
+
 def test_prompt_token_count_is_a_quarter_of_the_characters() -> None:
     assert count_tokens("") == 1
     assert count_tokens("abcd") == 1
@@ -229,6 +250,108 @@ async def test_stop_string_ends_the_text_before_it(emulator: RunningEmulator) ->
     assert (stopped.choices[0].model_extra or {}).get("stop_reason") == "\n"
     assert "".join(c.choices[0].text for c in streamed) == expected
     assert streamed[-1].choices[0].finish_reason == "stop"
+
+
+async def test_min_tokens_equal_to_max_tokens_gives_exactly_that_many(
+    emulator: RunningEmulator,
+) -> None:
+    """Stop strings and EOS included: vLLM checks neither before min_tokens tokens."""
+    prompt = "def run():\n"
+    async with client_for(emulator) as client:
+        cut = await client.completions.create(
+            model=MODEL, prompt=prompt, max_tokens=90, stop=["\n"], seed=4
+        )
+        exact = await client.completions.create(
+            model=MODEL, prompt=prompt, max_tokens=90, stop=["\n"], seed=4,
+            extra_body={"min_tokens": 90},
+        )  # fmt: skip
+        stream = await client.completions.create(
+            model=MODEL, prompt=prompt, max_tokens=90, stop=["\n"], seed=4, stream=True,
+            stream_options={"include_usage": True}, extra_body={"min_tokens": 90},
+        )  # fmt: skip
+        chunks = [c async for c in stream]
+    assert cut.usage is not None and cut.usage.completion_tokens < 90
+    assert exact.usage is not None and exact.usage.completion_tokens == 90
+    assert exact.choices[0].finish_reason == "length" and "\n" in exact.choices[0].text
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 90
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == exact.choices[0].text
+
+
+async def test_ignore_eos_still_stops_at_a_stop_string(emulator: RunningEmulator) -> None:
+    async with client_for(emulator) as client:
+        out = await client.completions.create(
+            model=MODEL, prompt="def run():\n", max_tokens=90, stop=["\n"],
+            extra_body={"ignore_eos": True},
+        )  # fmt: skip
+    assert out.choices[0].finish_reason == "stop"
+    assert out.usage is not None and out.usage.completion_tokens < 90
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"max_tokens": 5, "min_tokens": 9}, "min_tokens must be less than or equal to "
+         "max_tokens=5, got 9."),
+        ({"max_tokens": 5, "min_tokens": -1}, "min_tokens must be greater than or equal to 0, "
+         "got -1."),
+    ],
+)  # fmt: skip
+async def test_bad_min_tokens_gets_vllms_400(
+    emulator: RunningEmulator, fields: dict[str, int], message: str
+) -> None:
+    body = {"model": MODEL, "prompt": "x"} | fields
+    status, got = await post_raw(emulator, "/v1/completions", json.dumps(body).encode())
+    assert status == 400 and got["error"]["message"] == message  # type: ignore[index]
+
+
+async def test_output_length_table_fixes_the_length_of_listed_prompts(
+    start_emulator: StartEmulator, tmp_path: Path
+) -> None:
+    table = LengthTable()
+    table.add("def listed():\n", 37)
+    table.add("def long():\n", 500)
+    path = tmp_path / "lengths.json"
+    table.save(path)
+    emu = start_emulator(model=MODEL, speed=20.0, extra_args=["--output-lengths", str(path)])
+    async with client_for(emu) as client:
+
+        async def tokens(prompt: str, max_tokens: int) -> tuple[int, str | None]:
+            out = await client.completions.create(
+                model=MODEL, prompt=prompt, max_tokens=max_tokens, stop=["\n"]
+            )
+            assert out.usage is not None
+            return out.usage.completion_tokens, out.choices[0].finish_reason
+
+        assert await tokens("def listed():\n", 200) == (37, "length")  # no stop, no EOS
+        assert await tokens("def long():\n", 50) == (50, "length")  # max_tokens still caps
+        unlisted, _ = await tokens("def other():\n", 200)
+    assert unlisted < 37  # an unlisted prompt ends at its first newline as before
+    await wait_for_metrics(
+        emu,
+        {
+            "cato_emulator_fixed_lengths_total{result=hit}": 2,
+            "cato_emulator_fixed_lengths_total{result=miss}": 1,
+        },
+    )
+
+
+def test_output_length_tables_save_load_and_refuse_bad_files(tmp_path: Path) -> None:
+    table = LengthTable()
+    table.add("a", 3)
+    table.add("a", 3)
+    table.add("a", 4)  # the same prompt with another length: the first is kept
+    table.add("b", 9)
+    assert (len(table), table.conflicts, table.get("a"), table.get("zzz")) == (2, 1, 3, None)
+    path = tmp_path / "t.json"
+    table.save(path)
+    assert LengthTable.load(path).lengths == {prompt_key("a"): 3, prompt_key("b"): 9}
+    with pytest.raises(ValueError, match=">= 1"):
+        table.add("c", 0)
+    path.write_text('{"k": 0}')
+    with pytest.raises(ValueError, match="prompt digest -> tokens >= 1"):
+        LengthTable.load(path)
+    with pytest.raises(ValueError, match="cannot read output lengths"):
+        LengthTable.load(tmp_path / "missing.json")
 
 
 async def test_models_lists_the_served_model_with_its_context(emulator: RunningEmulator) -> None:
@@ -473,6 +596,22 @@ def test_cato_emulate_flags_override_the_profile() -> None:
     defaults = emulate_cli.config_from_args(parse_emulate([]))
     assert defaults.policy == "priority" and defaults.models == ("codellama-7b@a100",)
     assert emulate_cli.config_from_args(parse_emulate(["--cold-start-s", "0"])).cold_start_s == 0
+
+
+def test_cato_emulate_takes_its_length_table_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """So the replicas a service starts inherit the table from the service."""
+    path = tmp_path / "lengths.json"
+    table = LengthTable()
+    table.add("p", 5)
+    table.save(path)
+    monkeypatch.setenv(LENGTHS_ENV, str(path))
+    config = emulate_cli.config_from_args(parse_emulate([]))
+    assert config.lengths is not None and config.lengths.get("p") == 5
+    path.write_text("not json")
+    assert cato_cli.main(["emulate"]) == 2
+    assert "cannot read output lengths" in capsys.readouterr().err
 
 
 def test_cato_emulate_with_an_unknown_profile_fails_clearly(

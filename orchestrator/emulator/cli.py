@@ -12,6 +12,7 @@ import threading
 
 import prometheus_client
 
+from orchestrator.emulator.lengths import LENGTHS_ENV, LengthTable
 from orchestrator.emulator.server import EmulatorConfig, serve
 from orchestrator.engine_model import POLICIES, load_profile
 
@@ -50,7 +51,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--mean-output-tokens", type=float, help="mean output length when the model stops itself"
     )
     parser.add_argument(
-        "--scheduling-policy", choices=POLICIES, default="priority", help="(default %(default)s)"
+        "--scheduling-policy",
+        choices=POLICIES,
+        default="priority",
+        help="as vLLM's: fcfs refuses priorities other than 0 (default %(default)s)",
+    )
+    parser.add_argument(
+        "--output-lengths",
+        metavar="FILE",
+        default=os.environ.get(LENGTHS_ENV) or None,
+        help="a JSON table of prompt digest -> tokens: a listed prompt generates exactly "
+        "that many (capped by max_tokens), as with min_tokens = max_tokens "
+        f"(default: ${LENGTHS_ENV})",
     )
     parser.add_argument(
         "--exit-with-stdin",
@@ -67,6 +79,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         output_mean_tokens=args.mean_output_tokens,
     )
     cold = args.cold_start_s if args.cold_start_s is not None else profile.cold_start_s / args.speed
+    lengths = LengthTable.load(args.output_lengths) if args.output_lengths else None
     return EmulatorConfig(
         profile=profile,
         models=tuple(args.models or [profile.name]),
@@ -74,6 +87,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         speed=args.speed,
         seed=args.seed,
         cold_start_s=cold,
+        lengths=lengths,
     )
 
 
@@ -111,10 +125,13 @@ async def _serve_until_signal(
         )
 
     def ready(url: str) -> None:
+        exact = (
+            "" if config.lengths is None else f", exact lengths of {len(config.lengths)} prompts"
+        )
         print(
             f"cato emulator ready on {url}: a vLLM-compatible EMULATOR, not a real engine "
             f"(profile {profile.name}, max_num_seqs {profile.max_num_seqs}, "
-            f"{config.policy} scheduling)",
+            f"{config.policy} scheduling{exact})",
             flush=True,
         )
 

@@ -142,8 +142,15 @@ def parse_request(body: Mapping[str, Any], chat: bool) -> GenerationRequest:
         seed=_opt_int(body, "seed", None),
         priority=_opt_int(body, "priority", None) or 0,
         ignore_eos=_bool(body, "ignore_eos", False),
-        min_tokens=_opt_int(body, "min_tokens", 0) or 0,
+        min_tokens=_min_tokens(body),
     )
+
+
+def _min_tokens(body: Mapping[str, Any]) -> int:
+    value = _opt_int(body, "min_tokens", None) or 0
+    if value < 0:  # vLLM's SamplingParams words (its bound on max_tokens is the engine's)
+        raise ApiError(400, f"min_tokens must be greater than or equal to 0, got {value}.")
+    return value
 
 
 def _check_unsupported(body: Mapping[str, Any], chat: bool) -> None:

@@ -27,6 +27,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from orchestrator.emulator.lengths import LengthTable
 from orchestrator.emulator.protocol import (
     DONE,
     ApiError,
@@ -67,6 +68,8 @@ class EmulatorConfig:
     speed: float = 1.0
     seed: int = 0
     cold_start_s: float = 0.0  # wall-clock seconds before /health answers 200
+    # Exact output lengths of known prompts (see ``lengths.py``); None: drawn lengths.
+    lengths: LengthTable | None = None
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -144,6 +147,13 @@ class _Metrics:
         self.aborted = Counter(
             "cato_emulator_aborted", "Requests aborted by their client.", labels, registry=reg
         ).labels(model_name=model)
+        fixed = Counter(
+            "cato_emulator_fixed_lengths",
+            "Requests whose prompt the output-length table listed (hit) or not (miss).",
+            [*labels, "result"],
+            registry=reg,
+        )
+        self.fixed_lengths = {r: fixed.labels(model, r) for r in ("hit", "miss")}
 
 
 class Emulator:
@@ -265,14 +275,27 @@ class Emulator:
                 f"{req.prompt_tokens}).",
                 "max_tokens",
             )
+        max_tokens = req.max_tokens if req.max_tokens is not None else room
+        min_tokens = req.min_tokens
+        if min_tokens > max_tokens:
+            raise ApiError(
+                400,
+                f"min_tokens must be less than or equal to max_tokens={max_tokens}, "
+                f"got {min_tokens}.",
+            )
+        if self.config.lengths is not None:
+            fixed = self.config.lengths.get(req.prompt)
+            self.metrics.fixed_lengths["miss" if fixed is None else "hit"].inc()
+            if fixed is not None:
+                max_tokens = min_tokens = min(fixed, max_tokens)
         plan = self.textgen.plan(
             req.prompt,
-            req.max_tokens if req.max_tokens is not None else room,
+            max_tokens,
             request_seed=req.seed,
             temperature=req.temperature,
             stop=req.stop,
             ignore_eos=req.ignore_eos,
-            min_tokens=req.min_tokens,
+            min_tokens=min_tokens,
             include_stop=req.include_stop,
         )
         prefix = "chatcmpl-" if req.chat else "cmpl-"

@@ -109,7 +109,11 @@ class TextGenerator:
         include_stop: bool = False,
     ) -> Completion:
         """The completion of ``prompt``: EOS after a lognormal length, capped by
-        ``max_tokens`` (exactly ``max_tokens`` with ``ignore_eos``), cut at a stop string."""
+        ``max_tokens`` (exactly ``max_tokens`` with ``ignore_eos``), cut at a stop string.
+
+        As in vLLM, ``min_tokens`` holds back both EOS and stop strings until that many
+        tokens exist (a stop string counts only if it ends after them), so
+        ``min_tokens == max_tokens`` gives exactly ``max_tokens`` tokens."""
         rng = self._rng(prompt, None if temperature == 0 else request_seed)
         natural = max(1, min_tokens, round(rng.lognormvariate(self._mu, self.sigma)))
         if ignore_eos or natural >= max_tokens:
@@ -119,7 +123,7 @@ class TextGenerator:
         stream = generate_tokens(rng, _names_from(prompt), _depth_after(prompt))
         tokens = list(itertools.islice(stream, count))
         reason: FinishReason = "stop" if finish == "stop" else "length"
-        return _apply_stop(tokens, stop, reason, include_stop)
+        return _apply_stop(tokens, stop, reason, include_stop, min_tokens)
 
     def _rng(self, prompt: str, request_seed: int | None) -> random.Random:
         digest = hashlib.blake2b(digest_size=8)
@@ -129,15 +133,21 @@ class TextGenerator:
 
 
 def _apply_stop(
-    tokens: list[str], stop: Sequence[str], finish: FinishReason, include_stop: bool
+    tokens: list[str],
+    stop: Sequence[str],
+    finish: FinishReason,
+    include_stop: bool,
+    min_tokens: int = 0,
 ) -> Completion:
     """Cut the text at the first stop string (before it, or after it with
-    ``include_stop``); generation ends on the token that completes the stop string."""
+    ``include_stop``); generation ends on the token that completes the stop string.
+    Only a stop string that ends after the first ``min_tokens`` tokens counts."""
     stops = [s for s in stop if s]
-    if not stops:
+    if not stops or min_tokens >= len(tokens):
         return Completion(tuple(tokens), finish, None)
     text = "".join(tokens)
-    hits = [(text.find(s), s) for s in stops]
+    held = len("".join(tokens[:min_tokens]))  # stop strings must end past this
+    hits = [(text.find(s, max(0, held - len(s) + 1)), s) for s in stops]
     found = [(pos, s) for pos, s in hits if pos >= 0]
     if not found:
         return Completion(tuple(tokens), finish, None)
