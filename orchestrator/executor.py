@@ -34,9 +34,10 @@ from dataclasses import dataclass, field
 from orchestrator import graphs
 from orchestrator.api import ReplicaInfo, Status, TaskEvent, TaskRequest, Usage
 from orchestrator.config import PriorityMode
+from orchestrator.dispatch import DispatchCore, DispatchError
 from orchestrator.graphs import Node, TaskDefaults, TaskGraph
 from orchestrator.metrics import Outcome, Recorder, TaskRecord
-from orchestrator.policy.scheduler import Route, Scheduler, make_scheduler
+from orchestrator.policy.scheduler import Scheduler, make_scheduler
 from orchestrator.policy.state import Call, Rates, ReplicaState
 from orchestrator.profiler import Profiler
 from orchestrator.replicas.openai_client import (
@@ -108,7 +109,6 @@ class _Replica:
     lifecycle: str = "ready"
     cold_start_s: float | None = None
     restarts: int = 0
-    suspect_until: float = 0.0
 
 
 class Orchestrator:
@@ -134,7 +134,7 @@ class Orchestrator:
         self.recorder = Recorder(window_s=window_s)
         self._replicas: dict[str, _Replica] = {}
         self._waiters: dict[str, asyncio.Future[None]] = {}
-        self._parked: dict[str, Call] = {}
+        self._core = DispatchCore(self.scheduler, on_start=self._on_start, on_fail=self._on_fail)
         self._priors: dict[str, Rates] = {}
         self._run_ids = itertools.count(1)
         for spec in replicas:
@@ -164,7 +164,7 @@ class Orchestrator:
         lifecycle = "ready" if ready else "pending"
         client = ReplicaClient(spec.url, priority=spec.priority)
         self._replicas[spec.id] = _Replica(spec, state, client, lifecycle)
-        self._settle_parked(spec.model)
+        self._core.add(state, self.clock(), starting=not ready)
 
     def set_lifecycle(
         self, replica_id: str, lifecycle: str, cold_start_s: float | None = None
@@ -174,14 +174,12 @@ class Orchestrator:
         rep.lifecycle = lifecycle
         if cold_start_s is not None:
             rep.cold_start_s = cold_start_s
-        rep.state.accepting = lifecycle == "ready"
-        if lifecycle == "ready":
-            if not rep.state.in_flight:
-                rep.state.idle_since = self.clock()  # idle from now, not from clock zero
-            self._dispatch(rep)
-        else:
-            self._reroute_queue(rep)
-        self._settle_parked(rep.state.model)
+        now = self.clock()
+        if lifecycle == "ready" and not rep.state.in_flight:
+            rep.state.idle_since = now  # idle from now, not from clock zero
+        self._core.set_phase(
+            replica_id, now, accepting=lifecycle == "ready", starting=lifecycle == "pending"
+        )
 
     def note_restart(self, replica_id: str) -> None:
         rep = self._replicas.get(replica_id)
@@ -192,9 +190,7 @@ class Orchestrator:
         rep = self._replicas.pop(replica_id, None)
         if rep is None:
             return
-        rep.state.accepting = False
-        self._reroute_queue(rep)
-        self._settle_parked(rep.state.model)
+        self._core.remove(replica_id, self.clock())
         await rep.client.close()
 
     def idle_since(self, replica_id: str) -> float | None:
@@ -238,7 +234,7 @@ class Orchestrator:
         return Status(
             scheduler=self.scheduler.name,
             replicas=infos,
-            queued=sum(i.queued for i in infos) + len(self._parked),
+            queued=sum(i.queued for i in infos) + self._core.parked_count,
             in_flight=sum(i.in_flight for i in infos),
             window_s=self.recorder.window_s or 0.0,
             kinds=self.recorder.kind_stats(now),
@@ -262,112 +258,35 @@ class Orchestrator:
             restarts=rep.restarts,
         )
 
-    # -- routing and dispatch ---------------------------------------------------
+    # -- placing and releasing calls (through the dispatch core) -------------------
 
-    def _candidates(self, model: str, excluded: set[str]) -> list[ReplicaState]:
-        """Accepting replicas of ``model``; those not suspect if there are any."""
-        now = self.clock()
-        serving = [
-            r
-            for r in self._replicas.values()
-            if r.state.model == model and r.state.accepting and r.state.id not in excluded
-        ]
-        healthy = [r.state for r in serving if r.suspect_until <= now]
-        return healthy or [r.state for r in serving]
+    def _on_start(self, call: Call, st: ReplicaState, now: float) -> None:
+        fut = self._waiters.pop(call.id, None)
+        if fut is None or fut.done():
+            st.finish(call.id, now)  # its task went away meanwhile
+            return
+        fut.set_result(None)
 
-    def _starting(self, model: str) -> bool:
-        return any(
-            r.state.model == model and r.lifecycle == "pending" for r in self._replicas.values()
-        )
-
-    def _no_replica(self, model: str) -> TaskFailed:
-        known = sorted({r.state.model for r in self._replicas.values()})
-        if model not in known:
-            served = ", ".join(known) or "none"
-            return TaskFailed(f"unknown model {model!r}; served models: {served}", "unknown_model")
-        return TaskFailed(f"no replica of model {model!r} is available", "no_replica")
+    def _on_fail(self, call: Call, exc: DispatchError) -> None:
+        fut = self._waiters.pop(call.id, None)
+        if fut is not None and not fut.done():
+            fut.set_exception(TaskFailed(str(exc), exc.code))
 
     def _enqueue(self, call: Call, excluded: set[str]) -> asyncio.Future[None]:
         """Place a call; the future resolves when it gets a slot on ``call.replica``."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters[call.id] = fut
         try:
-            self._place(call, excluded)
-        except TaskFailed:
+            self._core.place(call, self.clock(), excluded)
+        except DispatchError as exc:
             del self._waiters[call.id]
-            raise
+            raise TaskFailed(str(exc), exc.code) from None
         return fut
-
-    def _place(self, call: Call, excluded: set[str]) -> None:
-        """Route a call to a replica's queue, or park it while its model's replicas start."""
-        candidates = self._candidates(call.model, excluded)
-        if candidates:
-            self._apply(call, self.scheduler.route(call, candidates, self.clock()))
-        elif self._starting(call.model):
-            call.replica = None
-            self._parked[call.id] = call
-        else:
-            raise self._no_replica(call.model)
-
-    def _apply(self, call: Call, route: Route) -> None:
-        rep = self._replicas[route.replica_id]
-        route.apply(call, rep.state)
-        self._dispatch(rep)
-
-    def _dispatch(self, rep: _Replica) -> None:
-        st = rep.state
-        while st.accepting and st.free_slots > 0:
-            now = self.clock()
-            call = self.scheduler.pick(st, now)
-            if call is None:
-                return
-            st.dequeue(call.id)
-            st.start(call, now)
-            fut = self._waiters.pop(call.id, None)
-            if fut is None or fut.done():
-                st.finish(call.id, now)  # its task went away meanwhile
-                continue
-            fut.set_result(None)
-
-    def _fail_waiter(self, call: Call, exc: TaskFailed) -> None:
-        fut = self._waiters.pop(call.id, None)
-        if fut is not None and not fut.done():
-            fut.set_exception(exc)
-
-    def _reroute_queue(self, rep: _Replica) -> None:
-        """Move the calls queued on a replica that stopped accepting, or failed, elsewhere."""
-        for call in rep.state.queue.calls():
-            rep.state.dequeue(call.id)
-            try:
-                self._place(call, set())
-            except TaskFailed as exc:
-                self._fail_waiter(call, exc)
-
-    def _settle_parked(self, model: str) -> None:
-        """Route parked calls of ``model`` once it has a ready replica; fail them if none
-        is ready or starting any more."""
-        parked = [c for c in self._parked.values() if c.model == model]
-        if not parked or (self._starting(model) and not self._candidates(model, set())):
-            return
-        for call in parked:
-            del self._parked[call.id]
-            try:
-                self._place(call, set())
-            except TaskFailed as exc:
-                self._fail_waiter(call, exc)
 
     def _release(self, call: Call, *, cancelled_in_queue: bool = False) -> None:
         """Take a call out of its replica (queue or flight) and let the next one in."""
         self._waiters.pop(call.id, None)
-        if self._parked.pop(call.id, None) is not None:
-            return
-        rep = self._replicas.get(call.replica or "")
-        if rep is None:
-            return
-        if cancelled_in_queue and rep.state.dequeue(call.id) is not None:
-            return
-        rep.state.finish(call.id, self.clock())
-        self._dispatch(rep)
+        self._core.release(call, self.clock(), queued_only=cancelled_in_queue)
 
     # -- model calls ------------------------------------------------------------
 
@@ -433,7 +352,12 @@ class Orchestrator:
             raise TaskFailed(f"replica {rid} rejected the request: {exc}", "bad_request") from exc
         excluded.add(rid)
         seen = exc.after_first_token and node.final
-        if seen or attempt >= self.max_attempts or not self._candidates(call.model, excluded):
+        now = self.clock()
+        if (
+            seen
+            or attempt >= self.max_attempts
+            or not self._core.candidates(call.model, now, excluded)
+        ):
             raise TaskFailed(f"replica {rid} failed: {exc}", "replica_error") from exc
         log.warning("call %s failed on replica %s (%s); retrying elsewhere", call.id, rid, exc)
         call.started_at = call.first_token_at = None
@@ -443,8 +367,8 @@ class Orchestrator:
         """Avoid a failing replica for a while, and move the calls queued on it."""
         if _rejects_request(exc):
             return
-        rep.suspect_until = self.clock() + self.suspect_s
-        self._reroute_queue(rep)
+        now = self.clock()
+        self._core.suspect(rep.state.id, now + self.suspect_s, now)
 
     def _call_done(self, call: Call) -> None:
         if self.on_call_done is None:

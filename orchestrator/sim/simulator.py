@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from orchestrator.api import TaskRequest
 from orchestrator.config import ProvisionerConfig
+from orchestrator.dispatch import DispatchCore, DispatchError
 from orchestrator.emulator.textgen import TextGenerator
 from orchestrator.engine_model import EngineProfile, Policy, StepResult, TokenOutput
 from orchestrator.graphs import DEFAULTS, GraphError, Node, TaskDefaults, TaskGraph, build_graph
@@ -261,16 +262,14 @@ class _Replica:
 
 
 class _Model:
-    __slots__ = ("accepting", "count", "parked", "replicas", "series", "spec", "synced_at")
+    __slots__ = ("count", "replicas", "series", "spec", "synced_at")
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
         self.replicas: list[_Replica] = []
-        self.accepting: list[ReplicaState] = []
         self.count = itertools.count()
         self.series: list[tuple[float, int, int]] = []
         self.synced_at: dict[str, float] = {}
-        self.parked: list[Call] = []  # calls waiting for a replica that is starting
 
 
 class Simulator:
@@ -284,6 +283,9 @@ class Simulator:
             profiles={m.name: m.profile for m in config.models},
         )
         self.clairvoyant = is_clairvoyant(self.scheduler)
+        self.core = DispatchCore(
+            self.scheduler, on_start=self._on_start, on_fail=self._on_fail, on_batch=self._on_batch
+        )
         self.provisioner = make_provisioner(config.provisioner, config.provisioner_config)
         priors = {m.name: m.rates or Rates.from_profile(m.profile) for m in config.models}
         self.profiler = Profiler(dict(priors))
@@ -317,6 +319,7 @@ class Simulator:
         self._max_fused = config.max_fused_steps if config.fuse_decode else 0
         self._refresh_s = config.profiler_refresh_s
         self._local_s = config.local_s
+        self._send_priority = config.send_priority
 
     # -- the event loop -----------------------------------------------------------------
 
@@ -530,53 +533,35 @@ class Simulator:
         )
         self._counters["calls"] += 1
         self._runs[call.id] = _Run(task, index, out, call)
-        self._route(call, self.models[tpl.model], now)
+        try:
+            self.core.place(call, now)
+        except DispatchError as exc:
+            self._on_fail(call, exc)
 
-    def _route(self, call: Call, model: _Model, now: float) -> None:
-        """Route as the executor places a call: parked while its model's replicas start."""
-        candidates = model.accepting
-        if not candidates:
-            if any(r.phase == _PENDING for r in model.replicas):
-                call.replica = None
-                model.parked.append(call)
-                return
-            run = self._runs.pop(call.id)
-            self._fail(run.task, now)
-            return
-        route = self.scheduler.route(call, candidates, now)
-        rep = self.replicas[route.replica_id]
-        route.apply(call, rep.state)
-        self._dispatch(rep, now)
+    def _on_fail(self, call: Call, exc: DispatchError) -> None:
+        """No replica of the call's model is ready or starting: its task fails."""
+        run = self._runs.pop(call.id)
+        self._fail(run.task, self.now)
 
-    def _dispatch(self, rep: _Replica, now: float) -> bool:
-        """Start queued calls while the replica has room; whether any started."""
-        st = rep.state
-        in_flight = st.in_flight
-        limit = st.concurrency_limit
-        if not st.accepting or len(in_flight) >= limit or not len(st.queue):
-            return False
-        started = False
-        pick = self.scheduler.pick
-        engine = rep.engine
-        runs = self._runs
-        send = self.config.send_priority
-        while len(in_flight) < limit:
-            call = pick(st, now)
-            if call is None:
-                break
-            st.dispatch(call, now)
-            engine.add(
-                call.id, call.prompt_tokens, runs[call.id].out, call.priority if send else 0, now
-            )
-            started = True
-        if started:
-            self.tracker.running(rep.id, len(in_flight), limit, now)
-            if not rep.stepping:
-                rep.stepping = True
-                self._push(now, _STEP_START, rep, _STEP)
-            elif rep.run is not None:
-                self._cut_run(rep, rep.run, now)
-        return started
+    def _on_start(self, call: Call, st: ReplicaState, now: float) -> None:
+        """The core started ``call`` on ``st``: it joins that replica's engine."""
+        self.replicas[st.id].engine.add(
+            call.id,
+            call.prompt_tokens,
+            self._runs[call.id].out,
+            call.priority if self._send_priority else 0,
+            now,
+        )
+
+    def _on_batch(self, st: ReplicaState, now: float) -> None:
+        """Calls joined ``st``'s engine: they join the first step that starts at ``now``."""
+        rep = self.replicas[st.id]
+        self.tracker.running(rep.id, len(st.in_flight), st.concurrency_limit, now)
+        if not rep.stepping:
+            rep.stepping = True
+            self._push(now, _STEP_START, rep, _STEP)
+        elif rep.run is not None:
+            self._cut_run(rep, rep.run, now)
 
     def _cut_run(self, rep: _Replica, run: DecodeRun, now: float) -> None:
         """New work joins the first step that starts at or after ``now``."""
@@ -675,8 +660,7 @@ class Simulator:
             now - first,
             contended=call.peers_at_start > 0,
         )
-        st.finish(call.id, now, produced)
-        if not self._dispatch(rep, now):  # else it told the tracker, at the same time
+        if not self.core.finish(st, call.id, now, produced):  # else it told the tracker
             self.tracker.running(rep.id, len(st.in_flight), st.concurrency_limit, now)
         reached = first if call.metric == "ttft" else now
         self.provisioner.observe_task(call.model, reached > call.deadline, now)
@@ -707,6 +691,7 @@ class Simulator:
         model.replicas.append(rep)
         self._free_gpus -= spec.gpus_per_replica
         self.tracker.replica_state(rid, True, now)
+        self.core.add(state, now, starting=True)
         return rep
 
     def _ready(self, rep: _Replica, now: float) -> None:
@@ -714,15 +699,8 @@ class Simulator:
             return  # removed while it was starting
         rep.phase = _READY_PHASE
         rep.ready_at = now
-        rep.state.accepting = True
-        self._refresh_accepting(rep.model)
+        self.core.set_phase(rep.id, now, accepting=True, starting=False)
         self._snapshot(rep.model, now)
-        self._settle_parked(rep.model, now)
-
-    def _settle_parked(self, model: _Model, now: float) -> None:
-        parked, model.parked = model.parked, []
-        for call in parked:
-            self._route(call, model, now)
 
     def _drain(self, rep: _Replica, now: float) -> None:
         if rep.phase == _PENDING:
@@ -731,28 +709,18 @@ class Simulator:
         if rep.phase != _READY_PHASE:
             return
         rep.phase = _DRAINING
-        rep.state.accepting = False
-        self._refresh_accepting(rep.model)
-        for call in rep.state.queue.calls():  # as the executor's _reroute_queue
-            rep.state.dequeue(call.id)
-            self._counters["rerouted"] += 1
-            self._route(call, rep.model, now)
+        self.core.set_phase(rep.id, now, accepting=False, starting=False)  # queue moves
         if not rep.state.in_flight:
             self._stop(rep, now)
 
     def _stop(self, rep: _Replica, now: float) -> None:
         rep.phase = _STOPPED
-        rep.state.accepting = False
         model = rep.model
         model.replicas.remove(rep)
-        self._refresh_accepting(model)
         self._free_gpus += model.spec.gpus_per_replica
         self.tracker.replica_state(rep.id, False, now)
         self._snapshot(model, now)
-        self._settle_parked(model, now)
-
-    def _refresh_accepting(self, model: _Model) -> None:
-        model.accepting = [r.state for r in model.replicas if r.state.accepting]
+        self.core.remove(rep.id, now)  # parked calls fail if nothing else starts
 
     def _snapshot(self, model: _Model, now: float) -> None:
         ready = sum(1 for r in model.replicas if r.phase == _READY_PHASE)
@@ -829,6 +797,7 @@ class Simulator:
         for model in self.models.values():
             self._snapshot(model, end)
         util = self.tracker.summary(end)
+        self._counters["rerouted"] = self.core.rerouted
         self._counters["preemptions"] = sum(
             r.engine.num_preemptions for r in self.replicas.values()
         )
