@@ -109,12 +109,14 @@ class ManagerSettings:
     drain_timeout_s: float = 60.0
     term_grace_s: float = 10.0
     restart_backoff_s: float = 1.0
-    restart_backoff_max_s: float = 60.0
+    restart_backoff_max_s: float = 30.0
     # At most this many restarts within restart_window_s before a replica is retired.
     max_restarts: int = 5
     restart_window_s: float = 600.0
-    # READY this long forgives a replica's earlier restarts (and its model's retirements).
-    healthy_reset_s: float = 30.0
+    # READY this long forgives a replica's earlier restarts (and its model's retirements):
+    # a process that serves for a while and is then killed is not crash-looping, and its
+    # next restart need not wait longer than the first.
+    healthy_reset_s: float = 10.0
     # A retired replica's replacement waits this long, doubled per retirement in a row.
     replace_backoff_s: float = 30.0
     replace_backoff_max_s: float = 300.0
