@@ -6,7 +6,8 @@ provisioner, for rq3) in the simulator and writes JSON, markdown and PNG plots;
 processes (and simulates the same runs next to them); ``cato bench peers`` sends one load
 through ``cato serve`` and the routers people deploy; ``cato bench workloads`` prints
 the per-kind prompt and output length distributions;
-``cato bench calibrate --url URL --name PROFILE`` fits an engine profile to a live engine.
+``cato bench calibrate --url URL --name PROFILE`` fits an engine profile to a live engine;
+``cato bench capacity`` finds each policy's SLA capacity over held-out seeds.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from orchestrator import calibrate
-from orchestrator.bench import chaos, peers, workloads
+from orchestrator.bench import capacity, capacity_report, chaos, peers, workloads
 from orchestrator.bench.live import LIVE_POLICIES, LiveOptions, run_live_sweep, twin_sweep
 from orchestrator.bench.live_serve import run_serve_sweep
 from orchestrator.bench.report import markdown, write_report
@@ -85,6 +86,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     sim.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     _configure_live(sub.add_parser("live", help="run a scenario live over emulator processes"))
     _configure_peers(sub.add_parser("peers", help="CATO next to real routers on the same load"))
+    _configure_capacity(
+        sub.add_parser("capacity", help="SLA capacity per scenario and policy over seeds")
+    )
     chaos.configure(sub.add_parser("chaos", help="stream through cato serve, killing replicas"))
     shape = sub.add_parser("workloads", help="print per-kind prompt and output lengths")
     workloads.configure(shape)
@@ -158,6 +162,46 @@ def _configure_peers(peers_cmd: argparse.ArgumentParser) -> None:
     peers_cmd.add_argument("--out", type=Path, default=Path("bench-results/peers"))
 
 
+def _seeds(text: str) -> list[int]:
+    try:
+        return capacity.parse_seeds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _configure_capacity(cap: argparse.ArgumentParser) -> None:
+    cases = list(capacity.CASES)
+    autoscalers = [p for p in PROVISIONERS if p != "fixed"]
+    cap.add_argument(
+        "--scenario",
+        default=cases,
+        type=lambda s: cases if s == "all" else _names(s, cases, "scenario"),
+        help=f"comma list of {', '.join(cases)}, or all (default)",
+    )
+    cap.add_argument(
+        "--policies",
+        type=lambda s: _names(s, SIM_SCHEDULERS, "policy"),
+        default=list(SIM_SCHEDULERS),
+        help=f"comma list of {', '.join(SIM_SCHEDULERS)} (default: all)",
+    )
+    cap.add_argument(
+        "--provisioners",
+        type=lambda s: _names(s, autoscalers, "provisioner"),
+        default=None,
+        help=f"autoscaling cases: comma list of {', '.join(autoscalers)} (default: all)",
+    )
+    cap.add_argument(
+        "--seeds",
+        type=_seeds,
+        default=list(capacity.HELD_OUT_SEEDS),
+        help="seeds, as N-M or a comma list (default 100-109, held out: tuning used 0-4)",
+    )
+    cap.add_argument("--quick", action="store_true", help="short workloads and a coarse grid")
+    cap.add_argument("--jobs", type=int, default=1, help="processes to search with (default 1)")
+    cap.add_argument("--out", type=Path, default=Path("bench-results/capacity"))
+    cap.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -184,6 +228,8 @@ def _run(args: argparse.Namespace) -> int:
         return calibrate.run(args)
     if args.bench_command == "chaos":
         return chaos.run(args)
+    if args.bench_command == "capacity":
+        return _run_capacity(args)
     return _run_sim(args)
 
 
@@ -288,6 +334,37 @@ def _run_peers(args: argparse.Namespace) -> int:
     result = peers.run_peers(workload, args.peers, options, log=err.print)
     print(peers.markdown(result))
     err.print(f"wrote {', '.join(str(f) for f in peers.write(result, args.out))}")
+    return 0
+
+
+def _run_capacity(args: argparse.Namespace) -> int:
+    err = Console(stderr=True)
+    if args.jobs < 1:
+        err.print("--jobs must be >= 1")
+        return 2
+
+    def told(cells: list[capacity.Cell], done: int, total: int) -> None:
+        found = ", ".join(f"{c.scheduler}/{c.provisioner} {c.capacity:.3f}" for c in cells)
+        err.print(f"[{done}/{total}] {cells[0].case} seed {cells[0].seed} (x C): {found}")
+
+    try:
+        run = capacity.run_capacity(
+            args.scenario,
+            args.policies,
+            args.seeds,
+            quick=args.quick,
+            provisioners=args.provisioners,
+            jobs=args.jobs,
+            on_cells=told,
+        )
+    except workloads.WorkloadUnavailable as exc:
+        err.print(str(exc))
+        return 2
+    files, problem = capacity_report.write(run, args.out, plots=not args.no_plots)
+    print(capacity_report.markdown(run))
+    err.print(f"wrote {', '.join(str(f) for f in files)}")
+    if problem:
+        err.print(problem)
     return 0
 
 

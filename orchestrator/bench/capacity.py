@@ -1,0 +1,526 @@
+"""SLA capacity: the highest arrival rate at which at least 90% of tasks meet their SLA.
+
+This is DistServe's goodput definition, the headline figure for comparing schedulers.
+For each case (a scenario and how its replicas are provisioned), each scheduler (and,
+where replicas autoscale, each autoscaling provisioner) and each seed, the simulator is
+driven at arrival rates given as multiples ("loads") of the scenario's reference
+capacity C (``capacity_rps``: the replicas' saturation throughput for the task mix),
+and the highest load that meets the target is found to within 1% of C.
+
+Attainment is not strictly monotone in the rate: a run at a higher rate draws other
+task sizes and (for bursty arrivals) other burst lengths, so ``find_capacity`` does not
+trust a plain bisection from a guess. It first evaluates a fixed grid of loads (the
+same for every seed, so the attainment curves average over seeds), extends it upward
+while its top still meets the target, and takes the bracket from the HIGHEST load that
+meets the target and the next probed load above it, which misses. Bisection then keeps
+that invariant (low end meets, high end misses), so it ends on a crossing: a rate that
+meets the target with a rate at most 1% of C above it that misses. A dip below the
+target at a lower load does not cut the search short; a lone pass above a failing load
+counts only if the grid or the bisection lands on it (the count of such inversions
+among the probes is reported with each result, so noisy cells are visible).
+
+Every run of a cell sees the same seeded arrivals, only faster (common random numbers):
+Poisson arrivals scale with the rate by construction, and bursty ones are drawn here by
+``coupled_mmpp`` so that a seed keeps its bursts at every rate. Nearby rates then differ
+by load, not by luck, which keeps attainment close to monotone within a seed.
+
+Scheduling claims are tuned on seeds 0-4 only; the figures come from the held-out
+seeds 100-109. Each seed draws its own workload pool, arrivals, kinds and tasks; nothing
+reads a wall clock, so results are a function of the seeds alone.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import multiprocessing
+import random
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from orchestrator.bench.arrivals import Mmpp, with_kinds, with_tasks
+from orchestrator.bench.scenarios import SCENARIOS, Scenario, capacity_rps
+from orchestrator.bench.workloads import Workload, build_workload
+from orchestrator.config import SchedulerConfig
+from orchestrator.policy.provisioner import PROVISIONERS
+from orchestrator.sim.oracle import SIM_SCHEDULERS
+from orchestrator.sim.results import SimResult
+from orchestrator.sim.simulator import SimTask, Simulator
+
+TARGET = 0.9
+TOLERANCE = 0.01  # of C
+OVERLOAD = 1.2  # load (x C) of the overload figures
+CEILING = 4.0  # loads above this are not searched ("above" the range)
+FLOOR = 0.02  # loads below this are not searched ("below" the range)
+TUNING_SEEDS = tuple(range(5))
+HELD_OUT_SEEDS = tuple(range(100, 110))
+BASELINES = ("round_robin", "pow2", "least_loaded")
+# Loads (x C) every search probes first; both contain OVERLOAD.
+GRID = (0.2, 0.4, 0.6, 0.8, 1.0, 1.2)
+QUICK_GRID = (0.3, 0.6, 0.9, 1.2)
+
+Censored = Literal["", "above", "below"]
+
+
+def default_scheduler() -> str:
+    """The scheduler ``cato.toml`` uses when it names none."""
+    return SchedulerConfig().policy
+
+
+# --------------------------------------------------------------------------- search
+
+
+@dataclass(frozen=True)
+class Search:
+    """Where a search ended: ``capacity`` in loads (x C), and every probe it made."""
+
+    capacity: float
+    probes: tuple[tuple[float, float], ...]  # (load, attainment), in probe order
+    censored: Censored = ""
+    inversions: int = 0
+
+
+def find_capacity(
+    attainment: Callable[[float], float],
+    grid: Sequence[float] = GRID,
+    *,
+    target: float = TARGET,
+    tolerance: float = TOLERANCE,
+    ceiling: float = CEILING,
+    floor: float = FLOOR,
+) -> Search:
+    """The highest load whose ``attainment`` meets ``target``, to ``tolerance``.
+
+    Bracket on the grid (extended up while its top meets, down by halves while nothing
+    meets), from the highest meeting load to the next probed load above it; then bisect,
+    keeping "low end meets, high end misses". Returns 0 with ``censored="below"`` when
+    not even ``floor`` meets, and ``ceiling`` with ``censored="above"`` when it does.
+    """
+    loads = sorted(set(grid))
+    if not loads or loads[0] <= 0 or tolerance <= 0 or not 0 < floor <= loads[0] <= ceiling:
+        raise ValueError("need a grid of positive loads within [floor, ceiling] and tolerance > 0")
+    seen: dict[float, float] = {}
+
+    def meets(load: float) -> bool:
+        if load not in seen:
+            seen[load] = attainment(load)
+        return seen[load] >= target
+
+    for load in loads:
+        meets(load)
+    step = loads[-1] - loads[-2] if len(loads) > 1 else loads[-1]
+    top = loads[-1]
+    while meets(top) and top < ceiling:
+        top = min(round(top + step, 10), ceiling)
+    censored: Censored = ""
+    if meets(top):
+        censored = "above"
+    low = loads[0]
+    while not any(a >= target for a in seen.values()) and low / 2 >= floor:
+        low /= 2
+        meets(low)
+    passing = [x for x, a in seen.items() if a >= target]
+    if censored:
+        capacity = top
+    elif not passing:
+        capacity, censored = 0.0, "below"
+    else:
+        lo = max(passing)
+        hi = min(x for x in seen if x > lo)
+        while hi - lo > tolerance:
+            mid = round((lo + hi) / 2, 10)
+            if meets(mid):
+                lo = mid
+            else:
+                hi = mid
+        capacity = lo
+    ordered = sorted(seen.items())
+    inversions = sum(
+        1 for i, (_, a) in enumerate(ordered) for _, b in ordered[i + 1 :] if a < target <= b
+    )
+    return Search(capacity, tuple(seen.items()), censored, inversions)
+
+
+# --------------------------------------------------------------------------- statistics
+
+# Student t quantiles t(0.975, df) for df = 1..30; above that the Cornish-Fisher series.
+_T975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+
+
+def t975(df: int) -> float:
+    """The two-sided 95% Student t quantile for ``df`` degrees of freedom."""
+    if df < 1:
+        raise ValueError("a t quantile needs df >= 1")
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = 1.959964
+    return (
+        z
+        + (z**3 + z) / (4 * df)
+        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3)
+    )
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Mean over seeds and the half-width of its 95% confidence interval (Student t)."""
+
+    mean: float
+    half_width: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Estimate:
+        finite = [v for v in values if math.isfinite(v)]
+        if not finite:
+            return cls(math.nan, math.nan, 0)
+        n = len(finite)
+        mean = sum(finite) / n
+        if n == 1:
+            return cls(mean, math.nan, 1)
+        sd = math.sqrt(sum((v - mean) ** 2 for v in finite) / (n - 1))
+        return cls(mean, t975(n - 1) * sd / math.sqrt(n), n)
+
+
+# --------------------------------------------------------------------------- cases
+
+
+@dataclass(frozen=True)
+class Case:
+    """A scenario and how its replicas are provisioned, with the run lengths used here
+    (long enough for a queue past capacity to cost SLAs, short enough for many seeds)."""
+
+    name: str
+    scenario: str
+    autoscaling: bool
+    duration_s: float
+    quick_duration_s: float
+
+    def provisioners(self) -> list[str]:
+        """``fixed``, or every registered autoscaling provisioner."""
+        if not self.autoscaling:
+            return ["fixed"]
+        return [p for p in PROVISIONERS if p != "fixed"]
+
+
+CASES: dict[str, Case] = {
+    "rq1": Case("rq1", "rq1", False, duration_s=90.0, quick_duration_s=30.0),
+    "rq2": Case("rq2", "rq2", False, duration_s=60.0, quick_duration_s=20.0),
+    "rq3_fixed": Case("rq3_fixed", "rq3", False, duration_s=120.0, quick_duration_s=40.0),
+    "rq3_auto": Case("rq3_auto", "rq3", True, duration_s=240.0, quick_duration_s=80.0),
+}
+
+
+@dataclass(frozen=True)
+class Options:
+    """How long and how finely each search runs."""
+
+    quick: bool = False
+
+    @property
+    def grid(self) -> tuple[float, ...]:
+        return QUICK_GRID if self.quick else GRID
+
+    @property
+    def per_kind(self) -> int:
+        return 40 if self.quick else 100
+
+    def duration(self, case: Case) -> float:
+        return case.quick_duration_s if self.quick else case.duration_s
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def coupled_mmpp(mmpp: Mmpp, duration_s: float, seed: int) -> Iterator[float]:
+    """``mmpp``'s arrival times, by time change of a unit-rate Poisson stream.
+
+    The quiet/busy sequence comes from one seeded stream and the unit-rate points
+    ``E_k`` from another; arrival ``k`` is where the integrated rate reaches ``E_k``.
+    The process is the same as ``Mmpp.times`` draws, but for ``Mmpp.around`` of another
+    mean rate the same seed keeps the same bursts and each arrival moves by the ratio
+    of the rates (``Mmpp.times`` draws states and arrivals from one stream, so a seed's
+    bursts change with the rate).
+    """
+    states = random.Random(seed)
+    unit = random.Random(f"{seed}/arrivals")
+    t = integrated = 0.0
+    point = unit.expovariate(1.0)
+    busy = False
+    while t < duration_s:
+        until = min(
+            t + states.expovariate(1.0 / (mmpp.busy_s if busy else mmpp.quiet_s)), duration_s
+        )
+        rate = mmpp.busy_rate if busy else mmpp.quiet_rate
+        reached = integrated + rate * (until - t)
+        while point < reached:
+            yield t + (point - integrated) / rate
+            point += unit.expovariate(1.0)
+        integrated, t, busy = reached, until, not busy
+
+
+def arrivals(
+    scenario: Scenario, rate: float, duration_s: float, workload: Workload, seed: int
+) -> Iterator[tuple[float, SimTask]]:
+    """``scenario.arrivals``, with bursty times drawn by ``coupled_mmpp``."""
+    if not scenario.bursty:
+        return scenario.arrivals(rate, duration_s, workload, seed)
+    times = coupled_mmpp(Mmpp.around(rate), duration_s, seed)
+    return with_tasks(with_kinds(times, scenario.mix, seed + 1), workload, seed + 2)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One simulated run at ``load`` x C (``rate`` tasks/s)."""
+
+    load: float
+    rate: float
+    attainment: float
+    requests: int
+    sla_met: int
+    goodput_rps: float
+    worst_ratio: float  # largest latency / SLA target over tasks that finished
+    unfinished: int  # tasks that never finished (failed at the end of the drain)
+    replica_seconds: float
+
+    @classmethod
+    def of(cls, load: float, rate: float, result: SimResult) -> Probe:
+        worst = 0.0
+        unfinished = 0
+        for r in result.records():
+            if r.outcome == "cancelled":
+                continue
+            latency = r.ttft_ms if r.metric == "ttft" else r.e2e_ms
+            if r.outcome != "ok" or latency is None:
+                unfinished += 1
+            else:
+                worst = max(worst, latency / r.target_ms)
+        overall = result.overall
+        return cls(
+            load=load,
+            rate=rate,
+            # no task, no miss: a load too low to draw one task meets the target
+            attainment=1.0 if overall.goodput_rate is None else overall.goodput_rate,
+            requests=overall.requests,
+            sla_met=overall.sla_met,
+            goodput_rps=result.goodput_rps,
+            worst_ratio=worst,
+            unfinished=unfinished,
+            replica_seconds=sum(result.replica_seconds.values()),
+        )
+
+    @property
+    def replica_s_per_met(self) -> float:
+        return self.replica_seconds / self.sla_met if self.sla_met else math.inf
+
+
+@dataclass
+class Cell:
+    """The search of one (case, scheduler, provisioner, seed)."""
+
+    case: str
+    scheduler: str
+    provisioner: str
+    seed: int
+    reference_rps: float  # C of this seed's workload
+    capacity: float  # x C
+    censored: Censored
+    inversions: int
+    probes: list[Probe] = field(default_factory=list)
+
+    @property
+    def capacity_rps(self) -> float:
+        return self.capacity * self.reference_rps
+
+    @property
+    def row(self) -> tuple[str, str]:
+        return self.scheduler, self.provisioner
+
+    def at(self, load: float) -> Probe | None:
+        return next((p for p in self.probes if math.isclose(p.load, load)), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **{k: v for k, v in asdict(self).items() if k != "probes"},
+            "capacity_rps": self.capacity_rps,
+            "probes": [asdict(p) for p in self.probes],
+        }
+
+
+def search_cell(
+    case: Case,
+    scheduler: str,
+    provisioner: str,
+    seed: int,
+    workload: Workload,
+    options: Options,
+) -> Cell:
+    """Search one cell; every run of it sees the same seeded arrivals, only faster."""
+    scenario = SCENARIOS[case.scenario]
+    reference = capacity_rps(scenario, workload)
+    duration = options.duration(case)
+    probes: dict[float, Probe] = {}
+
+    def attainment(load: float) -> float:
+        config = scenario.config(scheduler, provisioner, seed)
+        rate = load * reference
+        result = Simulator(config).run(arrivals(scenario, rate, duration, workload, seed))
+        probes[load] = Probe.of(load, rate, result)
+        return probes[load].attainment
+
+    found = find_capacity(attainment, options.grid)
+    if not any(math.isclose(x, OVERLOAD) for x in probes):
+        attainment(OVERLOAD)
+    return Cell(
+        case.name,
+        scheduler,
+        provisioner,
+        seed,
+        reference,
+        found.capacity,
+        found.censored,
+        found.inversions,
+        sorted(probes.values(), key=lambda p: p.load),
+    )
+
+
+@dataclass
+class CapacityRun:
+    """Every cell of a run, and what it was asked to cover."""
+
+    cases: list[str]
+    schedulers: list[str]
+    seeds: list[int]
+    quick: bool
+    default_scheduler: str
+    cells: list[Cell] = field(default_factory=list)
+
+    def rows(self, case: str) -> list[tuple[str, str]]:
+        return list(dict.fromkeys(c.row for c in self.cells if c.case == case))
+
+    def cells_of(self, case: str, row: tuple[str, str]) -> list[Cell]:
+        return [c for c in self.cells if c.case == case and c.row == row]
+
+    def capacity(self, case: str, row: tuple[str, str]) -> Estimate:
+        return Estimate.of([c.capacity_rps for c in self.cells_of(case, row)])
+
+    def to_dict(self) -> dict[str, Any]:
+        options = Options(self.quick)
+        return {
+            "target": TARGET,
+            "tolerance_x_c": TOLERANCE,
+            "overload_x_c": OVERLOAD,
+            "grid_x_c": list(options.grid),
+            "tuning_seeds": list(TUNING_SEEDS),
+            "seeds": self.seeds,
+            "quick": self.quick,
+            "default_scheduler": self.default_scheduler,
+            "cases": {
+                name: {**asdict(CASES[name]), "duration_used_s": options.duration(CASES[name])}
+                for name in self.cases
+            },
+            "cells": [c.to_dict() for c in self.cells],
+        }
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"100-109"``, ``"1,2,5"`` or a mix of both, in order, without repeats."""
+    seeds: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            first, _, last = part.partition("-")
+            lo, hi = int(first), int(last or first)
+        except ValueError:
+            raise ValueError(f"bad seed range {part!r}: use N, N-M or a comma list") from None
+        if lo < 0 or hi < lo:
+            raise ValueError(f"bad seed range {part!r}: seeds are >= 0, low to high")
+        seeds.extend(s for s in range(lo, hi + 1) if s not in seeds)
+    if not seeds:
+        raise ValueError("no seeds given")
+    return seeds
+
+
+@functools.lru_cache(maxsize=2)
+def _workload(seed: int, per_kind: int, kinds: tuple[str, ...]) -> Workload:
+    return build_workload(seed=seed, per_kind=per_kind, kinds=kinds)
+
+
+def _kinds(cases: Sequence[str]) -> tuple[str, ...]:
+    wanted = {k for c in cases for k in SCENARIOS[CASES[c].scenario].mix}
+    return tuple(sorted(wanted))
+
+
+Unit = tuple[str, int, tuple[tuple[str, str], ...], tuple[str, ...], bool]
+
+
+def _search_unit(unit: Unit) -> list[Cell]:
+    """All rows of one (case, seed): one workload build serves them all."""
+    case_name, seed, rows, kinds, quick = unit
+    options = Options(quick)
+    workload = _workload(seed, options.per_kind, kinds)
+    case = CASES[case_name]
+    return [search_cell(case, s, p, seed, workload, options) for s, p in rows]
+
+
+def run_capacity(
+    cases: Sequence[str],
+    schedulers: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    quick: bool = False,
+    provisioners: Sequence[str] | None = None,
+    jobs: int = 1,
+    on_cells: Callable[[list[Cell], int, int], None] | None = None,
+) -> CapacityRun:
+    """Search every (case, scheduler, provisioner, seed); ``jobs`` processes share the
+    (case, seed) units. ``provisioners`` narrows the autoscaling cases' provisioners.
+    Results do not depend on ``jobs``. ``on_cells(cells, done, total)`` hears of each unit.
+    """
+    for name in cases:
+        if name not in CASES:
+            raise ValueError(f"unknown case {name!r}; known: {', '.join(CASES)}")
+    unknown = [s for s in schedulers if s not in SIM_SCHEDULERS]
+    if unknown or not schedulers:
+        raise ValueError(f"unknown schedulers {unknown}; known: {', '.join(SIM_SCHEDULERS)}")
+    if not seeds:
+        raise ValueError("no seeds given")
+    if jobs < 1:
+        raise ValueError("jobs must be >= 1")
+    run = CapacityRun(list(cases), list(schedulers), list(seeds), quick, default_scheduler())
+    kinds = _kinds(cases)
+    units: list[Unit] = []
+    for seed in seeds:
+        for name in cases:
+            provs = CASES[name].provisioners()
+            if provisioners is not None and CASES[name].autoscaling:
+                provs = [p for p in provs if p in provisioners]
+            rows = tuple((s, p) for p in provs for s in schedulers)
+            if rows:
+                units.append((name, seed, rows, kinds, quick))
+    for done, cells in enumerate(_map(units, jobs), start=1):  # in unit order
+        run.cells.extend(cells)
+        if on_cells is not None:
+            on_cells(cells, done, len(units))
+    return run
+
+
+def _map(units: list[Unit], jobs: int) -> Iterator[list[Cell]]:
+    if jobs == 1 or len(units) <= 1:
+        yield from map(_search_unit, units)
+        return
+    context = multiprocessing.get_context("fork" if "fork" in _start_methods() else "spawn")
+    with ProcessPoolExecutor(max_workers=min(jobs, len(units)), mp_context=context) as pool:
+        yield from pool.map(_search_unit, units)
+
+
+def _start_methods() -> list[str]:
+    return multiprocessing.get_all_start_methods()

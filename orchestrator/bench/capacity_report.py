@@ -1,0 +1,183 @@
+"""Reports of ``cato bench capacity``: a markdown table, the raw JSON, and PNG plots.
+
+The table gives each row's SLA capacity as mean ± the half-width of its 95% confidence
+interval over seeds, its ratio to the best of the plain routers (``BASELINES``) with the
+same provisioner, and the overload figures at ``OVERLOAD`` x C. The plots show SLA
+attainment against load with a band of the same confidence interval, per case.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from orchestrator.bench.capacity import (
+    BASELINES,
+    CASES,
+    OVERLOAD,
+    TARGET,
+    TUNING_SEEDS,
+    CapacityRun,
+    Estimate,
+    Options,
+)
+from orchestrator.bench.report import PlotsUnavailable, _pyplot
+
+
+def _pm(est: Estimate, digits: int = 2) -> str:
+    if est.n == 0:
+        return "-"
+    if math.isnan(est.half_width):
+        return f"{est.mean:.{digits}f}"
+    return f"{est.mean:.{digits}f} ± {est.half_width:.{digits}f}"
+
+
+def _label(run: CapacityRun, row: tuple[str, str], autoscaling: bool) -> str:
+    scheduler, provisioner = row
+    name = f"{scheduler} / {provisioner}" if autoscaling else scheduler
+    return f"**{name}**" if scheduler == run.default_scheduler else name
+
+
+def best_baseline(run: CapacityRun, case: str, provisioner: str) -> tuple[str, float] | None:
+    """The plain router with the highest mean capacity in ``case`` under ``provisioner``."""
+    means = [
+        (s, run.capacity(case, (s, p)).mean)
+        for s, p in run.rows(case)
+        if s in BASELINES and p == provisioner
+    ]
+    return max(means, key=lambda m: m[1]) if means else None
+
+
+def markdown(run: CapacityRun) -> str:
+    """One table per case; figures in tasks/s unless said otherwise."""
+    options = Options(run.quick)
+    held_out = not set(run.seeds) & set(TUNING_SEEDS)
+    lines = [
+        f"SLA capacity: the highest arrival rate at which >= {TARGET:.0%} of tasks meet "
+        f"their SLA, by bisection to 1% of C; mean ± 95% CI (Student t) over seeds "
+        f"{_seeds(run.seeds)}"
+        + (
+            " (held out: scheduling was tuned on seeds 0-4 only)."
+            if held_out
+            else " (WARNING: these include the tuning seeds 0-4)."
+        ),
+        f"Default scheduler: `{run.default_scheduler}` (bold). "
+        f"{'Quick run (short workloads). ' if run.quick else ''}"
+        f"Overload columns at {OVERLOAD:g} x C; worst = largest latency / SLA of a task that "
+        "finished; unfinished = tasks that never finished (summed over seeds).",
+        "",
+    ]
+    for case in run.cases:
+        lines += _case_table(run, case, options)
+    return "\n".join(lines)
+
+
+def _case_table(run: CapacityRun, case: str, options: Options) -> list[str]:
+    spec = CASES[case]
+    reference = Estimate.of(
+        [c.reference_rps for c in run.cells if c.case == case and c.row == run.rows(case)[0]]
+    )
+    lines = [
+        f"### {case}: C = {reference.mean:.2f} tasks/s, {options.duration(spec):g} s of "
+        "arrivals per run",
+        "",
+    ]
+    head = [
+        "policy",
+        "SLA capacity",
+        "x C",
+        "vs best baseline",
+        f"goodput @{OVERLOAD:g}C",
+        f"worst @{OVERLOAD:g}C",
+        f"unfinished @{OVERLOAD:g}C",
+    ]
+    if spec.autoscaling:
+        head.append(f"replica-s per met task @{OVERLOAD:g}C")
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in run.rows(case):
+        cells = run.cells_of(case, row)
+        capacity = run.capacity(case, row)
+        loads = Estimate.of([c.capacity for c in cells])
+        best = best_baseline(run, case, row[1])
+        ratio = "-"
+        if best is not None and best[1] > 0:
+            ratio = f"{capacity.mean / best[1]:.2f}x {best[0]}"
+        over = [c.at(OVERLOAD) for c in cells]
+        probes = [p for p in over if p is not None]
+        censored = sorted({c.censored for c in cells if c.censored})
+        note = f" ({'/'.join(censored)} the range)" if censored else ""
+        out = [
+            _label(run, row, spec.autoscaling),
+            _pm(capacity) + note,
+            _pm(loads),
+            ratio,
+            _pm(Estimate.of([p.goodput_rps for p in probes])),
+            _pm(Estimate.of([p.worst_ratio for p in probes]), 1),
+            str(sum(p.unfinished for p in probes)),
+        ]
+        if spec.autoscaling:
+            out.append(_pm(Estimate.of([p.replica_s_per_met for p in probes]), 1))
+        lines.append("| " + " | ".join(out) + " |")
+    lines.append("")
+    return lines
+
+
+def _seeds(seeds: list[int]) -> str:
+    if seeds == list(range(seeds[0], seeds[0] + len(seeds))) and len(seeds) > 1:
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ", ".join(map(str, seeds))
+
+
+def write(run: CapacityRun, out: Path, plots: bool = True) -> tuple[list[Path], str | None]:
+    """``capacity.json``, ``capacity.md`` and a PNG per case under ``out``; returns the
+    files and, when plots were asked for but could not be drawn, why."""
+    out.mkdir(parents=True, exist_ok=True)
+    raw = out / "capacity.json"
+    raw.write_text(json.dumps(run.to_dict(), indent=1, default=_jsonable) + "\n")
+    md = out / "capacity.md"
+    md.write_text(markdown(run) + "\n")
+    files = [raw, md]
+    if plots:
+        try:
+            files += [plot_case(run, case, out / f"capacity-{case}.png") for case in run.cases]
+        except PlotsUnavailable as exc:
+            return files, str(exc)
+    return files, None
+
+
+def _jsonable(value: Any) -> Any:
+    return str(value)
+
+
+def plot_case(run: CapacityRun, case: str, path: Path) -> Path:
+    """SLA attainment against load (x C) per row: mean over seeds and its 95% band, on
+    the grid every seed probed; the target as a dashed line."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    grid = Options(run.quick).grid
+    for row in run.rows(case):
+        cells = run.cells_of(case, row)
+        means, lows, highs = [], [], []
+        for load in grid:
+            probes = [c.at(load) for c in cells]
+            est = Estimate.of([p.attainment for p in probes if p is not None])
+            hw = 0.0 if math.isnan(est.half_width) else est.half_width
+            means.append(est.mean)
+            lows.append(max(est.mean - hw, 0.0))
+            highs.append(min(est.mean + hw, 1.0))
+        label = " / ".join(row) if CASES[case].autoscaling else row[0]
+        (line,) = ax.plot(grid, means, marker="o", markersize=3, label=label)
+        ax.fill_between(grid, lows, highs, color=line.get_color(), alpha=0.15)
+    ax.axhline(TARGET, color="black", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("arrival rate (x C)")
+    ax.set_ylabel("SLA attainment")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"{case}: attainment vs load, 95% CI over seeds {_seeds(run.seeds)}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
