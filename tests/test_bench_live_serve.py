@@ -48,6 +48,9 @@ def test_a_light_load_through_cato_serve() -> None:
     result = asyncio.run(run_point(ServeRun(small, "cato", "fixed", 1, options), arrivals))
 
     assert result.counters["tasks"] == len(arrivals) > 20
+    # the replicas cato serve started generated the workload's lengths
+    assert result.counters["drawn_lengths"] == 0
+    assert result.counters["fixed_lengths"] >= len(arrivals)
     assert result.overall.errors == 0 and result.overall.cancelled == 0
     assert set(result.kinds) == {"complete", "summarize"}
     assert result.overall.sla_met > 0  # latencies were recorded against the SLA

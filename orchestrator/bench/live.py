@@ -6,11 +6,16 @@ on a clock sped up by the same factor, so its SLAs, deadlines, learned rates and
 recorded latencies are all in the profile's time, directly comparable with a simulated
 run: the arrivals, tasks and seeds are those of ``cato bench sim``.
 
+Output lengths are the workload's (``LiveOptions.lengths = "workload"``): each model
+call generates exactly the tokens the simulator gives it, so live pressure is the
+workload's pressure. The orchestrator under test never sees them: the emulators get a
+table of prompt -> tokens (``length_table``; see ``orchestrator/emulator/lengths.py``)
+and serve a listed prompt as a request with ``min_tokens = max_tokens`` would be.
+With ``lengths = "emulator"`` the emulators draw lengths themselves and the twin
+reproduces their draws (``outputs="emulator"``).
+
 What differs from the simulation (and is why the twin run exists):
 
-* output lengths come from the emulator's text generator (the engine cannot know the
-  workload's true lengths); ``twin_sweep`` simulates the same runs with those lengths
-  (``outputs="emulator"``);
 * HTTP, streaming and Python overheads are real, and count ``speed`` times over in
   profile time;
 * utilization is sampled from the orchestrator's in-flight calls every ``sample_s``;
@@ -21,20 +26,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.bench.scenarios import Point, Scenario, Sweep, capacity_rps, sweep_rates
 from orchestrator.bench.workloads import Workload
+from orchestrator.emulator.lengths import LengthTable
 from orchestrator.emulator.process import RunningEmulator, launch_emulator
 from orchestrator.engine_model import load_profile
 from orchestrator.executor import Orchestrator, ReplicaSpec
+from orchestrator.graphs import build_graph
 from orchestrator.metrics import TaskRecord, UtilizationTracker, kind_stats
 from orchestrator.policy.scheduler import SCHEDULERS, make_scheduler
 from orchestrator.policy.state import Rates
 from orchestrator.sim.results import RecordStore, SimResult
-from orchestrator.sim.simulator import SimTask, Simulator
+from orchestrator.sim.simulator import OutputModel, SimTask, Simulator
+
+log = logging.getLogger(__name__)
 
 LIVE_POLICIES: tuple[str, ...] = tuple(SCHEDULERS)  # every live router (no oracle)
 _KEEP_ALL_S = 1e12  # the recorder's window: keep every task of a run
@@ -42,12 +57,35 @@ _KEEP_ALL_S = 1e12  # the recorder's window: keep every task of a run
 
 @dataclass(frozen=True)
 class LiveOptions:
-    """How live runs are driven."""
+    """How live runs are driven; ``lengths`` says whose output lengths the engines
+    generate: the workload's (exactly, as the simulator has them) or their own draws."""
 
     speed: float = 2.0
     drain_s: float = 120.0  # profile seconds to wait for stragglers after the last arrival
     sample_s: float = 0.05  # profile seconds between utilization samples
     start_timeout_s: float = 60.0
+    lengths: OutputModel = "workload"
+
+
+def length_table(
+    scenario: Scenario, runs: Iterable[Sequence[tuple[float, SimTask]]]
+) -> LengthTable:
+    """Every model call's output length as the simulator gives it, by the call's prompt
+    (graphs built with the scenario's defaults, as the orchestrator builds them)."""
+    defaults = scenario.defaults()
+    table = LengthTable()
+    seen: set[str] = set()
+    for arrivals in runs:
+        for _, task in arrivals:
+            if task.key in seen:
+                continue
+            seen.add(task.key)
+            llm = [n for n in build_graph(task.request, defaults).nodes if n.op == "llm"]
+            for node in llm:
+                table.add(node.prompt, task.output_for(node, len(llm)))
+    if table.conflicts:
+        log.warning("%d prompts recur with other output lengths (first kept)", table.conflicts)
+    return table
 
 
 @dataclass
@@ -56,8 +94,44 @@ class _Replica:
     emulator: RunningEmulator
 
 
-def launch_replicas(scenario: Scenario, options: LiveOptions, seed: int) -> list[_Replica]:
-    """One emulator process per replica of each model; the caller stops them."""
+async def length_counts(urls: Iterable[str]) -> tuple[int, int]:
+    """How many calls the emulators at ``urls`` have served with a length from their
+    table, and how many with a length of their own (the prompt was not listed)."""
+    counts = {"hit": 0, "miss": 0}
+    timeout = aiohttp.ClientTimeout(total=10.0)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        for url in urls:
+            try:
+                async with session.get(url + "/metrics") as resp:
+                    text = await resp.text()
+            except (aiohttp.ClientError, TimeoutError):
+                continue  # a replica that went away: its calls are not counted
+            for family in text_string_to_metric_families(text):
+                if family.name != "cato_emulator_fixed_lengths":
+                    continue
+                for sample in family.samples:
+                    result = sample.labels.get("result", "")
+                    if sample.name.endswith("_total") and result in counts:
+                        counts[result] += int(sample.value)
+    return counts["hit"], counts["miss"]
+
+
+def note_lengths(result: SimResult, before: tuple[int, int], after: tuple[int, int]) -> None:
+    """Put the calls served with the workload's length, and those that were not, in
+    ``result.counters`` (``fixed_lengths``, ``drawn_lengths``)."""
+    fixed, drawn = after[0] - before[0], after[1] - before[1]
+    result.counters["fixed_lengths"] = fixed
+    result.counters["drawn_lengths"] = drawn
+    if drawn and fixed:
+        log.warning("%d of %d calls were not in the length table", drawn, fixed + drawn)
+
+
+def launch_replicas(
+    scenario: Scenario, options: LiveOptions, seed: int, lengths: Path | None = None
+) -> list[_Replica]:
+    """One emulator process per replica of each model, serving the output lengths of the
+    table saved at ``lengths`` when given; the caller stops them."""
+    extra = ["--output-lengths", str(lengths)] if lengths is not None else []
     started: list[_Replica] = []
     try:
         for plan in scenario.models:
@@ -70,6 +144,7 @@ def launch_replicas(scenario: Scenario, options: LiveOptions, seed: int) -> list
                     speed=options.speed,
                     seed=seed,
                     timeout_s=options.start_timeout_s,
+                    extra_args=extra,
                 )
                 spec = ReplicaSpec(
                     id=f"{plan.name}-{i}",
@@ -111,31 +186,44 @@ def run_live_sweep(
     duration = duration_s or (scenario.quick_duration_s if quick else scenario.duration_s)
     chosen = list(rates) if rates is not None else sweep_rates(capacity, quick)
     sweep = Sweep(_fixed(scenario), capacity, duration, seed, quick)
-    replicas = launch_replicas(scenario, options, seed)
-    try:
-        for policy in policies:
-            for paper, rate in chosen:
-                arrivals = list(scenario.arrivals(rate, duration, workload, seed))
-                label = f"{scenario.name} {policy} live @ {rate:g}/s"
-                progress = on_run(label, len(arrivals)) if on_run is not None else None
-                result = asyncio.run(
-                    _run_point(scenario, replicas, policy, arrivals, seed, options, progress)
-                )
-                sweep.points.append(Point(policy, "fixed", paper, rate, result))
-    finally:
-        stop_replicas(replicas)
+    runs = {rate: list(scenario.arrivals(rate, duration, workload, seed)) for _, rate in chosen}
+    with tempfile.TemporaryDirectory(prefix="cato-live-") as tmp:
+        table = None
+        if options.lengths == "workload":
+            table = Path(tmp) / "output-lengths.json"
+            length_table(scenario, runs.values()).save(table)
+        replicas = launch_replicas(scenario, options, seed, table)
+        try:
+            for policy in policies:
+                for paper, rate in chosen:
+                    arrivals = runs[rate]
+                    label = f"{scenario.name} {policy} live @ {rate:g}/s"
+                    progress = on_run(label, len(arrivals)) if on_run is not None else None
+                    result = asyncio.run(
+                        _run_point(scenario, replicas, policy, arrivals, seed, options, progress)
+                    )
+                    sweep.points.append(Point(policy, "fixed", paper, rate, result))
+        finally:
+            stop_replicas(replicas)
     return sweep
 
 
-def twin_sweep(live: Sweep, workload: Workload, emulator_seed: int | None = None) -> Sweep:
-    """The simulator's run of exactly the live sweep's points, with the emulator's output
-    lengths (what the live replicas generated: ``emulator_seed``, default the sweep's)."""
+def twin_sweep(
+    live: Sweep,
+    workload: Workload,
+    emulator_seed: int | None = None,
+    *,
+    lengths: OutputModel = "workload",
+) -> Sweep:
+    """The simulator's run of exactly the live sweep's points, with the output lengths
+    the live replicas generated: ``lengths`` as in the live run's ``LiveOptions``; for
+    ``"emulator"``, their draws with ``emulator_seed`` (default the sweep's)."""
     scenario = live.scenario
     twin = Sweep(scenario, live.capacity_rps, live.duration_s, live.seed, live.quick)
     for point in live.points:
         config = replace(
             scenario.config(point.policy, point.provisioner, live.seed),
-            outputs="emulator",
+            outputs=lengths,
             emulator_seed=live.seed if emulator_seed is None else emulator_seed,
         )
         arrivals = scenario.arrivals(point.rate, live.duration_s, workload, live.seed)
@@ -174,6 +262,8 @@ async def _run_point(
         window_s=_KEEP_ALL_S,
     )
     tracker = UtilizationTracker()
+    urls = [rep.emulator.url for rep in replicas]
+    lengths_before = await length_counts(urls)
     wall_start, cpu_start = time.perf_counter(), time.process_time()
     t0 = clock()
     for rep in replicas:
@@ -187,7 +277,7 @@ async def _run_point(
             await sampler
         await orch.close()
     end = clock() - t0
-    return _result(
+    result = _result(
         orch,
         policy,
         seed,
@@ -199,6 +289,8 @@ async def _run_point(
         time.perf_counter() - wall_start,
         time.process_time() - cpu_start,
     )
+    note_lengths(result, lengths_before, await length_counts(urls))
+    return result
 
 
 async def _drive(

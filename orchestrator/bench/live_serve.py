@@ -9,6 +9,10 @@ interval and delay by it (``serve_config``). The arrivals, tasks and seeds are t
 the profile's time. Replica counts and in-flight calls come from polling ``/v1/status``
 every ``sample_s``. Each point gets a fresh service: nothing learned carries over.
 
+Output lengths are the workload's, as in ``live.py``: the service is started with the
+emulators' table of prompt -> tokens in its environment (``LENGTHS_ENV``), which the
+replicas it starts inherit; the service itself never reads it.
+
 Scenarios with a GPU pool (rq3) give every emulated replica one GPU slot of that pool, so
 the two models compete for slots as they do in the simulation; replicas start at the
 scenario's count (``initial_replicas``) and the provisioner moves them within bounds.
@@ -17,6 +21,7 @@ scenario's count (``initial_replicas``) and the provisioner moves them within bo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -24,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -32,10 +37,11 @@ from typing import Any
 import aiohttp
 
 from orchestrator.api import SLA, TaskRequest
-from orchestrator.bench.live import LiveOptions
+from orchestrator.bench.live import LiveOptions, length_counts, length_table, note_lengths
 from orchestrator.bench.peers import free_port, proc_cpu_s
 from orchestrator.bench.scenarios import Point, Scenario, Sweep, capacity_rps, sweep_rates
 from orchestrator.bench.workloads import Workload
+from orchestrator.emulator.lengths import LENGTHS_ENV
 from orchestrator.engine_model import load_profile
 from orchestrator.metrics import UtilizationTracker, kind_stats
 from orchestrator.policy.provisioner import PROVISIONERS
@@ -116,7 +122,10 @@ class Service:
             self.proc.wait()
 
 
-def start_service(config_text: str, folder: Path, port: int) -> Service:
+def start_service(
+    config_text: str, folder: Path, port: int, env: Mapping[str, str] | None = None
+) -> Service:
+    """``cato serve`` on ``port`` with this config; ``env`` adds to its environment."""
     config = folder / "cato.toml"
     config.write_text(config_text)
     log = folder / "serve.log"
@@ -129,6 +138,7 @@ def start_service(config_text: str, folder: Path, port: int) -> Service:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            env={**os.environ, **(env or {})},
         )
     return Service(proc, f"http://127.0.0.1:{port}", log)
 
@@ -209,7 +219,12 @@ async def run_point(
     """One run through a fresh ``cato serve``."""
     with tempfile.TemporaryDirectory(prefix="cato-live-serve-") as tmp:
         text = serve_config(run.scenario, run.policy, run.provisioner, run.options.speed, run.seed)
-        service = start_service(text, Path(tmp), free_port())
+        env: dict[str, str] = {}
+        if run.options.lengths == "workload":
+            table = Path(tmp) / "output-lengths.json"
+            length_table(run.scenario, [arrivals]).save(table)
+            env[LENGTHS_ENV] = str(table)
+        service = start_service(text, Path(tmp), free_port(), env)
         try:
             return await _measure(run, service, arrivals, progress)
         finally:
@@ -251,7 +266,16 @@ async def _measure(
             await asyncio.gather(sampler, return_exceptions=True)
         end = profile_now()
         wall_s, cpu_s = time.perf_counter() - wall, service.cpu_s() - cpu
-    return _result(run, store, observed, arrivals, end, wall_s, cpu_s)
+        # each point has a fresh service, so its replicas' counts are this point's (a
+        # replica stopped by the provisioner took its own with it)
+        status: dict[str, Any] = {}
+        with contextlib.suppress(aiohttp.ClientError):
+            async with session.get(service.url + "/v1/status") as resp:
+                status = await resp.json() if resp.status == 200 else {}
+    urls = [r["url"] for r in status.get("replicas", []) if r.get("engine") == "emulated"]
+    result = _result(run, store, observed, arrivals, end, wall_s, cpu_s)
+    note_lengths(result, (0, 0), await length_counts(urls))
+    return result
 
 
 async def _sample(
