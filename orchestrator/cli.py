@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("orchestrator.models.cli", "prepare servable model folders from packaged weights"),
     "bench": ("orchestrator.bench.cli", "simulate, benchmark and compare schedulers"),
     "plan": ("orchestrator.bench.plan", "smallest replica count that meets a goodput target"),
+    "doctor": ("orchestrator.commands.doctor", "check this machine for what CATO needs"),
 }
 
 
@@ -35,6 +36,11 @@ def _top_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["--version"]:
+        from orchestrator import __version__
+
+        print(f"cato {__version__}")
+        return 0
     if not args or args[0] not in COMMANDS:
         parser = _top_parser()
         parser.add_argument("command", nargs="?", choices=list(COMMANDS), metavar="COMMAND")
