@@ -16,12 +16,14 @@ from orchestrator.policy.scheduler import (
     LATE,
     SAFE,
     URGENT,
+    CatoPaperScheduler,
     CatoScheduler,
     CatoTriageScheduler,
     LeastLoadedScheduler,
     NoReplicaError,
     PowerOfTwoScheduler,
     RoundRobinScheduler,
+    Scheduler,
     SchedulerConfigError,
     make_scheduler,
     service_s,
@@ -197,6 +199,12 @@ def test_dispatch_and_finish_with_tokens_equal_their_separate_steps(
         assert list(one.in_flight) == list(two.in_flight)
 
 
+def same_moves(got: tuple[tuple[float, int], ...], want: tuple[tuple[float, int], ...]) -> bool:
+    return [lv for _, lv in got] == [lv for _, lv in want] and [t for t, _ in got] == (
+        pytest.approx([t for t, _ in want])
+    )
+
+
 def test_safe_call_goes_to_an_idle_replica_with_priority_2() -> None:
     replicas = [replica("busy", queued=3), replica("idle")]
     c = call(deadline=5.0, prompt=200)
@@ -207,7 +215,13 @@ def test_safe_call_goes_to_an_idle_replica_with_priority_2() -> None:
     assert route.expected_wait_s == 0.0
     assert route.expected_completion == pytest.approx(1.0 + service)
     assert route.sort_key == 5.0
-    assert route.promote_at == pytest.approx(5.0 - service)
+    # Its budget is 5 s (arrival 0, deadline 5): urgent once less than 0.5 s of margin
+    # would be left, late when its slack is gone, safe again (at the front) at its bound.
+    assert route.promote_at == pytest.approx(5.0 - service - 0.5) and route.promote_to == URGENT
+    assert same_moves(route.moves, ((5.0 - service, LATE), (10.0 - service, SAFE)))
+    paper = CatoPaperScheduler().route(c, replicas, now=1.0)
+    assert (paper.priority, paper.promote_to, paper.moves) == (SAFE, URGENT, ())
+    assert paper.promote_at == pytest.approx(5.0 - service)
 
 
 def test_shortest_wait_wins_when_it_meets_the_deadline() -> None:
@@ -250,10 +264,37 @@ def test_no_replica_meets_the_deadline_gives_priority_1_and_the_shortest_wait() 
     assert route.expected_completion > c.deadline
 
 
-def test_slack_already_gone_gives_priority_0() -> None:
-    c = call(deadline=10.05, prompt=100)  # service 0.11 s from now = 10.0
-    route = CatoScheduler().route(c, [replica("idle"), replica("busy", queued=1)], now=10.0)
-    assert route.priority == URGENT and route.replica_id == "idle"
+def test_slack_already_gone_gives_late_with_a_bound_and_priority_0_in_the_paper() -> None:
+    c = call(deadline=10.05, prompt=100, arrival=9.0)  # service 0.11 s from now = 10.0
+    replicas = [replica("idle"), replica("busy", queued=1)]
+    route = CatoScheduler().route(c, replicas, now=10.0)
+    assert route.priority == LATE and route.replica_id == "idle"
+    # Behind on-time work until its bound: deadline + its budget (1.05 s) - service.
+    assert route.promote_at == pytest.approx(11.1 - 0.11) and route.promote_to == SAFE
+    assert route.moves == () and not route.shed
+    paper = CatoPaperScheduler().route(c, replicas, now=10.0)
+    assert paper.priority == URGENT and paper.replica_id == "idle"
+
+
+def test_past_its_bound_a_late_call_is_safe_at_once() -> None:
+    c = call(deadline=1.0, prompt=100, arrival=0.0)  # bound: 2.0 - 0.11
+    route = CatoScheduler().route(c, [replica("idle")], now=1.95)
+    assert route.priority == SAFE and route.promote_at == math.inf
+    unbounded = CatoScheduler(late_bound=math.inf).route(c, [replica("idle")], now=1.95)
+    assert unbounded.priority == LATE and unbounded.promote_at == math.inf
+
+
+def test_urgent_when_the_margin_is_under_its_share_of_the_budget() -> None:
+    idle = [replica("idle")]
+    service = 0.11
+    # Budget 10 s: margin 0.9 s (< 1 s) is urgent, 1.1 s is not.
+    tight = CatoScheduler().route(call(deadline=10.0, prompt=100), idle, now=9.0 - service + 0.1)
+    loose = CatoScheduler().route(call(deadline=10.0, prompt=100), idle, now=9.0 - service - 0.1)
+    assert tight.priority == URGENT and loose.priority == SAFE
+    assert tight.promote_at == pytest.approx(10.0 - service) and tight.promote_to == LATE
+    assert same_moves(tight.moves, ((20.0 - service, SAFE),))
+    off = CatoScheduler(urgent_margin=0.0).route(call(deadline=10.0, prompt=100), idle, now=8.9)
+    assert off.priority == SAFE and off.promote_to == LATE
 
 
 def test_e2e_calls_need_their_decode_time_too() -> None:
@@ -262,31 +303,33 @@ def test_e2e_calls_need_their_decode_time_too() -> None:
     idle = [replica("idle")]
     assert CatoScheduler().route(c_ttft, idle, now=0.0).priority == SAFE
     route = CatoScheduler().route(c_e2e, idle, now=0.0)
-    assert route.priority == URGENT  # its decode alone outlasts the slack
+    assert route.priority == LATE  # its decode alone outlasts the slack
     assert route.expected_completion == pytest.approx(0.11 + 0.5)
 
 
-def test_queue_serves_by_priority_then_deadline() -> None:
+@pytest.mark.parametrize(
+    ("sched", "hopeless_level", "hopeless_first"),
+    [(CatoScheduler(), LATE, False), (CatoPaperScheduler(), URGENT, True)],
+)
+def test_queue_serves_by_priority_then_deadline(
+    sched: Scheduler, hopeless_level: int, hopeless_first: bool
+) -> None:
     r = replica("r", queued=0)
     r.start(call(), 0.0)  # full: new calls queue
-    sched = CatoScheduler()
     late = call(deadline=50.0)
     early = call(deadline=20.0)
-    hopeless = call(deadline=0.05)
+    hopeless = call(deadline=0.05, arrival=-1.0)  # its bound is 1.1 s away
     for c in (late, early, hopeless):
         sched.route(c, [r], now=0.0).apply(c, r)
-    assert [late.priority, early.priority, hopeless.priority] == [SAFE, SAFE, URGENT]
-    order = []
-    while (head := sched.pick(r, now=0.0)) is not None:
-        r.dequeue(head.id)
-        order.append(head)
-    assert order == [hopeless, early, late]
+    assert [late.priority, early.priority, hopeless.priority] == [SAFE, SAFE, hopeless_level]
+    order = drain(sched, r, now=0.0)
+    assert order == ([hopeless, early, late] if hopeless_first else [early, late, hopeless])
 
 
-def test_a_waiting_call_is_promoted_to_0_when_its_slack_runs_out() -> None:
+def test_paper_promotes_a_waiting_call_to_0_when_its_slack_runs_out() -> None:
     r = replica("r", queued=0)
     r.start(call(), 0.0)  # the replica stays full: everything below waits
-    sched = CatoScheduler()
+    sched = CatoPaperScheduler()
     safe = call(deadline=5.0, prompt=100)
     sched.route(safe, [r], now=0.0).apply(safe, r)
     assert safe.priority == SAFE and safe.promote_at == pytest.approx(5.0 - 0.11)
@@ -303,7 +346,30 @@ def test_a_waiting_call_is_promoted_to_0_when_its_slack_runs_out() -> None:
     assert at_risk.priority == URGENT
 
 
-def drain(sched: CatoScheduler, r: ReplicaState, now: float) -> list[Call]:
+def test_a_waiting_call_goes_urgent_then_late_then_back_at_its_bound() -> None:
+    r = replica("r", queued=0)
+    r.start(call(), 0.0)  # the replica stays full: everything below waits
+    sched = CatoScheduler()
+    c = call(deadline=5.0, prompt=100)  # budget 5 s, service 0.11 s
+    other = call(deadline=7.0, prompt=100)  # budget 7 s
+    for x in (c, other):
+        sched.route(x, [r], now=0.0).apply(x, r)
+    levels = []
+    for now in (4.0, 4.4, 4.9, 9.0, 9.9):
+        head = sched.pick(r, now)
+        levels.append((now, c.priority, head is c))
+    assert levels == [
+        (4.0, SAFE, True),  # earlier deadline first
+        (4.4, URGENT, True),  # under 0.5 s of margin left
+        (4.9, LATE, False),  # slack gone: behind the on-time call
+        (9.0, LATE, True),  # both late now: the earlier deadline first
+        (9.9, SAFE, True),  # bound (10 - 0.11) passed: ahead of every later deadline
+    ]
+    assert other.priority == LATE  # its own slack ran out at 6.89; its bound is 13.89
+    assert c.promote_at == math.inf and c.moves == ()
+
+
+def drain(sched: Scheduler, r: ReplicaState, now: float) -> list[Call]:
     order = []
     while (head := sched.pick(r, now)) is not None:
         r.dequeue(head.id)
@@ -311,10 +377,96 @@ def drain(sched: CatoScheduler, r: ReplicaState, now: float) -> list[Call]:
     return order
 
 
-def test_triage_routes_late_calls_like_cato_but_last() -> None:
+def run_burst(sched: Scheduler, late: Call, burst: int = 200) -> dict[str, float]:
+    """One replica serving one call at a time (0.11 s each) while ``burst`` on-time
+    calls arrive every 0.1 s (a little faster than it serves); ``late`` arrives at
+    0.95 s. Returns when each call started."""
+    r = ReplicaState(id="r", model="m", concurrency_limit=1, rates=Rates(**vars(RATES)))
+    arrivals = [(0.1 * i, call(deadline=0.1 * i + 30.0, arrival=0.1 * i)) for i in range(burst)]
+    arrivals = sorted([*arrivals, (0.95, late)], key=lambda a: a[0])
+    started: dict[str, float] = {}
+    running: Call | None = None
+    busy_until = math.inf
+    i = 0
+    while i < len(arrivals) or running is not None:
+        if running is not None and busy_until <= (arrivals[i][0] if i < len(arrivals) else 1e9):
+            now = busy_until
+            r.finish(running.id, now)
+            running, busy_until = None, math.inf
+        else:
+            now, c = arrivals[i]
+            i += 1
+            sched.route(c, [r], now).apply(c, r)
+        if running is None and (head := sched.pick(r, now)) is not None:
+            r.dispatch(head, now)
+            running, busy_until = head, now + service_s(r.rates, head)
+            started[head.id] = now
+    return started
+
+
+def test_a_late_call_in_a_burst_is_served_by_its_bound_not_starved() -> None:
+    """The burst that starved a late call under ``cato_triage``: on-time calls keep
+    coming, so "behind on-time work" alone means after the whole burst. ``cato``
+    serves it by its bound: deadline 1.0 + budget 1.0, less its service (0.11 s), plus
+    at most the one call already being served then."""
+    service = 0.11
+    late = call(deadline=1.0, arrival=0.0)  # routed at 0.95: its slack is gone
+    started = run_burst(CatoScheduler(), late)
+    assert late.id in started and started[late.id] <= 2.0 - service + service
+    assert started[late.id] >= 2.0 - service - service  # but not before on-time work
+    starved = call(deadline=1.0, arrival=0.0)
+    triage = run_burst(CatoTriageScheduler(), starved)
+    assert triage[starved.id] == max(triage.values())  # after every one of the burst
+    assert triage[starved.id] > 200 * 0.1
+    # The paper's rule serves it at once, ahead of the on-time calls.
+    first = call(deadline=1.0, arrival=0.0)
+    paper = run_burst(CatoPaperScheduler(), first)
+    assert paper[first.id] <= 0.95 + service
+
+
+def test_shed_only_a_late_call_that_asked_for_it() -> None:
+    idle = [replica("idle")]
+    late = dataclasses.replace(call(deadline=10.05, prompt=100), shed_late=True)
+    for name in ("cato", "cato_paper", "cato_triage", "round_robin", "pow2", "least_loaded"):
+        route = make_scheduler(name).route(late, idle, now=10.0)
+        assert route.shed, name
+        with pytest.raises(ValueError, match="shed"):
+            route.apply(late, idle[0])
+        waits = dataclasses.replace(late, id=f"w-{name}", shed_late=False)
+        assert not make_scheduler(name).route(waits, idle, now=10.0).shed
+    # At risk (it would meet its deadline with no wait) is not late: not shed.
+    busy = [replica("q2", queued=2)]
+    at_risk = dataclasses.replace(call(prompt=100), shed_late=True)
+    at_risk.deadline = 10.0 + service_s(RATES, at_risk) + busy[0].wait_s / 2
+    route = CatoScheduler().route(at_risk, busy, now=10.0)
+    assert route.priority == AT_RISK and not route.shed
+
+
+def test_best_fit_takes_the_busiest_replica_that_meets_the_deadline_with_margin() -> None:
+    def owing(rid: str, calls: int, prompt: int) -> ReplicaState:
+        """``calls`` in flight, each still owing a ``prompt``-token prefill."""
+        r = ReplicaState(id=rid, model="m", concurrency_limit=16, rates=Rates(**vars(RATES)))
+        for _ in range(calls):
+            r.start(call(prompt=prompt), 0.0)
+        return r
+
+    replicas = [owing("empty", 0, 0), owing("two", 2, 10), owing("five", 5, 1000)]
+    assert [r.wait_s for r in replicas] == pytest.approx([0.0, 0.02, 5.0])
+    fit = CatoScheduler(best_fit=True)
+
+    def chosen(sched: Scheduler, slack: float) -> str:
+        return sched.route(call(deadline=slack, prompt=100), replicas, now=0.0).replica_id
+
+    assert chosen(CatoScheduler(), 10.0) == "empty"  # shortest wait
+    assert chosen(fit, 10.0) == "five"  # 5.11 s: meets 10 s with more than 1 s to spare
+    assert chosen(fit, 5.3) == "two"  # "five" would meet it, but without the margin
+    assert chosen(fit, 0.1) == "empty"  # nobody meets it: the shortest wait, as cato
+
+
+def test_triage_routes_late_calls_like_the_paper_but_last() -> None:
     replicas = [replica("idle"), replica("busy", queued=1)]
     late = call(deadline=10.05, prompt=100)  # service 0.11 s from now = 10.0
-    cato = CatoScheduler().route(late, replicas, now=10.0)
+    cato = CatoPaperScheduler().route(late, replicas, now=10.0)
     triage = CatoTriageScheduler().route(late, replicas, now=10.0)
     assert cato.priority == URGENT and triage.priority == LATE
     assert triage.replica_id == cato.replica_id == "idle"
@@ -324,10 +476,10 @@ def test_triage_routes_late_calls_like_cato_but_last() -> None:
 
 
 @pytest.mark.parametrize(("deadline", "priority"), [(1.0, AT_RISK), (5.0, SAFE), (100.0, SAFE)])
-def test_triage_routes_on_time_calls_exactly_as_cato(deadline: float, priority: int) -> None:
+def test_triage_routes_on_time_calls_exactly_as_the_paper(deadline: float, priority: int) -> None:
     replicas = [replica("q2", queued=2), replica("q1", queued=1)]
     c = call(deadline=deadline, prompt=100, output=50, metric="e2e")
-    cato = CatoScheduler().route(c, replicas, now=0.0)
+    cato = CatoPaperScheduler().route(c, replicas, now=0.0)
     assert cato.priority == priority and cato.promote_to == URGENT
     # The same decision, but should its slack run out in the queue, it goes to the back.
     triage = CatoTriageScheduler().route(c, replicas, now=0.0)
@@ -384,13 +536,13 @@ def test_a_moved_call_stays_where_it_was_moved() -> None:
     assert q.pop(10.0) is safe and q.pop(10.0) is late and late.priority == LATE
 
 
-def test_cato_and_triage_differ_only_on_late_calls() -> None:
+def test_paper_and_triage_differ_only_on_late_calls() -> None:
     """Same arrivals on both: the on-time calls come out in the same order under both,
     and triage serves every late call after every on-time one."""
     rng = random.Random(5)
     specs = [(rng.uniform(0.0, 8.0), rng.randint(10, 400)) for _ in range(40)]
     orders = []
-    for sched in (CatoScheduler(), CatoTriageScheduler()):
+    for sched in (CatoPaperScheduler(), CatoTriageScheduler()):
         r = replica("r", queued=0)
         r.start(call(), 0.0)
         calls = [call(deadline=d, prompt=p) for d, p in specs]
@@ -405,35 +557,41 @@ def test_cato_and_triage_differ_only_on_late_calls() -> None:
     assert set(cato[: len(late)]) == late
 
 
+Entry = tuple[int, float, list[tuple[float, int]]]
+
+
 @st.composite
-def queue_entries(draw: st.DrawFn) -> list[tuple[int, float, float, int]]:
+def queue_entries(draw: st.DrawFn) -> list[Entry]:
+    """(priority, key, moves): up to three moves, in time order, to any level."""
     n = draw(st.integers(0, 30))
     keys = draw(st.lists(st.integers(0, 10_000), min_size=n, max_size=n, unique=True))
     out = []
     for key in keys:
         priority = draw(st.sampled_from([0, 1, 2, 3]))
-        promote = draw(st.one_of(st.just(math.inf), st.floats(0, 100)))
-        promote_to = draw(st.sampled_from([URGENT, LATE]))
-        out.append((priority, float(key), promote, promote_to))
+        times = sorted(draw(st.lists(st.floats(0, 100), max_size=3)))
+        moves = [(t, draw(st.sampled_from([URGENT, AT_RISK, SAFE, LATE]))) for t in times]
+        out.append((priority, float(key), moves))
     return out
 
 
 @given(queue_entries(), st.lists(st.floats(0, 120), max_size=40), st.data())
 @settings(max_examples=150, deadline=None)
-def test_queue_pops_in_priority_key_order_with_promotion(
-    entries: list[tuple[int, float, float, int]], times: list[float], data: st.DataObject
+def test_queue_pops_in_priority_key_order_with_moves(
+    entries: list[Entry], times: list[float], data: st.DataObject
 ) -> None:
     q = ReplicaQueue()
     calls = []
-    for priority, key, promote, promote_to in entries:
+    for priority, key, moves in entries:
         c = call()
-        c.priority, c.sort_key, c.promote_at, c.promote_to = priority, key, promote, promote_to
+        c.priority, c.sort_key = priority, key
+        if moves:
+            (c.promote_at, c.promote_to), c.moves = moves[0], tuple(moves[1:])
         calls.append(c)
         q.push(c)
     removed = data.draw(st.lists(st.sampled_from(calls), unique=True)) if calls else []
     for c in removed:
         assert q.remove(c.id) is c
-    left = {c.id: (c.priority, c.sort_key, c.promote_at, c.promote_to) for c in calls}
+    left = {c.id: entry for c, entry in zip(calls, entries, strict=True)}
     for c in removed:
         del left[c.id]
     for now in sorted(times):
@@ -443,12 +601,15 @@ def test_queue_pops_in_priority_key_order_with_promotion(
             continue
 
         def effective(cid: str, now: float = now) -> tuple[int, float]:
-            priority, key, promote, promote_to = left[cid]
-            # A priority-0 call has nowhere to go (push sets no timer for it).
-            return (promote_to if promote <= now and priority != 0 else priority, key)
+            priority, key, moves = left[cid]
+            for at, level in moves:  # the last move due by now decides
+                if at <= now:
+                    priority = level
+            return (priority, key)
 
         expected = min(left, key=effective)
         assert got is not None and got.id == expected
+        assert got.priority == effective(expected)[0]
         del left[expected]
     assert len(q) == len(left)
 
@@ -506,13 +667,18 @@ def test_registry_and_errors() -> None:
     assert isinstance(make_scheduler("cato"), CatoScheduler)
     assert make_scheduler("pow2", seed=3).seed == 3
     with pytest.raises(
-        SchedulerConfigError, match="cato, cato_triage, least_loaded, pow2, round_robin"
+        SchedulerConfigError, match="cato, cato_paper, cato_triage, least_loaded, pow2, round_robin"
     ):
         make_scheduler("fifo")
     with pytest.raises(SchedulerConfigError, match="bad options"):
         make_scheduler("cato", window=3)
     assert isinstance(make_scheduler("cato_triage"), CatoTriageScheduler)
-    for name in ("cato", "cato_triage", "round_robin", "pow2", "least_loaded"):
+    assert isinstance(make_scheduler("cato_paper"), CatoPaperScheduler)
+    with pytest.raises(SchedulerConfigError, match="late_bound must be > 0"):
+        make_scheduler("cato", late_bound=0)
+    with pytest.raises(SchedulerConfigError, match="urgent_margin must be in"):
+        make_scheduler("cato", urgent_margin=1.0)
+    for name in ("cato", "cato_paper", "cato_triage", "round_robin", "pow2", "least_loaded"):
         with pytest.raises(NoReplicaError, match="model 'm'"):
             make_scheduler(name).route(call(), [], now=0.0)
 

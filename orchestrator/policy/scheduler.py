@@ -8,18 +8,35 @@ A scheduler answers two questions, both pure (state and ``now`` in, a decision o
 
 The caller applies a ``Route`` (``route.apply(call, replica)``), and dispatches the
 call ``pick`` returns with ``replica.dequeue(call.id)`` and ``replica.start(call, now)``
-(or ``replica.dispatch(call, now)``, the two in one).
+(or ``replica.dispatch(call, now)``, the two in one). A route with ``shed`` set is not
+applied: the call asked to end at once when late (``Call.shed_late``) and it is late,
+so the caller ends it with the error code ``sla_unreachable``.
 
-Priorities (lower is served first): 0 = the call's slack is already gone, 1 = no
-replica is expected to meet its deadline, 2 = safe. A waiting call is moved by its
-queue to the route's ``promote_to`` (0 for ``cato``) at ``promote_at``, the moment its
-slack runs out.
+Priorities (lower is served first, in the queue and, sent along, in the engine):
 
-``cato_triage`` is Algorithm 1 with the opposite answer for late calls: priority 3
-(``LATE``), behind every call that can still meet its deadline, in the queue and in the
-engine alike, whether the call is late on arrival or its slack runs out while it waits
-(``promote_to`` is ``LATE``). Past saturation, serving late calls first only makes more
-calls late.
+* 0 ``URGENT``: the call can still meet its deadline, but its margin (deadline minus
+  expected completion) is under ``urgent_margin`` of its budget (deadline minus the
+  call's arrival): "slack nearly gone";
+* 1 ``AT_RISK``: no replica is expected to meet its deadline, but its slack is not gone
+  (it would meet it with no wait);
+* 2 ``SAFE``;
+* 3 ``LATE``: its slack is gone (even with no wait it misses its deadline). It is served
+  behind every on-time call, but for a bounded time only: at its bound, its deadline
+  plus ``late_bound`` times its budget (for a single-call task, arrival + 2 x SLA by
+  default) less its service time, it moves to ``SAFE``, where its deadline (long past)
+  puts it at the front of the safe calls, ahead of all work queued with a later
+  deadline. Moving it to 0 instead puts bound-reached calls ahead of urgent ones in
+  the engine too (admission and preemption), which brings back the late-first collapse
+  below.
+
+A waiting call moves through these levels as its slack shrinks (``Call.moves``, all
+planned at routing, so the queue never re-sorts): ``SAFE`` -> ``URGENT`` -> ``LATE`` ->
+``SAFE`` at its bound. ``cato`` is this policy. The bound holds in the orchestrator's
+queue; a call already sent to an engine keeps the priority it was sent with there.
+``cato_paper`` is the paper's Algorithm 1 as written: a late call gets 0 and goes first,
+which collapses past saturation (late calls push on-time ones late in turn).
+``cato_triage`` is ``cato`` without urgency or bound (late calls last, for ever), kept
+to show what the bound costs and buys.
 """
 
 from __future__ import annotations
@@ -53,7 +70,9 @@ class SchedulerConfigError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Route:
     """A routing decision: the replica and the queue position the call takes there
-    (``priority`` now, ``promote_to`` from ``promote_at`` on if it is still queued)."""
+    (``priority`` now, ``promote_to`` from ``promote_at`` on if it is still queued,
+    then each later ``(time, level)`` of ``moves``). ``shed``: do not queue the call,
+    end it (it asked to, and it is late)."""
 
     replica_id: str
     priority: int
@@ -62,15 +81,20 @@ class Route:
     sort_key: float
     promote_at: float
     promote_to: int = URGENT
+    moves: tuple[tuple[float, int], ...] = ()
+    shed: bool = False
 
     def apply(self, call: Call, replica: ReplicaState) -> None:
         """Stamp the decision on ``call`` and queue it on ``replica``."""
         if replica.id != self.replica_id:
             raise ValueError(f"route is for replica {self.replica_id!r}, not {replica.id!r}")
+        if self.shed:
+            raise ValueError(f"call {call.id} is shed (late), not queued")
         call.priority = self.priority
         call.sort_key = self.sort_key
         call.promote_at = self.promote_at
         call.promote_to = self.promote_to
+        call.moves = self.moves
         replica.enqueue(call)
 
 
@@ -104,45 +128,84 @@ def _require(call: Call, replicas: Sequence[ReplicaState]) -> None:
 
 
 class CatoScheduler(Scheduler):
-    """CATO Algorithm 1: the shortest expected wait among replicas that meet the deadline.
+    """CATO: Algorithm 1's routing with overload-safe priorities (see the module doc).
 
     A replica meets a call's deadline ``d`` if ``now + wait + service <= d``, with
     ``wait`` the replica's ``wait_s`` (see ``ReplicaState.estimate_wait_s``) and
-    ``service`` the call's own time there. Queues order by (priority, deadline).
+    ``service`` the call's own time there. Among those, the shortest wait wins; with
+    ``best_fit``, the busiest one whose margin is still at least ``urgent_margin`` of
+    the call's budget, so that other replicas stay idle (and can be released). Queues
+    order by (priority, deadline).
 
     The replica with the shortest wait overall is found with one C-level ``min`` over
-    the kept ``route_key``; if it meets ``d`` it is the answer. Only otherwise (rates
-    differ between replicas, or nobody meets ``d``) is every replica examined.
+    the kept ``route_key``; if it meets ``d`` (and ``best_fit`` is off) it is the
+    answer. Only otherwise is every replica examined.
+
+    ``urgent_margin`` (in [0, 1)): a call whose margin is below this share of its
+    budget is ``URGENT``; 0 turns urgency off. ``late_bound`` (> 0, ``inf`` for none): a
+    late call leaves ``LATE`` for ``SAFE`` (sorted by its past deadline, so ahead of the
+    other safe calls) once this many budgets past its deadline, less its service.
     """
 
     name = "cato"
-    # Where a call goes once its slack is gone (on arrival, or while it waits).
-    late_priority: ClassVar[int] = URGENT
+    default_urgent_margin: ClassVar[float] = 0.1
+    default_late_bound: ClassVar[float] = 1.0
+
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        urgent_margin: float | None = None,
+        late_bound: float | None = None,
+        best_fit: bool = False,
+    ) -> None:
+        super().__init__(seed=seed)
+        margin = self.default_urgent_margin if urgent_margin is None else urgent_margin
+        bound = self.default_late_bound if late_bound is None else late_bound
+        if not 0.0 <= margin < 1.0:
+            raise SchedulerConfigError(f"urgent_margin must be in [0, 1), got {margin}")
+        if not bound > 0.0:
+            raise SchedulerConfigError(f"late_bound must be > 0 (inf: no bound), got {bound}")
+        self.urgent_margin = margin
+        self.late_bound = bound
+        self.best_fit = best_fit
 
     def route(self, call: Call, replicas: Sequence[ReplicaState], now: float) -> Route:
         _require(call, replicas)
-        late = self.late_priority
+        deadline = call.deadline
+        budget = max(deadline - call.arrival, 0.0)
+        margin = self.urgent_margin * budget
         best = min(replicas, key=_by_route_key)
         wait = best.wait_s
         service = service_s(best.rates, call)
-        deadline = call.deadline
-        if now + wait + service <= deadline:
-            done = now + wait + service
-            return Route(best.id, SAFE, wait, done, deadline, deadline - service, late)
-        meeting = self._shortest_wait_meeting(call, replicas, now)
-        if meeting is not None:
-            best = meeting
+        chosen = self._best_fit(call, replicas, now, margin) if self.best_fit else None
+        if chosen is None and now + wait + service > deadline:
+            chosen = self._shortest_wait_meeting(call, replicas, now)
+        if chosen is not None:
+            best = chosen
             wait = best.wait_s
             service = service_s(best.rates, call)
-            priority = SAFE
-        elif deadline - now - service < 0:
-            if late != URGENT:  # queued as late from the start: nothing left to promote
-                return Route(best.id, late, wait, now + wait + service, deadline, INF, late)
-            priority = URGENT
-        else:
-            priority = AT_RISK
         done = now + wait + service
-        return Route(best.id, priority, wait, done, deadline, deadline - service, late)
+        gone_at = deadline - service  # its slack is gone from then on
+        bound_at = INF if self.late_bound == INF else deadline + self.late_bound * budget - service
+        if gone_at < now:  # late: behind on-time work until its bound
+            if call.shed_late:
+                return Route(best.id, LATE, wait, done, deadline, INF, shed=True)
+            if bound_at <= now:
+                return Route(best.id, SAFE, wait, done, deadline, INF)
+            return Route(
+                best.id, LATE, wait, done, deadline, bound_at, SAFE if bound_at < INF else LATE
+            )
+        moves: tuple[tuple[float, int], ...] = () if bound_at == INF else ((bound_at, SAFE),)
+        if done > deadline:
+            return Route(best.id, AT_RISK, wait, done, deadline, gone_at, LATE, moves)
+        urgent_at = gone_at - margin  # if it has not started by then
+        if margin > 0.0 and now + wait >= urgent_at:
+            return Route(best.id, URGENT, wait, done, deadline, gone_at, LATE, moves)
+        if margin > 0.0:
+            moves = ((gone_at, LATE), *moves)
+            return Route(best.id, SAFE, wait, done, deadline, urgent_at, URGENT, moves)
+        return Route(best.id, SAFE, wait, done, deadline, gone_at, LATE, moves)
 
     @staticmethod
     def _shortest_wait_meeting(
@@ -165,18 +228,66 @@ class CatoScheduler(Scheduler):
                 chosen, chosen_key = replica, replica.route_key
         return chosen
 
+    @staticmethod
+    def _best_fit(
+        call: Call, replicas: Sequence[ReplicaState], now: float, margin: float
+    ) -> ReplicaState | None:
+        """The busiest replica (most calls, then longest wait) that still meets the
+        deadline with ``margin`` to spare; None if none does."""
+        room = call.deadline - now - margin
+        chosen: ReplicaState | None = None
+        chosen_key: tuple[int, float] = (-1, -INF)
+        for replica in replicas:
+            wait = replica.wait_s
+            if wait > room:
+                continue
+            if wait + service_s(replica.rates, call) <= room:
+                key = (replica.load, wait)
+                if key > chosen_key:
+                    chosen, chosen_key = replica, key
+        return chosen
+
+
+class CatoPaperScheduler(Scheduler):
+    """The paper's Algorithm 1 as written: 0 = slack already gone (served first), 1 = no
+    replica meets the deadline, 2 = safe; a waiting call rises to 0 when its slack runs
+    out. Kept for comparisons: past saturation, serving late calls first makes on-time
+    calls late in turn."""
+
+    name = "cato_paper"
+
+    def route(self, call: Call, replicas: Sequence[ReplicaState], now: float) -> Route:
+        _require(call, replicas)
+        best = min(replicas, key=_by_route_key)
+        wait = best.wait_s
+        service = service_s(best.rates, call)
+        deadline = call.deadline
+        if now + wait + service <= deadline:
+            done = now + wait + service
+            return Route(best.id, SAFE, wait, done, deadline, deadline - service)
+        meeting = CatoScheduler._shortest_wait_meeting(call, replicas, now)
+        if meeting is not None:
+            best = meeting
+            wait = best.wait_s
+            service = service_s(best.rates, call)
+            priority = SAFE
+        elif deadline - now - service < 0:
+            if call.shed_late:
+                return Route(best.id, URGENT, wait, now + wait + service, deadline, INF, shed=True)
+            priority = URGENT
+        else:
+            priority = AT_RISK
+        done = now + wait + service
+        return Route(best.id, priority, wait, done, deadline, deadline - service)
+
 
 class CatoTriageScheduler(CatoScheduler):
-    """Algorithm 1, except that late calls go last: priority ``LATE``, never raised.
-
-    A call whose slack is gone on arrival is routed as in ``cato`` but queued (and sent
-    to the engine) behind on-time work. One whose slack runs out while it waits is
-    moved there by its queue's timer (``promote_to`` is ``LATE``), where ``cato``'s
-    would raise it to the front.
-    """
+    """``cato`` with no urgency and no bound: late calls go last and stay there, so a
+    late call can starve while on-time work keeps coming. Kept for comparisons."""
 
     name = "cato_triage"
-    late_priority: ClassVar[int] = LATE
+    default_urgent_margin: ClassVar[float] = 0.0
+    default_late_bound: ClassVar[float] = INF
 
 
 class _FifoScheduler(Scheduler):
@@ -186,8 +297,10 @@ class _FifoScheduler(Scheduler):
         _require(call, replicas)
         replica = self.choose(replicas)
         wait = replica.wait_s
-        done = now + wait + service_s(replica.rates, call)
-        return Route(replica.id, FIFO_PRIORITY, wait, done, call.arrival, INF)
+        service = service_s(replica.rates, call)
+        done = now + wait + service
+        shed = call.shed_late and now + service > call.deadline
+        return Route(replica.id, FIFO_PRIORITY, wait, done, call.arrival, INF, shed=shed)
 
     @abstractmethod
     def choose(self, replicas: Sequence[ReplicaState]) -> ReplicaState: ...
@@ -242,6 +355,7 @@ SCHEDULERS: dict[str, type[Scheduler]] = {
     cls.name: cls
     for cls in (
         CatoScheduler,
+        CatoPaperScheduler,
         CatoTriageScheduler,
         RoundRobinScheduler,
         PowerOfTwoScheduler,

@@ -94,8 +94,10 @@ class Call:
 
     ``metric`` says which latency the node's deadline bounds (``ttft`` for a node whose
     first token is what the user waits for, ``e2e`` otherwise). While queued, the call
-    moves to priority ``promote_to`` at ``promote_at`` (its slack is gone then): to 0,
-    the front, by default; a policy that serves late calls last sets a larger level.
+    moves to priority ``promote_to`` at ``promote_at``, then through ``moves`` (later
+    ``(time, level)`` pairs, in time order): the routing policy plans every move a
+    waiting call will make (its slack nearly gone, gone, its bounded wait over) when it
+    routes it. ``shed_late``: the request asked to end at once rather than run late.
     """
 
     id: str
@@ -113,6 +115,8 @@ class Call:
     sort_key: float = 0.0
     promote_at: float = INF
     promote_to: int = 0
+    moves: tuple[tuple[float, int], ...] = ()
+    shed_late: bool = False
     started_at: float | None = None
     first_token_at: float | None = None
     tokens_done: int = 0
@@ -127,10 +131,10 @@ class Call:
 class ReplicaQueue:
     """Calls waiting for one replica, ordered by (priority, key) with lazy re-evaluation.
 
-    A call's priority changes at most once while it waits: to ``promote_to`` (0 unless
-    its policy says otherwise) when its slack runs out, at a time known when it was
-    routed (``promote_at``). So instead of re-sorting at every dispatch, a timer heap
-    moves calls as ``now`` passes that time: push, pop and remove are all O(log n).
+    A call's priority changes only at times known when it was routed: to
+    ``promote_to`` at ``promote_at``, then to each level of ``moves`` at its time (a
+    handful at most). So instead of re-sorting at every dispatch, a timer heap moves
+    calls as ``now`` passes those times: push, pop and remove are all O(log n).
     """
 
     def __init__(self) -> None:
@@ -155,8 +159,8 @@ class ReplicaQueue:
         self._live[call.id] = call
         if call.priority == 0:
             heapq.heappush(self._urgent, (call.sort_key, token, call))
-            return
-        heapq.heappush(self._normal, (call.priority, call.sort_key, token, call))
+        else:
+            heapq.heappush(self._normal, (call.priority, call.sort_key, token, call))
         if call.promote_at < INF:
             heapq.heappush(self._timers, (call.promote_at, token, call))
 
@@ -167,15 +171,20 @@ class ReplicaQueue:
         return call
 
     def promote(self, now: float) -> None:
-        """Move every call whose slack has run out by ``now`` to its ``promote_to``."""
+        """Make every move due by ``now``: a call goes to its ``promote_to``, and its
+        next move (if any) becomes its ``promote_at``/``promote_to``."""
         timers = self._timers
         while timers and timers[0][0] <= now:
             _, token, call = heapq.heappop(timers)
             if call._token != token or call.id not in self._live:
                 continue
             level = call.priority = call.promote_to
-            call.promote_at = INF  # done: a re-push must not move it again
             new = call._token = next(self._seq)
+            if call.moves:
+                (call.promote_at, call.promote_to), call.moves = call.moves[0], call.moves[1:]
+                heapq.heappush(timers, (call.promote_at, new, call))
+            else:
+                call.promote_at = INF  # done: a re-push must not move it again
             if level == 0:
                 heapq.heappush(self._urgent, (call.sort_key, new, call))
             else:
