@@ -140,6 +140,20 @@ async def _read_stream(resp: aiohttp.ClientResponse, hang_s: float) -> tuple[Out
                 return "garbled", f"a chunk without choices: {data[:80]!r}"
 
 
+async def request_once(
+    session: aiohttp.ClientSession, base_url: str, prompt: str, max_tokens: int, hang_s: float
+) -> tuple[Outcome, str]:
+    """One streaming completion through the service, classified as it ended."""
+    body = {
+        "model": "tiny",
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "stream": True,
+        "cato": {"task": "complete"},
+    }
+    return await _one(session, base_url + "/v1/completions", body, hang_s)
+
+
 async def _client(
     session: aiohttp.ClientSession,
     service: Service,
@@ -148,17 +162,12 @@ async def _client(
     n: int,
     out: list[Request],
 ) -> None:
-    url = service.url + "/v1/completions"
     i = 0
     while (now := time.monotonic() - t0) < options.duration_s:
-        body = {
-            "model": "tiny",
-            "prompt": f"def handler_{n}_{i}(request):\n",
-            "max_tokens": options.max_tokens,
-            "stream": True,
-            "cato": {"task": "complete"},
-        }
-        outcome, detail = await _one(session, url, body, options.hang_s)
+        prompt = f"def handler_{n}_{i}(request):\n"
+        outcome, detail = await request_once(
+            session, service.url, prompt, options.max_tokens, options.hang_s
+        )
         out.append(Request(now, time.monotonic() - t0, outcome, detail))
         i += 1
         if outcome != "finished":

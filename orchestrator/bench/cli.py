@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from orchestrator import calibrate
-from orchestrator.bench import capacity, capacity_report, chaos, peers, workloads
+from orchestrator.bench import capacity, capacity_report, chaos, peers, soak, workloads
 from orchestrator.bench.live import LIVE_POLICIES, LiveOptions, run_live_sweep, twin_sweep
 from orchestrator.bench.live_serve import run_serve_sweep
 from orchestrator.bench.report import markdown, write_report
@@ -90,6 +90,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         sub.add_parser("capacity", help="SLA capacity per scenario and policy over seeds")
     )
     chaos.configure(sub.add_parser("chaos", help="stream through cato serve, killing replicas"))
+    soak.configure(sub.add_parser("soak", help="steady load; memory and fds over time"))
     shape = sub.add_parser("workloads", help="print per-kind prompt and output lengths")
     workloads.configure(shape)
     calibrate.configure(
@@ -228,6 +229,8 @@ def _run(args: argparse.Namespace) -> int:
         return calibrate.run(args)
     if args.bench_command == "chaos":
         return chaos.run(args)
+    if args.bench_command == "soak":
+        return soak.run(args)
     if args.bench_command == "capacity":
         return _run_capacity(args)
     return _run_sim(args)
