@@ -17,15 +17,14 @@ from orchestrator.bench.capacity import (
     QUICK_GRID,
     TOLERANCE,
     Case,
-    Estimate,
     Options,
     coupled_mmpp,
     default_scheduler,
     find_capacity,
     parse_seeds,
     search_cell,
-    t975,
 )
+from orchestrator.bench.capacity_report import Estimate, t975
 from orchestrator.bench.workloads import build_workload
 
 

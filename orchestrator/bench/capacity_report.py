@@ -1,6 +1,8 @@
 """Reports of ``cato bench capacity``: a markdown table, the raw JSON, and PNG plots.
 
-The table gives each row's SLA capacity as mean ± the half-width of its 95% confidence
+Confidence intervals are Student t intervals of the mean over seeds (the seeds are
+independent runs; their capacities are not assumed normal, only their mean). The
+table gives each row's SLA capacity as mean ± the half-width of its 95% confidence
 interval over seeds, its ratio to the best of the plain routers (``BASELINES``) with the
 same provisioner, and the overload figures at ``OVERLOAD`` x C. The plots show SLA
 attainment against load with a band of the same confidence interval, per case.
@@ -10,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +24,59 @@ from orchestrator.bench.capacity import (
     TARGET,
     TUNING_SEEDS,
     CapacityRun,
-    Estimate,
     Options,
 )
 from orchestrator.bench.report import PlotsUnavailable, _pyplot
+
+# --------------------------------------------------------------------------- statistics
+
+# Student t quantiles t(0.975, df) for df = 1..30; above that the Cornish-Fisher series.
+_T975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+
+
+def t975(df: int) -> float:
+    """The two-sided 95% Student t quantile for ``df`` degrees of freedom."""
+    if df < 1:
+        raise ValueError("a t quantile needs df >= 1")
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = 1.959964
+    return (
+        z
+        + (z**3 + z) / (4 * df)
+        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3)
+    )
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Mean over seeds and the half-width of its 95% confidence interval (Student t)."""
+
+    mean: float
+    half_width: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Estimate:
+        finite = [v for v in values if math.isfinite(v)]
+        if not finite:
+            return cls(math.nan, math.nan, 0)
+        n = len(finite)
+        mean = sum(finite) / n
+        if n == 1:
+            return cls(mean, math.nan, 1)
+        sd = math.sqrt(sum((v - mean) ** 2 for v in finite) / (n - 1))
+        return cls(mean, t975(n - 1) * sd / math.sqrt(n), n)
+
+
+def capacity(run: CapacityRun, case: str, row: tuple[str, str]) -> Estimate:
+    """A row's SLA capacity (tasks/s) over the run's seeds."""
+    return Estimate.of([c.capacity_rps for c in run.cells_of(case, row)])
 
 
 def _pm(est: Estimate, digits: int = 2) -> str:
@@ -43,7 +96,7 @@ def _label(run: CapacityRun, row: tuple[str, str], autoscaling: bool) -> str:
 def best_baseline(run: CapacityRun, case: str, provisioner: str) -> tuple[str, float] | None:
     """The plain router with the highest mean capacity in ``case`` under ``provisioner``."""
     means = [
-        (s, run.capacity(case, (s, p)).mean)
+        (s, capacity(run, case, (s, p)).mean)
         for s, p in run.rows(case)
         if s in BASELINES and p == provisioner
     ]
@@ -98,19 +151,19 @@ def _case_table(run: CapacityRun, case: str, options: Options) -> list[str]:
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in run.rows(case):
         cells = run.cells_of(case, row)
-        capacity = run.capacity(case, row)
+        found = capacity(run, case, row)
         loads = Estimate.of([c.capacity for c in cells])
         best = best_baseline(run, case, row[1])
         ratio = "-"
         if best is not None and best[1] > 0:
-            ratio = f"{capacity.mean / best[1]:.2f}x {best[0]}"
+            ratio = f"{found.mean / best[1]:.2f}x {best[0]}"
         over = [c.at(OVERLOAD) for c in cells]
         probes = [p for p in over if p is not None]
         censored = sorted({c.censored for c in cells if c.censored})
         note = f" ({'/'.join(censored)} the range)" if censored else ""
         out = [
             _label(run, row, spec.autoscaling),
-            _pm(capacity) + note,
+            _pm(found) + note,
             _pm(loads),
             ratio,
             _pm(Estimate.of([p.goodput_rps for p in probes])),
