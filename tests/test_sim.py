@@ -117,7 +117,7 @@ def test_emulator_outputs_are_the_lengths_the_emulator_would_generate() -> None:
     )
     sim = Simulator(config(1, outputs="emulator", emulator_seed=7))
     sim.run([(0.0, task)])
-    assert sim._templates[task.key].outputs[0] == expected
+    assert sim._templates.cache[task.key].outputs[0] == expected
     assert expected != 16
 
 

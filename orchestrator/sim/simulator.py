@@ -4,7 +4,9 @@ The simulator plays the executor and the replica manager on a virtual clock: eac
 becomes the graph ``build_graph`` gives it, its nodes get the profiler's slack deadlines,
 each ``llm`` node becomes a ``Call`` that the SAME scheduler object routes and picks, and
 each dispatched call runs as a sequence in its replica's ``EngineModel`` (one engine per
-replica, stepped one forward pass at a time). The SAME provisioner object decides every
+replica, stepped one forward pass at a time). Calls are placed, queued, started and
+released by the executor's own dispatch core (``orchestrator.dispatch``), with the
+engine in place of the HTTP stream. The SAME provisioner object decides every
 ``interval_s``; new replicas hold their GPUs while they cold-start and drained replicas
 finish their calls before they stop. Runs are deterministic for a given seed.
 
@@ -24,17 +26,11 @@ import heapq
 import itertools
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Callable, Iterable
+from typing import Any
 
-from orchestrator.api import TaskRequest
-from orchestrator.config import ProvisionerConfig
 from orchestrator.dispatch import DispatchCore, DispatchError
-from orchestrator.emulator.textgen import TextGenerator
-from orchestrator.engine_model import EngineProfile, Policy, StepResult, TokenOutput
-from orchestrator.graphs import DEFAULTS, GraphError, Node, TaskDefaults, TaskGraph, build_graph
-from orchestrator.graphs import approx_tokens as _approx_tokens
+from orchestrator.engine_model import StepResult, TokenOutput
 from orchestrator.metrics import (
     Outcome,
     UtilizationTracker,
@@ -43,233 +39,36 @@ from orchestrator.metrics import (
 from orchestrator.policy.provisioner import (
     ClusterView,
     ModelView,
-    ReplicaView,
     ScaleDecision,
     make_provisioner,
 )
 from orchestrator.policy.state import Call, Rates, ReplicaState
-from orchestrator.profiler import DeadlinePlan, Profiler
+from orchestrator.profiler import Profiler
+from orchestrator.sim.config import ModelSpec, OutputModel, SimConfig, SimTask
 from orchestrator.sim.engine import DecodeRun, FusedEngine
+from orchestrator.sim.entities import (
+    DRAINING,
+    PENDING,
+    READY,
+    STOPPED,
+    CallRun,
+    SimModel,
+    SimReplica,
+    TaskState,
+    replica_view,
+    snapshot,
+)
 from orchestrator.sim.oracle import is_clairvoyant, make_sim_scheduler
 from orchestrator.sim.results import RecordStore, ScaleEvent, SimResult
+from orchestrator.sim.templates import Template, Templates
 
-OutputModel = Literal["workload", "emulator"]
+__all__ = ["ModelSpec", "OutputModel", "SimConfig", "SimTask", "Simulator", "simulate"]
 
 # Heap entries are (time, phase, order, kind, payload): at equal times, engine steps
 # (phase 1) start after everything else (phase 0), so calls dispatched at ``t`` join the
 # forward pass that starts at ``t``, as continuous batching does.
 _EVENT, _STEP = 0, 1
 _ARRIVAL, _STEP_START, _STEP_END, _READY, _TICK, _LOCAL_DONE = range(6)
-_PENDING, _READY_PHASE, _DRAINING, _STOPPED = "pending", "ready", "draining", "stopped"
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """One served model: its engine profile and how many replicas it may run.
-
-    ``replicas`` start READY at time zero; the provisioner keeps the count within
-    ``min_replicas`` .. ``max_replicas`` (defaults: ``replicas`` for both).
-    """
-
-    name: str
-    profile: EngineProfile
-    replicas: int = 1
-    min_replicas: int | None = None
-    max_replicas: int | None = None
-    gpus_per_replica: int = 1
-    concurrency_limit: int | None = None
-    rates: Rates | None = None
-
-    @property
-    def floor(self) -> int:
-        return self.replicas if self.min_replicas is None else self.min_replicas
-
-    @property
-    def ceiling(self) -> int:
-        top = self.replicas if self.max_replicas is None else self.max_replicas
-        return max(top, self.floor, self.replicas)
-
-    @property
-    def limit(self) -> int:
-        return self.concurrency_limit or self.profile.max_num_seqs
-
-
-@dataclass(frozen=True)
-class SimConfig:
-    """Everything a run depends on besides its arrivals."""
-
-    models: tuple[ModelSpec, ...]
-    defaults: TaskDefaults = DEFAULTS
-    scheduler: str = "cato"
-    provisioner: str = "fixed"
-    provisioner_config: ProvisionerConfig = field(default_factory=ProvisionerConfig)
-    gpus: int | None = None
-    seed: int = 0
-    engine_policy: Policy = "priority"
-    send_priority: bool = True
-    outputs: OutputModel = "workload"
-    emulator_seed: int = 0
-    sync_s: float = 0.25
-    fuse_decode: bool = True
-    max_fused_steps: int = 1024
-    profiler_refresh_s: float = 1.0
-    drain_s: float = 600.0
-    warmup_s: float = 0.0
-    local_s: Mapping[str, float] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if not self.models:
-            raise ValueError("simulate at least one model")
-        names = [m.name for m in self.models]
-        if len(set(names)) != len(names):
-            raise ValueError(f"duplicate model names in {names}")
-        if self.sync_s < 0 or self.profiler_refresh_s < 0 or self.drain_s < 0:
-            raise ValueError("sync_s, profiler_refresh_s and drain_s must be >= 0")
-
-    @property
-    def total_gpus(self) -> int:
-        if self.gpus is not None:
-            return self.gpus
-        return sum(m.ceiling * m.gpus_per_replica for m in self.models)
-
-
-@dataclass(frozen=True, eq=False)
-class SimTask:
-    """A task to simulate: the request, and how long the model's answers really are.
-
-    ``output_tokens`` is what a single-call task generates; a task with several calls
-    (``translate``) generates ``output_ratio`` times each chunk's tokens. Without either,
-    a call generates what the graph expected. ``key`` names the request for caching (the
-    same key must always mean the same request).
-    """
-
-    key: str
-    request: TaskRequest
-    output_tokens: int | None = None
-    output_ratio: float | None = None
-
-    def output_for(self, node: Node, llm_nodes: int) -> int:
-        if self.output_tokens is not None and llm_nodes == 1:
-            n = self.output_tokens
-        elif self.output_ratio is not None:
-            n = math.ceil(_approx_tokens(node.text or node.prompt) * self.output_ratio)
-        else:
-            n = node.expected_output_tokens
-        return max(1, min(n, node.max_tokens))
-
-
-# --------------------------------------------------------------------------- internals
-
-
-class _Template:
-    """A request's graph, resolved once: node order, edges, outputs, cached deadlines."""
-
-    __slots__ = (
-        "deps_left",
-        "error",
-        "final",
-        "graph",
-        "kind",
-        "model",
-        "nodes",
-        "offsets",
-        "offsets_at",
-        "outputs",
-        "plan",
-        "roots",
-        "succ",
-        "target_ms",
-        "ttft_metric",
-    )
-
-    def __init__(
-        self, graph: TaskGraph, plan: DeadlinePlan, outputs: list[int], error: str | None
-    ) -> None:
-        self.graph = graph
-        self.plan = plan
-        self.nodes = graph.nodes
-        index = {n.id: i for i, n in enumerate(graph.nodes)}
-        self.succ: list[list[int]] = [[] for _ in graph.nodes]
-        for i, node in enumerate(graph.nodes):
-            for dep in node.deps:
-                self.succ[index[dep]].append(i)
-        self.deps_left = [len(n.deps) for n in graph.nodes]
-        self.roots = [i for i, left in enumerate(self.deps_left) if left == 0]
-        self.final = [n.final for n in graph.nodes]
-        self.outputs = outputs
-        self.model = graph.model
-        self.kind = graph.request.kind.value
-        self.ttft_metric = graph.sla.metric.value == "ttft"
-        self.target_ms = graph.sla.target_ms
-        self.offsets: list[float] = []
-        self.offsets_at = -math.inf
-        self.error = error
-
-
-class _Task:
-    __slots__ = ("arrival", "deadlines", "failed", "first_token", "id", "left", "tpl", "waiting")
-
-    def __init__(self, task_id: int, tpl: _Template, arrival: float) -> None:
-        self.id = task_id
-        self.tpl = tpl
-        self.arrival = arrival
-        self.waiting = list(tpl.deps_left)
-        self.left = len(tpl.nodes)
-        self.first_token: float | None = None
-        self.failed = False
-        self.deadlines: list[float] = []
-
-
-class _Run:
-    """One call in the simulator: its task, node and true output length."""
-
-    __slots__ = ("call", "node", "out", "task")
-
-    def __init__(self, task: _Task, node: int, out: int, call: Call) -> None:
-        self.task = task
-        self.node = node
-        self.out = out
-        self.call = call
-
-
-class _Replica:
-    __slots__ = (
-        "engine",
-        "id",
-        "model",
-        "phase",
-        "ready_at",
-        "run",
-        "started_at",
-        "state",
-        "stepping",
-        "version",
-    )
-
-    def __init__(
-        self, rid: str, model: _Model, state: ReplicaState, engine: FusedEngine, now: float
-    ) -> None:
-        self.id = rid
-        self.model = model
-        self.state = state
-        self.engine = engine
-        self.phase = _PENDING
-        self.started_at = now
-        self.ready_at: float | None = None
-        self.stepping = False
-        self.run: DecodeRun | None = None  # the fused decode steps under way
-        self.version = 0
-
-
-class _Model:
-    __slots__ = ("count", "replicas", "series", "spec", "synced_at")
-
-    def __init__(self, spec: ModelSpec) -> None:
-        self.spec = spec
-        self.replicas: list[_Replica] = []
-        self.count = itertools.count()
-        self.series: list[tuple[float, int, int]] = []
-        self.synced_at: dict[str, float] = {}
 
 
 class Simulator:
@@ -291,14 +90,16 @@ class Simulator:
         self.profiler = Profiler(dict(priors))
         self._priors = priors
         self.tracker = UtilizationTracker()
-        self.models = {m.name: _Model(m) for m in config.models}
-        self.replicas: dict[str, _Replica] = {}
+        self.models = {m.name: SimModel(m) for m in config.models}
+        self.replicas: dict[str, SimReplica] = {}
         self.now = 0.0
         self._heap: list[tuple[float, int, int, int, Any]] = []
         self._order = itertools.count()
-        self._templates: dict[str, _Template] = {}
-        self._runs: dict[str, _Run] = {}
-        self._live: dict[int, _Task] = {}
+        self._templates = Templates(
+            config, {m.name: m.profile for m in config.models}, self.profiler
+        )
+        self._runs: dict[str, CallRun] = {}
+        self._live: dict[int, TaskState] = {}
         self._task_ids = itertools.count()
         self._store = RecordStore()
         self._scale_events: list[ScaleEvent] = []
@@ -311,7 +112,6 @@ class Simulator:
             "events": 0,
             "rerouted": 0,
         }
-        self._textgens: dict[str, TextGenerator] = {}
         self._ran = False
         self._cpu_s = 0.0
         # Read at every engine step or task: kept at hand.
@@ -345,7 +145,7 @@ class Simulator:
         for model in self.models.values():
             for _ in range(model.spec.replicas):
                 self._ready(self._add_replica(model, 0.0), 0.0)
-            self._snapshot(model, 0.0)
+            snapshot(model, 0.0)
         interval = self.config.provisioner_config.interval_s
         self._push(interval, _TICK, None)
         source = iter(arrivals)
@@ -404,55 +204,17 @@ class Simulator:
 
     # -- tasks --------------------------------------------------------------------------
 
-    def _template(self, task: SimTask) -> _Template:
-        tpl = self._templates.get(task.key)
-        if tpl is None:
-            tpl = self._templates[task.key] = self._build_template(task)
-        return tpl
-
-    def _build_template(self, task: SimTask) -> _Template:
-        try:
-            graph = build_graph(task.request, self.config.defaults)
-        except GraphError as exc:
-            raise ValueError(f"task {task.key!r}: {exc}") from exc
-        model = self.models.get(graph.model)
-        if model is None:
-            known = ", ".join(sorted(self.models))
-            raise ValueError(f"task {task.key!r} needs model {graph.model!r}; simulated: {known}")
-        llm_nodes = sum(1 for n in graph.nodes if n.op == "llm")
-        outputs = [self._output(task, graph, n, llm_nodes) for n in graph.nodes]
-        error = None
-        max_len = model.spec.profile.max_model_len
-        for node in graph.nodes:
-            if node.op == "llm" and node.prompt_tokens + node.max_tokens > max_len:
-                error = f"node {node.id}: prompt + max_tokens exceed max_model_len {max_len}"
-        return _Template(graph, self.profiler.plan(graph), outputs, error)
-
-    def _output(self, task: SimTask, graph: TaskGraph, node: Node, llm_nodes: int) -> int:
-        if node.op != "llm":
-            return 0
-        if self.config.outputs == "workload":
-            return task.output_for(node, llm_nodes)
-        gen = self._textgens.get(graph.model)
-        if gen is None:
-            profile = self.models[graph.model].spec.profile
-            gen = TextGenerator(
-                self.config.emulator_seed, profile.output_mean_tokens, profile.output_sigma
-            )
-            self._textgens[graph.model] = gen
-        return gen.plan(node.prompt, node.max_tokens, stop=node.stop).num_tokens
-
-    def _deadline_offsets(self, tpl: _Template, now: float) -> list[float]:
+    def _deadline_offsets(self, tpl: Template, now: float) -> list[float]:
         if now - tpl.offsets_at >= self._refresh_s or not tpl.offsets:
             tpl.offsets = self.profiler.deadline_list(tpl.plan, 0.0)
             tpl.offsets_at = now
         return tpl.offsets
 
     def _arrive(self, sim_task: SimTask, now: float) -> None:
-        tpl = self._templates.get(sim_task.key)
+        tpl = self._templates.cache.get(sim_task.key)
         if tpl is None:
-            tpl = self._template(sim_task)
-        task = _Task(next(self._task_ids), tpl, now)
+            tpl = self._templates.get(sim_task)
+        task = TaskState(next(self._task_ids), tpl, now)
         self._counters["tasks"] += 1
         self._live[task.id] = task
         if tpl.error is not None:
@@ -465,7 +227,7 @@ class Simulator:
         for i in tpl.roots:
             self._start_node(task, i, now)
 
-    def _start_node(self, task: _Task, index: int, now: float) -> None:
+    def _start_node(self, task: TaskState, index: int, now: float) -> None:
         node = task.tpl.nodes[index]
         if node.op == "llm":
             self._start_call(task, index, now)
@@ -476,13 +238,13 @@ class Simulator:
         else:
             self._local_done(task, index, now, 0.0)
 
-    def _local_done(self, task: _Task, index: int, now: float, duration: float) -> None:
+    def _local_done(self, task: TaskState, index: int, now: float, duration: float) -> None:
         if task.failed:
             return
         self.profiler.observe_planned(task.tpl.plan, index, duration)
         self._node_done(task, index, now)
 
-    def _node_done(self, task: _Task, index: int, now: float) -> None:
+    def _node_done(self, task: TaskState, index: int, now: float) -> None:
         tpl = task.tpl
         if tpl.final[index] and task.first_token is None:
             task.first_token = now
@@ -496,12 +258,12 @@ class Simulator:
             if waiting[nxt] == 0:
                 self._start_node(task, nxt, now)
 
-    def _fail(self, task: _Task, now: float) -> None:
+    def _fail(self, task: TaskState, now: float) -> None:
         if not task.failed:
             task.failed = True
             self._record(task, now, "error")
 
-    def _record(self, task: _Task, now: float, outcome: Outcome) -> None:
+    def _record(self, task: TaskState, now: float, outcome: Outcome) -> None:
         tpl = task.tpl
         del self._live[task.id]
         self._store.add(
@@ -516,7 +278,7 @@ class Simulator:
 
     # -- calls --------------------------------------------------------------------------
 
-    def _start_call(self, task: _Task, index: int, now: float) -> None:
+    def _start_call(self, task: TaskState, index: int, now: float) -> None:
         tpl = task.tpl
         node = tpl.nodes[index]
         out = tpl.outputs[index]
@@ -532,7 +294,7 @@ class Simulator:
             kind=tpl.kind,
         )
         self._counters["calls"] += 1
-        self._runs[call.id] = _Run(task, index, out, call)
+        self._runs[call.id] = CallRun(task, index, out, call)
         try:
             self.core.place(call, now)
         except DispatchError as exc:
@@ -563,7 +325,7 @@ class Simulator:
         elif rep.run is not None:
             self._cut_run(rep, rep.run, now)
 
-    def _cut_run(self, rep: _Replica, run: DecodeRun, now: float) -> None:
+    def _cut_run(self, rep: SimReplica, run: DecodeRun, now: float) -> None:
         """New work joins the first step that starts at or after ``now``."""
         steps = run.steps_before(now)
         if steps < run.steps:
@@ -571,7 +333,7 @@ class Simulator:
             rep.version += 1
             self._push(run.end(steps), _STEP_END, (rep, None, rep.version))
 
-    def _step_start(self, rep: _Replica, now: float) -> None:
+    def _step_start(self, rep: SimReplica, now: float) -> None:
         engine = rep.engine
         if self._max_fused:
             run = engine.decode_run(now, self._max_fused)
@@ -601,7 +363,9 @@ class Simulator:
         entry = (engine.busy_until, _EVENT, next(self._order), _STEP_END, (rep, result, 0))
         heapq.heappush(self._heap, entry)
 
-    def _step_end(self, rep: _Replica, result: StepResult | None, version: int, now: float) -> bool:
+    def _step_end(
+        self, rep: SimReplica, result: StepResult | None, version: int, now: float
+    ) -> bool:
         """Deliver a step's outputs; whether the replica's next step starts at ``now``."""
         fused = rep.run
         if result is None and (version != rep.version or fused is None):
@@ -645,7 +409,7 @@ class Simulator:
             model.synced_at[rep.id] = now
         return True
 
-    def _finish_call(self, rep: _Replica, run: _Run, produced: int, now: float) -> None:
+    def _finish_call(self, rep: SimReplica, run: CallRun, produced: int, now: float) -> None:
         """The executor's order: rates, release (and dispatch), provisioner, profiler."""
         call = run.call
         st = rep.state
@@ -666,14 +430,14 @@ class Simulator:
         self.provisioner.observe_task(call.model, reached > call.deadline, now)
         task = run.task
         self.profiler.observe_planned(task.tpl.plan, run.node, max(reached - started, 0.0))
-        if rep.phase == _DRAINING and not st.in_flight:
+        if rep.phase == DRAINING and not st.in_flight:
             self._stop(rep, now)
         if not task.failed:
             self._node_done(task, run.node, now)
 
     # -- replicas and autoscaling -------------------------------------------------------
 
-    def _add_replica(self, model: _Model, now: float) -> _Replica:
+    def _add_replica(self, model: SimModel, now: float) -> SimReplica:
         spec = model.spec
         rid = f"{spec.name}-{next(model.count)}"
         prior = self._priors[spec.name]
@@ -686,7 +450,7 @@ class Simulator:
             idle_since=None,
         )
         engine = FusedEngine(spec.profile, self.config.engine_policy, every_token=False)
-        rep = _Replica(rid, model, state, engine, now)
+        rep = SimReplica(rid, model, state, engine, now)
         self.replicas[rid] = rep
         model.replicas.append(rep)
         self._free_gpus -= spec.gpus_per_replica
@@ -694,49 +458,40 @@ class Simulator:
         self.core.add(state, now, starting=True)
         return rep
 
-    def _ready(self, rep: _Replica, now: float) -> None:
-        if rep.phase != _PENDING:
+    def _ready(self, rep: SimReplica, now: float) -> None:
+        if rep.phase != PENDING:
             return  # removed while it was starting
-        rep.phase = _READY_PHASE
+        rep.phase = READY
         rep.ready_at = now
         self.core.set_phase(rep.id, now, accepting=True, starting=False)
-        self._snapshot(rep.model, now)
+        snapshot(rep.model, now)
 
-    def _drain(self, rep: _Replica, now: float) -> None:
-        if rep.phase == _PENDING:
+    def _drain(self, rep: SimReplica, now: float) -> None:
+        if rep.phase == PENDING:
             self._stop(rep, now)
             return
-        if rep.phase != _READY_PHASE:
+        if rep.phase != READY:
             return
-        rep.phase = _DRAINING
+        rep.phase = DRAINING
         self.core.set_phase(rep.id, now, accepting=False, starting=False)  # queue moves
         if not rep.state.in_flight:
             self._stop(rep, now)
 
-    def _stop(self, rep: _Replica, now: float) -> None:
-        rep.phase = _STOPPED
+    def _stop(self, rep: SimReplica, now: float) -> None:
+        rep.phase = STOPPED
         model = rep.model
         model.replicas.remove(rep)
         self._free_gpus += model.spec.gpus_per_replica
         self.tracker.replica_state(rep.id, False, now)
-        self._snapshot(model, now)
+        snapshot(model, now)
         self.core.remove(rep.id, now)  # parked calls fail if nothing else starts
-
-    def _snapshot(self, model: _Model, now: float) -> None:
-        ready = sum(1 for r in model.replicas if r.phase == _READY_PHASE)
-        pending = sum(1 for r in model.replicas if r.phase == _PENDING)
-        series = model.series
-        if series and series[-1][0] == now:
-            series.pop()
-        if not series or series[-1][1:] != (ready, pending):
-            series.append((now, ready, pending))
 
     def cluster_view(self, now: float) -> ClusterView:
         """The provisioner's view, as the runtime builds it (draining replicas left out)."""
         views = []
         for model in self.models.values():
             spec = model.spec
-            replicas = [self._view(r) for r in model.replicas if r.phase != _DRAINING]
+            replicas = [replica_view(r) for r in model.replicas if r.phase != DRAINING]
             views.append(
                 ModelView(
                     name=spec.name,
@@ -748,20 +503,6 @@ class Simulator:
             )
         return ClusterView(models=tuple(views), free_gpus=max(self._free_gpus, 0))
 
-    @staticmethod
-    def _view(rep: _Replica) -> ReplicaView:
-        st = rep.state
-        ready = rep.phase == _READY_PHASE
-        return ReplicaView(
-            id=rep.id,
-            phase="ready" if ready else "pending",
-            started_at=rep.started_at,
-            ready_at=rep.ready_at,
-            in_flight=len(st.in_flight),
-            queued=len(st.queue),
-            idle_since=st.idle_since if ready else None,
-        )
-
     def _tick(self, now: float) -> None:
         for decision in self.provisioner.decide(self.cluster_view(now), now):
             if not decision.empty:
@@ -771,7 +512,7 @@ class Simulator:
         model = self.models.get(decision.model)
         if model is None:
             return
-        before = sum(1 for r in model.replicas if r.phase != _DRAINING)
+        before = sum(1 for r in model.replicas if r.phase != DRAINING)
         cold = model.spec.profile.cold_start_s
         for _ in range(decision.add):
             rep = self._add_replica(model, now)
@@ -783,8 +524,8 @@ class Simulator:
             rep_to_drain = self.replicas.get(rid)
             if rep_to_drain is not None and rep_to_drain.model is model:
                 self._drain(rep_to_drain, now)
-        self._snapshot(model, now)
-        after = sum(1 for r in model.replicas if r.phase != _DRAINING)
+        snapshot(model, now)
+        after = sum(1 for r in model.replicas if r.phase != DRAINING)
         self._scale_events.append(ScaleEvent(now, model.spec.name, before, after, decision.reason))
 
     # -- the result ---------------------------------------------------------------------
@@ -795,7 +536,7 @@ class Simulator:
             self._fail(task, end)
         self._runs.clear()
         for model in self.models.values():
-            self._snapshot(model, end)
+            snapshot(model, end)
         util = self.tracker.summary(end)
         self._counters["rerouted"] = self.core.rerouted
         self._counters["preemptions"] = sum(
