@@ -253,6 +253,15 @@ class ModelConfig(_Section):
             problems += _profile_problems(self.profile)
         if engine != "emulated" and "speed" in self.model_fields_set:
             problems.append(("speed", f"only for engine 'emulated', not {engine!r}"))
+        policy = _flag_value(self.vllm_args, "--scheduling-policy")
+        if self.priority == "on" and policy not in (None, "priority"):
+            problems.append(
+                (
+                    "priority",
+                    f'"on" needs priority scheduling, but vllm_args set --scheduling-policy '
+                    f'{policy}: use priority = "auto" or "off", or drop that argument',
+                )
+            )
         return problems
 
     @property

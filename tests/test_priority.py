@@ -240,6 +240,11 @@ def test_cato_toml_priority_reaches_the_launcher_and_defaults_to_auto() -> None:
     assert [launch_spec(m).priority for m in cfg.models] == ["auto", "off"]
     with pytest.raises(ValueError, match="priority"):
         config_from_dict({"models": [model(priority="always")], "gpus": {"devices": [0]}})
+    fcfs = model(priority="on", vllm_args=["--scheduling-policy=fcfs"])
+    with pytest.raises(ValueError, match=r"models\[0\]\.priority: \"on\" needs priority sched"):
+        config_from_dict({"models": [fcfs], "gpus": {"devices": [0]}})
+    fcfs["priority"] = "auto"  # finds out by itself
+    assert config_from_dict({"models": [fcfs], "gpus": {"devices": [0]}}).models[0].priority
 
 
 @pytest.fixture
