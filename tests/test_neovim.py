@@ -117,3 +117,10 @@ def test_plugin_in_remote_mode_against_cato_serve() -> None:
     output = _run_spec("remote", {})
     assert "ok - :checkhealth cato reaches the service and its token is accepted" in output
     assert "ok - suggestions come through cato serve and can be accepted" in output
+
+
+def test_plugin_finds_a_pipx_or_workspace_venv_server() -> None:
+    output = _run_spec("discovery", {})
+    assert "ok - nothing installed: no client, and a message naming the places searched" in output
+    assert "ok - a pipx-installed cato-lsp ($PIPX_BIN_DIR) starts and serves the buffer" in output
+    assert "ok - a workspace's .venv/bin/cato-lsp is preferred there" in output

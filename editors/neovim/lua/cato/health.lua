@@ -2,9 +2,9 @@
 local M = {}
 
 local health = vim.health
+local discovery = require('cato.discovery')
 
-local INSTALL_HINT =
-  'install it with `pip install cato-assistant` (or `scripts/install` in a checkout)'
+local INSTALL_HINT = discovery.INSTALL_HINT
 
 -- Prints the Python version and the cato_lsp version; exits non-zero when cato_lsp is missing.
 local PROBE = [[
@@ -30,13 +30,9 @@ except Exception as exc:
     print('error', exc)
 ]]
 
----@param cmd string[]
+---@param exe string the server command's executable, resolved
 ---@return string? python The interpreter that runs the server command.
-local function interpreter(cmd)
-  local exe = vim.fn.exepath(cmd[1])
-  if exe == '' then
-    return nil
-  end
+local function interpreter(exe)
   if vim.fs.basename(exe):match('^python') then
     return exe
   end
@@ -50,10 +46,12 @@ local function interpreter(cmd)
     return nil
   end
   local env_target = shebang:match('^%S*/env%s+(%S+)')
-  if env_target then
-    return vim.fn.exepath(env_target) ~= '' and vim.fn.exepath(env_target) or nil
+  local python = env_target and vim.fn.exepath(env_target) or shebang:match('^(%S+)')
+  -- A shell wrapper (or anything else) is not the server's Python.
+  if not python or python == '' or not vim.fs.basename(python):match('^python') then
+    return nil
   end
-  return shebang:match('^(%S+)')
+  return python
 end
 
 ---@param argv string[]
@@ -77,12 +75,22 @@ local function check_server(opts)
     return nil
   end
   local exe = vim.fn.exepath(cmd[1])
-  if exe == '' then
+  if discovery.searches(cmd) then
+    local found, searched = discovery.find(vim.fs.root(0, opts.root_markers))
+    if not found then
+      health.error(
+        ('`%s` not found (searched %s)'):format(cmd[1], table.concat(searched, ', ')),
+        { INSTALL_HINT }
+      )
+      return nil
+    end
+    exe = found
+  elseif exe == '' then
     health.error(('`%s` is not on PATH'):format(cmd[1]), { INSTALL_HINT })
     return nil
   end
   health.ok(('server command: %s (%s)'):format(table.concat(cmd, ' '), exe))
-  local python = interpreter(cmd)
+  local python = interpreter(exe)
   if not python then
     health.warn('cannot tell which Python runs the server; skipped the version check')
     return nil

@@ -8,6 +8,7 @@ local M = {}
 
 local api = vim.api
 local config = require('cato.config')
+local discovery = require('cato.discovery')
 local ghost = require('cato.ghost')
 local keymaps = require('cato.keymaps')
 local status = require('cato.status')
@@ -307,14 +308,53 @@ local function on_detach(args)
   end
 end
 
+--- The server command and root_dir: a bare `cato-lsp` (the default) is searched for in
+--- the workspace's .venv, PATH and pipx's folder; when it is nowhere, the client is not
+--- started and the message says where it looked and how to install it.
+--- (root_dir is always a function, so that a later setup() replaces an earlier one.)
+---@param opts cato.Options
+---@return string[]|function cmd
+---@return function root_dir
+local function server_command(opts)
+  local searches = discovery.searches(opts.cmd)
+  local function root_dir(bufnr, on_dir)
+    local root = vim.fs.root(bufnr, opts.root_markers)
+    if not searches then
+      on_dir(root)
+      return
+    end
+    local found, searched = discovery.find(root)
+    if found then
+      on_dir(root)
+    else
+      vim.notify_once(discovery.not_found(searched), vim.log.levels.ERROR)
+    end
+  end
+  if not searches then
+    return opts.cmd, root_dir
+  end
+  local args = vim.list_slice(opts.cmd --[[@as string[] ]], 2)
+  local function cmd(dispatchers, cfg)
+    local exe = discovery.find(cfg.root_dir) or discovery.SCRIPT
+    return vim.lsp.rpc.start(vim.list_extend({ exe }, args), dispatchers, {
+      cwd = cfg.cmd_cwd,
+      env = cfg.cmd_env,
+      detached = cfg.detached,
+    })
+  end
+  return cmd, root_dir
+end
+
 ---@param opts cato.Options
 local function register_client(opts)
   local settings = config.to_json_object(opts.settings)
+  local cmd, root_dir = server_command(opts)
   vim.lsp.config[M.name] = {
-    cmd = opts.cmd,
+    cmd = cmd,
     cmd_env = opts.cmd_env,
     filetypes = opts.filetypes,
     root_markers = opts.root_markers,
+    root_dir = root_dir,
     init_options = settings,
     settings = { cato = settings },
     capabilities = {
