@@ -15,6 +15,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 API_VERSION: Final = 1
 
+# ``TaskEvent.code`` of a task ended at once because it was late on arrival at a
+# replica and its request asked for that (``on_late="shed"``) rather than a late answer.
+SLA_UNREACHABLE: Final = "sla_unreachable"
+
+# What a request wants when no replica can meet its deadline any more: a late answer
+# (served behind on-time work, within a bounded wait) or an immediate error.
+OnLate = Literal["wait", "shed"]
+
 
 class TaskKind(StrEnum):
     """What the developer asked for; each kind has its own graph and SLA."""
@@ -66,6 +74,11 @@ class TaskRequest(BaseModel):
     context: str | None = Field(default=None, description="Snippets from other files.")
     model: str | None = Field(default=None, description="Overrides the kind's model.")
     sla: SLA | None = Field(default=None, description="Overrides the kind's SLA.")
+    on_late: OnLate | None = Field(
+        default=None,
+        description="'shed': end with code 'sla_unreachable' instead of answering late; "
+        "None: the kind's default.",
+    )
     max_tokens: int | None = Field(default=None, ge=1, le=32_768)
     stop: list[str] = Field(default_factory=list, max_length=16)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)

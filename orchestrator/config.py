@@ -25,7 +25,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from orchestrator.api import SLA, SLAMetric, TaskKind
+from orchestrator.api import SLA, OnLate, SLAMetric, TaskKind
 from orchestrator.engine_model import builtin_profiles
 
 EngineName = Literal["vllm", "emulated", "external"]
@@ -33,7 +33,10 @@ VllmEntrypoint = Literal["auto", "serve", "module"]
 # Whether calls carry vLLM's ``priority`` field: until a replica refuses it, always, never.
 PriorityMode = Literal["auto", "on", "off"]
 PRIORITY_MODES: tuple[PriorityMode, ...] = get_args(PriorityMode)
-SchedulerPolicy = Literal["cato", "cato_triage", "round_robin", "pow2", "least_loaded"]
+SchedulerPolicy = Literal[
+    "cato", "cato_paper", "cato_triage", "round_robin", "pow2", "least_loaded"
+]
+SLA_MS_MAX = 3_600_000
 ProvisionerPolicy = Literal["cato", "queue_length", "fixed"]
 
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -100,6 +103,22 @@ class User(_Section):
     name: str = Field(min_length=1, max_length=128)
     token_sha256: str
     max_concurrency: int = Field(default=8, ge=1, le=10_000)
+    # Per task kind: the tightest SLA (ms) this user may ask for, in place of the
+    # kind's ``sla_floor_ms`` (higher for a batch client, lower for a trusted one).
+    sla_floor_ms: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("sla_floor_ms")
+    @classmethod
+    def _floors(cls, floors: dict[str, float]) -> dict[str, float]:
+        problems: list[tuple[str, str]] = []
+        kinds = [k.value for k in TaskKind]
+        for kind, floor in floors.items():
+            if kind not in kinds:
+                problems.append((kind, f"unknown task kind (expected one of {', '.join(kinds)})"))
+            elif not 0 < floor <= SLA_MS_MAX:
+                problems.append((kind, f"must be > 0 and <= {SLA_MS_MAX} ms, got {floor!r}"))
+        _raise_if(problems)
+        return floors
 
     @field_validator("token_sha256")
     @classmethod
@@ -302,16 +321,43 @@ def _flag_value(args: list[str], flag: str) -> str | None:
 
 
 class TaskConfig(_Section):
-    """Which model serves a task kind and the latency it promises."""
+    """Which model serves a task kind and the latency it promises.
+
+    ``sla_floor_ms``: the tightest SLA a request may ask for (default ``sla_ms``: a
+    client may loosen its SLA, never tighten it, so it cannot buy priority with a tiny
+    target). ``on_late``: what a request that does not say gets when it is late:
+    ``wait`` (a late answer, behind on-time work, within a bounded wait) or ``shed`` (the
+    error ``sla_unreachable`` at once).
+    """
 
     model: str | None = Field(default=None, min_length=1)
     sla_metric: Literal["ttft", "e2e"]
-    sla_ms: float = Field(gt=0, le=3_600_000)
+    sla_ms: float = Field(gt=0, le=SLA_MS_MAX)
     max_tokens: int = Field(ge=1, le=32_768)
+    sla_floor_ms: float | None = Field(default=None, gt=0, le=SLA_MS_MAX)
+    on_late: OnLate = "wait"
+
+    @model_validator(mode="after")
+    def _floor_below_target(self) -> TaskConfig:
+        if self.sla_floor_ms is not None and self.sla_floor_ms > self.sla_ms:
+            _raise_if(
+                [
+                    (
+                        "sla_floor_ms",
+                        f"must be <= sla_ms ({self.sla_ms:g}), got {self.sla_floor_ms:g}",
+                    )
+                ]
+            )
+        return self
 
     @property
     def sla(self) -> SLA:
         return SLA(metric=SLAMetric(self.sla_metric), target_ms=self.sla_ms)
+
+    @property
+    def floor_ms(self) -> float:
+        """The tightest SLA target a request may ask for."""
+        return self.sla_ms if self.sla_floor_ms is None else self.sla_floor_ms
 
 
 def _task_default(kind: str) -> TaskConfig:
@@ -344,10 +390,38 @@ class TasksConfig(_Section):
 
 
 class SchedulerConfig(_Section):
-    """Which routing policy places model calls on replicas."""
+    """Which routing policy places model calls on replicas, and CATO's knobs.
+
+    ``urgent_margin``: a call whose expected margin is under this share of its time
+    budget goes first (priority 0); ``late_bound``: a late call waits behind on-time
+    work for at most this many budgets past its deadline (``inf``: no bound);
+    ``best_fit``: among replicas that meet a deadline with margin, prefer the busiest,
+    so that others go idle and can be released. They apply to ``cato`` and
+    ``cato_triage`` only.
+    """
 
     policy: SchedulerPolicy = "cato"
     seed: int = 0
+    urgent_margin: float | None = Field(default=None, ge=0, lt=1)
+    late_bound: float | None = Field(default=None, gt=0)
+    best_fit: bool | None = None
+
+    @model_validator(mode="after")
+    def _options_for_cato(self) -> SchedulerConfig:
+        if self.policy not in ("cato", "cato_triage"):
+            _raise_if(
+                [
+                    (key, f"only for policy 'cato' or 'cato_triage', not {self.policy!r}")
+                    for key in ("urgent_margin", "late_bound", "best_fit")
+                    if key in self.model_fields_set
+                ]
+            )
+        return self
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments of ``make_scheduler`` beyond ``seed``: those set."""
+        keys = ("urgent_margin", "late_bound", "best_fit")
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
 
 class ProvisionerConfig(_Section):
@@ -445,6 +519,10 @@ class CatoConfig(_Section):
 
     def task(self, kind: TaskKind | str) -> TaskConfig:
         return self.tasks.for_kind(kind)
+
+    def sla_floors_ms(self) -> dict[str, float]:
+        """The tightest SLA target (ms) a request may ask for, per task kind."""
+        return {kind.value: self.task(kind).floor_ms for kind in TaskKind}
 
 
 # ---------------------------------------------------------------- loading and errors

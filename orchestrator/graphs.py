@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from orchestrator.api import SLA, SLAMetric, TaskKind, TaskRequest
+from orchestrator.api import SLA, OnLate, SLAMetric, TaskKind, TaskRequest
 from orchestrator.policy.state import Call, Metric
 
 NodeOp = Literal["context", "split", "llm", "assemble", "validate"]
@@ -46,7 +46,8 @@ class KindDefaults:
     """What a task kind gets unless the request (or ``cato.toml``) says otherwise.
 
     ``expected_output_ratio`` is the share of ``max_tokens`` a call is expected to
-    generate before it stops; the scheduler plans with it.
+    generate before it stops; the scheduler plans with it. ``on_late``: what a request
+    that does not say gets when it is late (a late answer, or ``shed``: an error at once).
     """
 
     model: str
@@ -54,6 +55,7 @@ class KindDefaults:
     max_tokens: int
     expected_output_ratio: float = 0.6
     stop: tuple[str, ...] = ()
+    on_late: OnLate = "wait"
 
 
 def _sla(metric: SLAMetric, target_ms: float) -> SLA:
@@ -134,6 +136,7 @@ class TaskGraph:
     sla: SLA
     nodes: tuple[Node, ...]
     final_node: str | None
+    on_late: OnLate = "wait"
     by_id: Mapping[str, Node] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -183,6 +186,7 @@ def make_call(graph: TaskGraph, node: Node, deadline: float, arrival: float) -> 
         metric=node.metric,
         task_id=graph.request.id,
         kind=graph.request.kind.value,
+        shed_late=graph.on_late == "shed",
     )
 
 
@@ -202,7 +206,8 @@ def build_graph(request: TaskRequest, defaults: TaskDefaults = DEFAULTS) -> Task
         nodes, final = _summarize_nodes(request, kd, sla, defaults)
     else:
         nodes, final = _translate_nodes(request, kd, sla, defaults)
-    return TaskGraph(request=request, model=model, sla=sla, nodes=tuple(nodes), final_node=final)
+    on_late = request.on_late or kd.on_late
+    return TaskGraph(request, model, sla, tuple(nodes), final, on_late)
 
 
 _Built = tuple[list[Node], str | None]

@@ -46,6 +46,7 @@ def task_defaults(config: CatoConfig) -> TaskDefaults:
             max_tokens=task.max_tokens,
             expected_output_ratio=builtin.expected_output_ratio,
             stop=builtin.stop,
+            on_late=task.on_late,
         )
     return TaskDefaults(kinds=kinds)
 
@@ -99,7 +100,9 @@ class Runtime:
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="cato-replicas-"))
         self.orchestrator = Orchestrator(
             defaults=task_defaults(config),
-            scheduler=make_scheduler(config.scheduler.policy, seed=config.scheduler.seed),
+            scheduler=make_scheduler(
+                config.scheduler.policy, seed=config.scheduler.seed, **config.scheduler.options()
+            ),
             clock=clock,
         )
         for model in config.models:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 
 import pytest
 
-from orchestrator.api import SLAMetric, TaskKind
+from orchestrator.api import SLAMetric, TaskKind, TaskRequest
 from orchestrator.config import (
     TASK_DEFAULTS,
     CatoConfig,
@@ -16,7 +17,10 @@ from orchestrator.config import (
     main,
     parse_config,
 )
+from orchestrator.graphs import build_graph, make_call
 from orchestrator.policy.provisioner import PROVISIONERS
+from orchestrator.policy.scheduler import SCHEDULERS, CatoScheduler, make_scheduler
+from orchestrator.runtime import task_defaults
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -369,3 +373,74 @@ def test_initial_replicas_default_to_the_minimum_and_stay_within_bounds() -> Non
         "cato.toml: models[0].initial_replicas: must be within min_replicas..max_replicas "
         "(1..4), got 5"
     )
+
+
+# ---------------------------------------------------------------- SLA floors, late calls, scheduler
+
+
+def test_config_policies_match_the_scheduler_registry() -> None:
+    schema = CatoConfig.model_json_schema()["$defs"]["SchedulerConfig"]["properties"]
+    assert set(schema["policy"]["enum"]) == set(SCHEDULERS)
+
+
+def test_sla_floors_default_to_the_kinds_sla_and_may_be_lowered() -> None:
+    config = parse_config(VLLM_MODEL + "[tasks.complete]\nsla_ms = 800\nsla_floor_ms = 300\n")
+    assert config.sla_floors_ms() == {
+        "complete": 300.0,
+        "generate": 1000.0,
+        "summarize": 6000.0,
+        "translate": 20000.0,
+    }
+
+
+def test_a_floor_above_the_kinds_own_sla_names_the_key() -> None:
+    problem = one_problem(VLLM_MODEL + "[tasks.generate]\nsla_floor_ms = 1500\n")
+    assert problem == ("cato.toml: tasks.generate.sla_floor_ms: must be <= sla_ms (1000), got 1500")
+
+
+def test_user_floors_name_the_kind_and_bad_values() -> None:
+    text = USERS.replace(
+        "max_concurrency = 3", "max_concurrency = 3\nsla_floor_ms = {complete = 0, refactor = 5}"
+    )
+    assert problems_of(text) == [
+        "cato.toml: server.users[0].sla_floor_ms.complete: must be > 0 and <= 3600000 ms, got 0.0",
+        "cato.toml: server.users[0].sla_floor_ms.refactor: unknown task kind "
+        "(expected one of complete, generate, summarize, translate)",
+    ]
+    ok = parse_config(USERS.replace("max_concurrency = 3", "sla_floor_ms = {complete = 2000}"))
+    assert ok.server.users[0].sla_floor_ms == {"complete": 2000.0}
+
+
+def test_on_late_per_kind() -> None:
+    config = parse_config(VLLM_MODEL + '[tasks.complete]\non_late = "shed"\n')
+    assert config.tasks.complete.on_late == "shed" and config.tasks.generate.on_late == "wait"
+    # Through the graphs' defaults to each model call; a request's own choice wins.
+    defaults = task_defaults(config)
+    shed = build_graph(TaskRequest(kind=TaskKind.COMPLETE, prompt="x"), defaults)
+    assert shed.on_late == "shed"
+    assert all(make_call(shed, n, 1.0, 0.0).shed_late for n in shed.llm_nodes())
+    waits = TaskRequest(kind=TaskKind.COMPLETE, prompt="x", on_late="wait")
+    assert build_graph(waits, defaults).on_late == "wait"
+    asks = TaskRequest(kind=TaskKind.GENERATE, code="# add", on_late="shed")
+    assert build_graph(asks, defaults).on_late == "shed"
+    assert build_graph(asks.model_copy(update={"on_late": None}), defaults).on_late == "wait"
+    problem = one_problem(VLLM_MODEL + '[tasks.summarize]\non_late = "drop"\n')
+    assert problem.startswith("cato.toml: tasks.summarize.on_late: Input should be 'wait' or")
+
+
+def test_scheduler_knobs_are_for_cato_only_and_reach_the_scheduler() -> None:
+    config = parse_config(
+        VLLM_MODEL + "[scheduler]\nlate_bound = inf\nurgent_margin = 0.2\nbest_fit = true\n"
+    )
+    options = config.scheduler.options()
+    assert options == {"urgent_margin": 0.2, "late_bound": math.inf, "best_fit": True}
+    sched = make_scheduler(config.scheduler.policy, **options)
+    assert isinstance(sched, CatoScheduler)
+    assert (sched.urgent_margin, sched.late_bound, sched.best_fit) == (0.2, math.inf, True)
+    assert parse_config(VLLM_MODEL).scheduler.options() == {}
+    problems = problems_of(VLLM_MODEL + '[scheduler]\npolicy = "pow2"\nlate_bound = 2.0\n')
+    assert problems == [
+        "cato.toml: scheduler.late_bound: only for policy 'cato' or 'cato_triage', not 'pow2'"
+    ]
+    problem = one_problem(VLLM_MODEL + "[scheduler]\nurgent_margin = 1.5\n")
+    assert problem.startswith("cato.toml: scheduler.urgent_margin: Input should be less than 1")

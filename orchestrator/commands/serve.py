@@ -49,6 +49,7 @@ def service_options(config: CatoConfig) -> ServiceOptions:
         max_prompt_chars=s.max_prompt_chars,
         max_tokens_limit=s.max_tokens_limit,
         models=[m.name for m in config.models],
+        sla_floors_ms=config.sla_floors_ms(),
     )
 
 
