@@ -199,7 +199,9 @@ def _configure_capacity(cap: argparse.ArgumentParser) -> None:
     )
     cap.add_argument("--quick", action="store_true", help="short workloads and a coarse grid")
     cap.add_argument("--jobs", type=int, default=1, help="processes to search with (default 1)")
-    cap.add_argument("--out", type=Path, default=Path("bench-results/capacity"))
+    cap.add_argument(
+        "--out", type=Path, default=Path("bench-results/capacity"), help="output folder"
+    )
     cap.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
 
 
@@ -348,7 +350,10 @@ def _run_capacity(args: argparse.Namespace) -> int:
 
     def told(cells: list[capacity.Cell], done: int, total: int) -> None:
         found = ", ".join(f"{c.scheduler}/{c.provisioner} {c.capacity:.3f}" for c in cells)
-        err.print(f"[{done}/{total}] {cells[0].case} seed {cells[0].seed} (x C): {found}")
+        err.print(
+            f"[{done}/{total}] {cells[0].case} seed {cells[0].seed} (x C): {found}",
+            soft_wrap=True,
+        )
 
     try:
         run = capacity.run_capacity(
