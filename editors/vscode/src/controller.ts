@@ -2,6 +2,8 @@
  * Owns the running language client: finds `cato-lsp`, starts and restarts it, keeps
  * the server's settings in sync, feeds the status bar, and runs server commands.
  */
+import * as os from "node:os";
+
 import * as vscode from "vscode";
 import {
   DidChangeConfigurationNotification,
@@ -119,7 +121,15 @@ export class CatoController implements vscode.Disposable {
     this.statusBar.update({ state: "starting" });
     const interpreter = await pythonInterpreter(vscode.window.activeTextEditor?.document.uri);
     const found = await discoverServer(
-      { configured: serverCommandSetting(), interpreter, platform: process.platform },
+      {
+        configured: serverCommandSetting(),
+        interpreter,
+        platform: process.platform,
+        workspaceFolders: (vscode.workspace.workspaceFolders ?? []).map((f) => f.uri.fsPath),
+        workspaceTrusted: vscode.workspace.isTrusted,
+        home: os.homedir(),
+        pipxBinDir: process.env["PIPX_BIN_DIR"],
+      },
       this.probes,
     );
     if (!found.found) {

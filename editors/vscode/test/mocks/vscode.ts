@@ -170,6 +170,7 @@ export const mock = {
     this.configurationChanged = new EventEmitter();
     window.activeTextEditor = undefined;
     workspace.workspaceFolders = undefined;
+    workspace.isTrusted = true;
   },
 };
 
@@ -268,6 +269,7 @@ export const window = {
 
 export const workspace = {
   workspaceFolders: undefined as { uri: Uri; name: string; index: number }[] | undefined,
+  isTrusted: true,
   getConfiguration: (section = "") => configuration(section),
   getWorkspaceFolder: (uri: Uri) =>
     workspace.workspaceFolders?.find((f) => uri.fsPath.startsWith(f.uri.fsPath + path.sep)),

@@ -10,6 +10,7 @@ import {
   installCommand,
   type Probes,
   scriptNextTo,
+  venvScript,
 } from "../../src/discovery";
 import { nodeProbes } from "../../src/probes";
 
@@ -99,14 +100,69 @@ describe("discoverServer", () => {
   });
 
   it("says where it looked and how to install when nothing has the server", async () => {
-    const found = await discoverServer({ ...linux, interpreter: "/venv/bin/python" }, fakeProbes({}));
+    const found = await discoverServer(
+      { ...linux, interpreter: "/venv/bin/python", home: "/home/me", pipxBinDir: "/opt/pipx" },
+      fakeProbes({}),
+    );
     expect(found.found).toBe(false);
     if (!found.found) {
-      expect(found.installCommand).toBe("/venv/bin/python -m pip install cato-assistant");
-      expect(found.message).toContain("pip install cato-assistant");
+      expect(found.installCommand).toBe("pipx install <a CATO checkout or cato_assistant wheel>");
+      expect(found.message).toContain("pipx install");
       expect(found.message).toContain("scripts/install");
       expect(found.message).toContain("/venv/bin/python");
-      expect(found.message).toContain("PATH");
+      expect(found.message).toContain("PATH, /opt/pipx/cato-lsp, /home/me/.local/bin/cato-lsp.");
+    }
+  });
+
+  it("finds a trusted workspace's .venv/bin/cato-lsp before PATH", async () => {
+    const probes = fakeProbes({
+      files: ["/ws/b/.venv/bin/cato-lsp"],
+      path: { "cato-lsp": "/usr/local/bin/cato-lsp" },
+    });
+    const input = { ...linux, workspaceFolders: ["/ws/a", "/ws/b"], workspaceTrusted: true };
+    const found = await discoverServer(input, probes);
+    expect(server(found)).toEqual({
+      command: "/ws/b/.venv/bin/cato-lsp",
+      args: [],
+      source: "workspace-venv",
+    });
+    expect(probes.calls).toEqual(["exec /ws/a/.venv/bin/cato-lsp", "exec /ws/b/.venv/bin/cato-lsp"]);
+  });
+
+  it("does not run a program of an untrusted workspace, and says so", async () => {
+    const probes = fakeProbes({ files: ["/ws/.venv/bin/cato-lsp"] });
+    const found = await discoverServer(
+      { ...linux, workspaceFolders: ["/ws"], workspaceTrusted: false },
+      probes,
+    );
+    expect(found.found).toBe(false);
+    expect(probes.calls).not.toContain("exec /ws/.venv/bin/cato-lsp");
+    expect(found.found ? "" : found.message).toContain("the workspace is not trusted");
+  });
+
+  it("finds a pipx install: $PIPX_BIN_DIR, then ~/.local/bin, after PATH", async () => {
+    const local = fakeProbes({ files: ["/home/me/.local/bin/cato-lsp"] });
+    const input = { ...linux, home: "/home/me", pipxBinDir: "/opt/pipx" };
+    expect(server(await discoverServer(input, local))).toEqual({
+      command: "/home/me/.local/bin/cato-lsp",
+      args: [],
+      source: "pipx",
+    });
+    expect(local.calls.slice(-2)).toEqual(["exec /opt/pipx/cato-lsp", "exec /home/me/.local/bin/cato-lsp"]);
+    const pipxDir = fakeProbes({ files: ["/opt/pipx/cato-lsp", "/home/me/.local/bin/cato-lsp"] });
+    expect(server(await discoverServer(input, pipxDir)).command).toBe("/opt/pipx/cato-lsp");
+    const onPath = fakeProbes({ files: ["/opt/pipx/cato-lsp"], path: { "cato-lsp": "/usr/bin/cato-lsp" } });
+    expect(server(await discoverServer(input, onPath)).source).toBe("path");
+  });
+
+  it("offers `pipx install` of the CATO checkout open in the workspace", async () => {
+    const probes = fakeProbes({ files: ["/src/cato/scripts/install"] });
+    const input = { ...linux, workspaceFolders: ["/src/other", "/src/cato"], workspaceTrusted: true };
+    const found = await discoverServer(input, probes);
+    expect(found.found).toBe(false);
+    if (!found.found) {
+      expect(found.installCommand).toBe("pipx install /src/cato");
+      expect(found.message).toContain("/src/other/.venv/bin/cato-lsp, /src/cato/.venv/bin/cato-lsp, PATH");
     }
   });
 
@@ -118,11 +174,14 @@ describe("discoverServer", () => {
     expect(server(found).command).toBe("C:\\bin\\cato-lsp.exe");
   });
 
-  it("quotes an interpreter path with spaces in the install command", () => {
-    expect(installCommand("/Users/me/My Envs/bin/python")).toBe(
-      '"/Users/me/My Envs/bin/python" -m pip install cato-assistant',
-    );
-    expect(installCommand(undefined)).toBe("python3 -m pip install cato-assistant");
+  it("quotes a checkout path with spaces in the install command", () => {
+    expect(installCommand("/Users/me/My Code/cato")).toBe('pipx install "/Users/me/My Code/cato"');
+    expect(installCommand(undefined)).toBe("pipx install <a CATO checkout or cato_assistant wheel>");
+  });
+
+  it("uses .venv\\Scripts on Windows", () => {
+    expect(venvScript("C:\\src\\proj", "win32")).toBe("C:\\src\\proj\\.venv\\Scripts\\cato-lsp.exe");
+    expect(venvScript("/src/proj", "linux")).toBe("/src/proj/.venv/bin/cato-lsp");
   });
 });
 
