@@ -9,7 +9,8 @@ task awaits a future that the core's ``on_start`` resolves.
 
 A failed call moves to another replica while the user has seen none of its text
 (always for a chunk of a translation, only before the first token for the node whose
-tokens are streamed); the replica is then avoided for ``suspect_s``.
+tokens are streamed); the replica is then avoided for ``suspect_s``, and after
+``eject_after`` failures in a row until a health check passes (outlier ejection).
 
 Cancellation: closing the iterator returned by ``submit`` cancels the graph's node tasks
 (``orchestrator.task_run``); queued calls leave their queue, and in-flight calls close
@@ -22,6 +23,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -91,6 +93,8 @@ class _Replica:
     lifecycle: str = "ready"
     cold_start_s: float | None = None
     restarts: int = 0
+    failures_in_row: int = 0
+    ejected_at: float | None = None
 
 
 class Orchestrator:
@@ -106,6 +110,7 @@ class Orchestrator:
         clock: Clock = time.monotonic,
         max_attempts: int = 3,
         suspect_s: float = 5.0,
+        eject_after: int = 3,
         window_s: float = 60.0,
     ) -> None:
         self.defaults = defaults or TaskDefaults()
@@ -113,6 +118,7 @@ class Orchestrator:
         self.clock = clock
         self.max_attempts = max_attempts
         self.suspect_s = suspect_s
+        self.eject_after = eject_after
         self.recorder = Recorder(window_s=window_s)
         self._replicas: dict[str, _Replica] = {}
         self._waiters: dict[str, asyncio.Future[None]] = {}
@@ -159,9 +165,27 @@ class Orchestrator:
         now = self.clock()
         if lifecycle == "ready" and not rep.state.in_flight:
             rep.state.idle_since = now  # idle from now, not from clock zero
+        if lifecycle == "ready":
+            self._readmit(rep)  # a fresh process: its predecessor's failures do not count
         self._core.set_phase(
             replica_id, now, accepting=lifecycle == "ready", starting=lifecycle == "pending"
         )
+
+    def note_healthy(self, replica_id: str) -> None:
+        """A health check passed: an ejected replica is routed to again, once it has
+        been out for ``suspect_s`` at least."""
+        rep = self._replicas.get(replica_id)
+        if rep is None or rep.ejected_at is None:
+            return
+        if self.clock() - rep.ejected_at >= self.suspect_s:
+            log.info("replica %s: healthy again, back in routing", replica_id)
+            self._readmit(rep)
+
+    def _readmit(self, rep: _Replica) -> None:
+        rep.failures_in_row = 0
+        if rep.ejected_at is not None:
+            rep.ejected_at = None
+            self._core.trust(rep.state.id)
 
     def note_restart(self, replica_id: str) -> None:
         rep = self._replicas.get(replica_id)
@@ -300,6 +324,8 @@ class Orchestrator:
             finally:
                 self._release(call)
             if failure is None:
+                if rep.failures_in_row:
+                    self._readmit(rep)
                 self._call_done(call)
                 return result
             self._before_retry(rep, call, node, failure, attempt, excluded)
@@ -346,11 +372,24 @@ class Orchestrator:
         call.tokens_done = 0
 
     def _suspect(self, rep: _Replica, exc: ReplicaError) -> None:
-        """Avoid a failing replica for a while, and move the calls queued on it."""
+        """Avoid a failing replica for ``suspect_s``, and move the calls queued on it.
+
+        Outlier ejection: after ``eject_after`` failed calls in a row it is avoided until
+        a health check passes (``note_healthy``), a call there succeeds (it is still
+        used when no other replica accepts) or it is restarted."""
         if _rejects_request(exc):
             return
         now = self.clock()
-        self._core.suspect(rep.state.id, now + self.suspect_s, now)
+        rep.failures_in_row += 1
+        if rep.ejected_at is None and rep.failures_in_row >= self.eject_after:
+            rep.ejected_at = now
+            log.warning(
+                "replica %s: %d failed calls in a row; out of routing until healthy",
+                rep.state.id,
+                rep.failures_in_row,
+            )
+        until = math.inf if rep.ejected_at is not None else now + self.suspect_s
+        self._core.suspect(rep.state.id, until, now)
 
     def _call_done(self, call: Call) -> None:
         if self.on_call_done is None:

@@ -18,8 +18,10 @@ import pytest
 from processes import group_alive, wait_for
 
 from orchestrator.api import TaskKind, TaskRequest
+from orchestrator.bench.peers import free_port
 from orchestrator.config import config_from_dict
-from orchestrator.executor import Orchestrator
+from orchestrator.emulator.process import launch_emulator
+from orchestrator.executor import Orchestrator, ReplicaSpec
 from orchestrator.replicas.launchers import LaunchSpec
 from orchestrator.replicas.manager import Lifecycle, ManagedReplica, ManagerSettings, ReplicaManager
 from orchestrator.runtime import Runtime
@@ -210,3 +212,30 @@ async def test_the_runtime_tops_a_retired_replica_up_with_a_fresh_one(tmp_path: 
         assert all(e.type == "done" for e in ends)
     finally:
         await rt.stop()
+
+
+async def test_a_replica_failing_calls_in_a_row_is_ejected_until_healthy() -> None:
+    """Outlier ejection: three failed calls in a row take a replica out of routing past
+    its short suspicion; a passing health check brings it back."""
+    with launch_emulator(model="tiny", profile="tiny@cpu", speed=8.0) as live:
+        dead = ReplicaSpec(id="dead", url=f"http://127.0.0.1:{free_port()}", model="tiny")
+        good = ReplicaSpec(id="good", url=live.url, model="tiny")
+        orch = Orchestrator([dead, good], suspect_s=0.05, eject_after=3)
+        request = TaskRequest(kind=TaskKind.COMPLETE, prompt="def add(a, b):", max_tokens=4)
+
+        async def first_replica() -> str | None:
+            """Where the task's model call went first (idle replicas tie: ``dead`` first)."""
+            await asyncio.sleep(0.1)  # past the suspicion of the last failure
+            events = [e async for e in orch.submit(request)]
+            assert events[-1].type == "done"
+            placed = [e.replica for e in events if e.type == "node" and e.replica]
+            return placed[0] if placed else None
+
+        try:
+            assert [await first_replica() for _ in range(3)] == ["dead"] * 3
+            # Ejected: suspicion alone would have expired, yet ``dead`` is not tried.
+            assert [await first_replica() for _ in range(3)] == ["good"] * 3
+            orch.note_healthy("dead")
+            assert await first_replica() == "dead"  # back in routing (and fails again)
+        finally:
+            await orch.close()

@@ -321,6 +321,7 @@ class ReplicaManager:
         if await client.health(timeout_s=self.settings.health_timeout_s):
             rep.health_failures = 0
             self._forgive(rep)
+            self.orch.note_healthy(rep.id)
             return
         rep.health_failures += 1
         if rep.health_failures >= self.settings.health_failures_to_fail:
