@@ -145,6 +145,10 @@ class DispatchCore:
         self._suspect_until[replica_id] = until
         self.reroute(st, now)
 
+    def trust(self, replica_id: str) -> None:
+        """Stop avoiding a replica marked ``suspect``."""
+        self._suspect_until.pop(replica_id, None)
+
     @property
     def parked_count(self) -> int:
         return sum(len(m.parked) for m in self._models.values())
