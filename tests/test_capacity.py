@@ -16,15 +16,18 @@ from orchestrator.bench.capacity import (
     GRID,
     QUICK_GRID,
     TOLERANCE,
+    CapacityRun,
     Case,
+    Cell,
     Options,
+    Probe,
     coupled_mmpp,
     default_scheduler,
     find_capacity,
     parse_seeds,
     search_cell,
 )
-from orchestrator.bench.capacity_report import Estimate, t975
+from orchestrator.bench.capacity_report import Estimate, best_baseline, markdown, t975
 from orchestrator.bench.workloads import build_workload
 
 
@@ -190,3 +193,27 @@ def test_coupled_bursts_keep_the_rate_and_move_with_it() -> None:
     assert all(h <= lo for h, lo in zip(high, low, strict=False))
     other = list(coupled_mmpp(Mmpp.around(5.0), 3_000.0, seed=5))
     assert other[:50] != low[:50]
+
+
+def _cell(scheduler: str, seed: int, load: float, provisioner: str = "cato") -> Cell:
+    over = Probe(1.2, 12.0, 0.5, 100, 50, 5.0 + seed, 2.5, seed % 2, 400.0)
+    return Cell("rq3_auto", scheduler, provisioner, seed, 10.0, load, "", seed % 2, [over])
+
+
+def test_report_gives_mean_interval_and_ratio_to_the_best_baseline() -> None:
+    run = CapacityRun(["rq3_auto"], ["cato", "pow2", "round_robin"], [100, 101], False, "cato")
+    for seed, (cato, pow2, rr) in zip([100, 101], [(1.2, 0.8, 0.6), (1.4, 1.0, 0.7)], strict=True):
+        run.cells += [_cell("cato", seed, cato), _cell("pow2", seed, pow2)]
+        run.cells += [_cell("round_robin", seed, rr)]
+    run.cells.append(_cell("cato", 100, 2.0, provisioner="queue_length"))
+    best = best_baseline(run, "rq3_auto", "cato")
+    assert best is not None and best[0] == "pow2" and best[1] == pytest.approx(9.0)
+    assert best_baseline(run, "rq3_auto", "queue_length") is None
+    table = markdown(run)
+    # cato: capacities 12 and 14 tasks/s, t(1) = 12.706, sd = 1.414, half-width 12.71
+    assert "| **cato / cato** | 13.00 ± 12.71 | 1.30 ± 1.27 | 1.44x pow2 |" in table
+    assert "| **cato / queue_length** | 20.00 | 2.00 | - |" in table
+    assert "| round_robin / cato | 6.50 ± 6.35 | 0.65 ± 0.64 | 0.72x pow2 |" in table
+    assert "seeds 100-101 (held out" in table
+    assert "3 of 7 searches saw attainment rise" in table
+    assert "8.0" in table  # replica-seconds per met task at 1.2 x C: 400 / 50

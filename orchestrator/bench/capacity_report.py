@@ -173,7 +173,13 @@ def _case_table(run: CapacityRun, case: str, options: Options) -> list[str]:
         if spec.autoscaling:
             out.append(_pm(Estimate.of([p.replica_s_per_met for p in probes]), 1))
         lines.append("| " + " | ".join(out) + " |")
-    lines.append("")
+    searched = [c for c in run.cells if c.case == case]
+    noisy = sum(1 for c in searched if c.inversions)
+    lines += [
+        "",
+        f"{noisy} of {len(searched)} searches saw attainment rise with load somewhere.",
+        "",
+    ]
     return lines
 
 
