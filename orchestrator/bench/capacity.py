@@ -174,7 +174,12 @@ CASES: dict[str, Case] = {
 
 @dataclass(frozen=True)
 class Options:
-    """How long and how finely each search runs."""
+    """How long and how finely each search runs.
+
+    Quick runs are for CI: a queue past capacity has less time to build, so their
+    capacities are optimistic, most where SLAs are long next to the run (rq1's 20 s
+    translations in 20 s of arrivals). Figures come from full runs.
+    """
 
     quick: bool = False
 

@@ -197,7 +197,12 @@ def _configure_capacity(cap: argparse.ArgumentParser) -> None:
         default=list(capacity.HELD_OUT_SEEDS),
         help="seeds, as N-M or a comma list (default 100-109, held out: tuning used 0-4)",
     )
-    cap.add_argument("--quick", action="store_true", help="short workloads and a coarse grid")
+    cap.add_argument(
+        "--quick",
+        action="store_true",
+        help="short runs and a coarse grid, for CI: optimistic where SLAs are long next to "
+        "the run (rq1's translations); figures come from full runs",
+    )
     cap.add_argument("--jobs", type=int, default=1, help="processes to search with (default 1)")
     cap.add_argument(
         "--out", type=Path, default=Path("bench-results/capacity"), help="output folder"
