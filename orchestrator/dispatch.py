@@ -6,7 +6,8 @@ place, queue, start and release model calls the same way, through this one class
 * ``place``: route a call to an accepting replica of its model (the scheduler chooses),
   park it while the model has replicas starting but none ready, fail it when none;
 * ``dispatch``: while a replica has a free slot, start the call the scheduler picks
-  from its queue (and, with an admission policy, only while that policy admits it);
+  from its queue, as long as the admission policy (``policy.admission``) lets it join
+  the running batch (a replica with nothing running always takes it);
 * replicas that stop accepting have their queue placed again, and parked calls are
   placed once their model has a ready replica (or failed once it has none starting);
 * ``finish`` / ``release``: a call leaves its replica, and the next one may start.
@@ -24,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Collection, Sequence
 
+from orchestrator.policy.admission import Admission
 from orchestrator.policy.scheduler import Scheduler
 from orchestrator.policy.state import Call, ReplicaState
 
@@ -61,7 +63,9 @@ class DispatchCore:
     Replicas are registered with ``add`` and change phase with ``set_phase``: accepting
     (ready for new calls), starting (not yet ready; calls for its model wait for it) or
     neither (draining, failed, stopped). A replica marked ``suspect`` until a time is
-    avoided while others are accepting.
+    avoided while others are accepting. With an ``admission`` policy, a call the policy
+    holds back stays queued until the replica's batch changes (a call finishes, gets
+    its first token, or another is queued).
     """
 
     def __init__(
@@ -71,8 +75,10 @@ class DispatchCore:
         on_start: OnStart,
         on_fail: OnFail,
         on_batch: OnBatch | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.scheduler = scheduler
+        self.admission = admission
         self.on_start = on_start
         self.on_fail = on_fail
         self.on_batch = on_batch
@@ -235,10 +241,11 @@ class DispatchCore:
             return False
         pick = self.scheduler.pick
         on_start = self.on_start
+        admits = self.admission.admits if self.admission is not None else None
         started = False
         while len(in_flight) < limit:
             call = pick(st, now)
-            if call is None:
+            if call is None or (admits is not None and in_flight and not admits(st, call, now)):
                 break
             st.dispatch(call, now)
             started = True
@@ -246,6 +253,13 @@ class DispatchCore:
         if started and self.on_batch is not None:
             self.on_batch(st, now)
         return started
+
+    def first_token(self, st: ReplicaState, call_id: str, now: float) -> None:
+        """A call in flight on ``st`` got its first token (with admission, a call held
+        back for its sake may join now)."""
+        st.first_token(call_id, now)
+        if self.admission is not None and len(st.queue):
+            self.dispatch(st, now)
 
     def finish(
         self, st: ReplicaState, call_id: str, now: float, output_tokens: int | None = None

@@ -33,6 +33,7 @@ from orchestrator.config import PriorityMode
 from orchestrator.dispatch import DispatchCore, DispatchError
 from orchestrator.graphs import Node, TaskDefaults
 from orchestrator.metrics import Recorder
+from orchestrator.policy.admission import Admission, make_admission
 from orchestrator.policy.scheduler import Scheduler, make_scheduler
 from orchestrator.policy.state import Call, Rates, ReplicaState
 from orchestrator.profiler import Profiler
@@ -112,6 +113,7 @@ class Orchestrator:
         suspect_s: float = 5.0,
         eject_after: int = 3,
         window_s: float = 60.0,
+        admission: Admission | str | None = None,
     ) -> None:
         self.defaults = defaults or TaskDefaults()
         self.scheduler = make_scheduler(scheduler) if isinstance(scheduler, str) else scheduler
@@ -122,7 +124,11 @@ class Orchestrator:
         self.recorder = Recorder(window_s=window_s)
         self._replicas: dict[str, _Replica] = {}
         self._waiters: dict[str, asyncio.Future[None]] = {}
-        self._core = DispatchCore(self.scheduler, on_start=self._on_start, on_fail=self._on_fail)
+        if isinstance(admission, str):
+            admission = None if admission == "none" else make_admission(admission)
+        self._core = DispatchCore(
+            self.scheduler, on_start=self._on_start, on_fail=self._on_fail, admission=admission
+        )
         self._priors: dict[str, Rates] = {}
         self._run_ids = itertools.count(1)
         for spec in replicas:
@@ -426,7 +432,7 @@ class Orchestrator:
                 if texts:
                     if first_at is None:
                         first_at = now
-                        st.first_token(call.id, now)
+                        self._core.first_token(st, call.id, now)
                     st.tokens(call.id, len(texts))
                     parts += texts
                     for text in texts:

@@ -160,8 +160,14 @@ def test_port_in_use_warns_and_a_free_port_is_ok() -> None:
 def test_cato_lsp_on_path_next_to_python_or_nowhere(tmp_path: Path) -> None:
     on_path = tmp_path / "path"
     executable(on_path, "cato-lsp", "exit 0")
-    found = check_lsp(str(on_path))
-    assert found.level == "ok" and str(on_path / "cato-lsp") in found.detail
+    found = check_lsp(str(on_path), scripts_dir=on_path)
+    assert found.level == "ok" and found.detail == f"on PATH: {on_path / 'cato-lsp'}"
+    other = tmp_path / "other"
+    executable(other, "cato-lsp", "exit 0")
+    elsewhere = check_lsp(str(on_path), scripts_dir=other)
+    assert (
+        elsewhere.level == "ok" and f"(this Python's is {other / 'cato-lsp'})" in elsewhere.detail
+    )
 
     empty = tmp_path / "empty"
     empty.mkdir()

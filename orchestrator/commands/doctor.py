@@ -102,11 +102,15 @@ def check_environment(prefix: str | None = None, base_prefix: str | None = None)
 def check_lsp(path: str | None = None, scripts_dir: Path | None = None) -> Check:
     """Editors start ``cato-lsp``: from PATH, or from where they also look for it."""
     found = shutil.which("cato-lsp", path=path)
-    if found:
-        return Check("cato-lsp", "ok", f"on PATH: {found}")
     folder = scripts_dir or Path(sysconfig.get_path("scripts"))
     beside = folder / "cato-lsp"
-    if beside.is_file() and os.access(beside, os.X_OK):
+    ours = beside.is_file() and os.access(beside, os.X_OK)
+    if found:
+        if ours and Path(found).resolve() != beside.resolve():
+            # Editors start the one on PATH; say so when it is another installation's.
+            return Check("cato-lsp", "ok", f"on PATH: {found} (this Python's is {beside})")
+        return Check("cato-lsp", "ok", f"on PATH: {found}")
+    if ours:
         return Check(
             "cato-lsp",
             "warn",

@@ -36,6 +36,7 @@ from orchestrator.metrics import (
     UtilizationTracker,
     kind_stats,
 )
+from orchestrator.policy.admission import make_admission
 from orchestrator.policy.provisioner import (
     ClusterView,
     ModelView,
@@ -82,8 +83,21 @@ class Simulator:
             profiles={m.name: m.profile for m in config.models},
         )
         self.clairvoyant = is_clairvoyant(self.scheduler)
+        admission = (
+            make_admission(
+                config.admission,
+                profiles={m.name: m.profile for m in config.models},
+                margin_s=config.admission_margin_s,
+            )
+            if config.admission != "none"
+            else None
+        )
         self.core = DispatchCore(
-            self.scheduler, on_start=self._on_start, on_fail=self._on_fail, on_batch=self._on_batch
+            self.scheduler,
+            on_start=self._on_start,
+            on_fail=self._on_fail,
+            on_batch=self._on_batch,
+            admission=admission,
         )
         self.provisioner = make_provisioner(config.provisioner, config.provisioner_config)
         priors = {m.name: m.rates or Rates.from_profile(m.profile) for m in config.models}
@@ -394,7 +408,7 @@ class Simulator:
             ]
         for out in outputs:
             if out.first_token:
-                st.first_token(out.seq_id, now)
+                self.core.first_token(st, out.seq_id, now)
                 owner = self._runs[out.seq_id]
                 task = owner.task
                 if task.first_token is None and task.tpl.final[owner.node]:

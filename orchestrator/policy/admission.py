@@ -1,0 +1,189 @@
+"""Slack-aware engine admission: may a replica's batch take one more call right now?
+
+Routing (``scheduler``) decides which replica's queue a call joins; admission decides
+when a queued call leaves that queue for the replica's running batch. A continuous-
+batching engine runs every call it holds in each forward pass, so one more call costs
+every call already there: its prompt's prefill chunks lengthen the next steps (each
+running call's next token waits for them), and while it decodes, every step costs one
+more sequence and its context more. ``slack`` predicts both with an engine timing
+model and holds the call back (in the orchestrator's queue, where the scheduler orders
+it) if they would push a running call past its deadline that it would meet otherwise.
+
+The replica's limit thus moves with its calls' slack, between 1 running call (a call
+is always admitted to an empty batch) and its concurrency limit (the caller checks
+that). PURE: state and ``now`` in, a yes or no out.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from orchestrator.policy.state import Call, Rates, ReplicaState
+
+if TYPE_CHECKING:
+    from orchestrator.engine_model import EngineProfile
+
+
+class AdmissionConfigError(ValueError):
+    """An unknown admission policy name, or options it does not take."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepCosts:
+    """What one forward pass of an engine costs (see ``EngineProfile.step_time_s``)."""
+
+    overhead_s: float
+    prefill_s_per_token: float
+    decode_s_per_seq: float
+    kv_read_s_per_token: float
+    max_batched_tokens: int
+
+    @classmethod
+    def from_profile(cls, profile: EngineProfile) -> StepCosts:
+        return cls(
+            profile.step_overhead_s,
+            profile.prefill_s_per_token,
+            profile.decode_s_per_seq,
+            profile.kv_read_s_per_token,
+            profile.max_num_batched_tokens,
+        )
+
+    @classmethod
+    def from_rates(cls, rates: Rates) -> StepCosts:
+        """A replica whose engine is not profiled: its learned rates, where a step costs
+        ``tpot_s`` whatever the batch (only prefill is seen to delay others)."""
+        return cls(rates.tpot_s, rates.prefill_s_per_token, 0.0, 0.0, 1 << 30)
+
+
+class Admission(ABC):
+    """Whether a replica with calls running takes ``call`` into its batch now."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def admits(self, replica: ReplicaState, call: Call, now: float) -> bool: ...
+
+
+class OpenAdmission(Admission):
+    """Every call, up to the replica's concurrency limit (the fixed limit)."""
+
+    name = "none"
+
+    def admits(self, replica: ReplicaState, call: Call, now: float) -> bool:
+        return True
+
+
+class SlackAdmission(Admission):
+    """Hold a call back if it would push a running call past a deadline it would meet.
+
+    For each call running on the replica whose SLA point is still ahead (an ``e2e``
+    call, or a ``ttft`` call before its first token), the time it reaches that point is
+    predicted without and with ``call`` in the batch:
+
+    * without: the prefill still owed by the running calls (they prefill first), then,
+      for an ``e2e`` call, its remaining tokens at the current decode step time (step
+      overhead, plus per sequence and per context token of the batch);
+    * with: plus ``call``'s prompt prefill (for a ``ttft`` call still prefilling, at
+      most one step's token budget of it: it is admitted behind), plus, per step that
+      both decode, the cost of one more sequence and its context.
+
+    ``call`` is held back if some running call meets its deadline (less
+    ``margin_s``) without it and not with it. Step costs come from the engine profile
+    of the replica's model when known, the prefill rate from the replica's learned
+    rates (it follows the engine as it drifts).
+    """
+
+    name = "slack"
+
+    def __init__(
+        self,
+        *,
+        profiles: Mapping[str, EngineProfile] | None = None,
+        margin_s: float = 0.0,
+        mode: str = "strict",
+    ) -> None:
+        if margin_s < 0:
+            raise AdmissionConfigError(f"margin_s must be >= 0, got {margin_s}")
+        if mode not in ("strict", "net"):
+            raise AdmissionConfigError(f"mode must be 'strict' or 'net', got {mode!r}")
+        self.margin_s = margin_s
+        self.mode = mode
+        self._costs = {name: StepCosts.from_profile(p) for name, p in (profiles or {}).items()}
+
+    def costs(self, replica: ReplicaState) -> StepCosts:
+        costs = self._costs.get(replica.model)
+        return costs if costs is not None else StepCosts.from_rates(replica.rates)
+
+    def admits(self, replica: ReplicaState, call: Call, now: float) -> bool:
+        running = replica.in_flight
+        if not running:
+            return True
+        costs = self.costs(replica)
+        per_token = replica.rates.prefill_s_per_token
+        kv = costs.kv_read_s_per_token
+        context = 0
+        for c in running.values():
+            context += c.prompt_tokens + c.tokens_done
+        step = costs.overhead_s + len(running) * costs.decode_s_per_seq + context * kv
+        owed = now + replica.inflight_prefill_tokens * per_token
+        # What ``call`` adds: its prefill, and per step that it decodes beside another.
+        prompt = call.prompt_tokens
+        extra_prefill = prompt * per_token
+        extra_step = costs.decode_s_per_seq + (prompt + call.expected_output_tokens // 2) * kv
+        its_tokens = max(call.expected_output_tokens, 1)
+        margin = self.margin_s
+        # A call that meets its own deadline if it joins now may cost one running call
+        # its deadline in the ``net`` mode (one met for one missed); otherwise none.
+        allowed = 0
+        if self.mode == "net":
+            own = owed + extra_prefill + step + extra_step
+            if call.metric == "e2e":
+                own += (its_tokens - 1) * (step + extra_step)
+            allowed = 1 if own <= call.deadline - margin else 0
+        harmed = 0
+        budget = costs.max_batched_tokens
+        ahead = 0  # prompt tokens owed by the calls started before ``c`` and by ``c``
+        for c in running.values():  # in the order they were started (the engine's)
+            if c.first_token_at is None:
+                ahead += c.prompt_tokens
+            if c.metric == "ttft":
+                if c.first_token_at is not None:
+                    continue  # its SLA point is behind it
+                # Its first token comes in the step that ends its prompt; ``call``,
+                # started after it, only gets that step's leftover token budget.
+                done = now + ahead * per_token + step
+                leftover = max(budget - ahead % budget - len(running), 0)
+                later = done + min(prompt, leftover) * per_token + extra_step
+            else:
+                left = max(c.expected_output_tokens - c.tokens_done, 1)
+                done = owed + left * step
+                later = done + extra_prefill + min(left, its_tokens) * extra_step
+            limit = c.deadline - margin
+            if done <= limit < later:
+                harmed += 1
+                if harmed > allowed:
+                    return False
+        return True
+
+
+ADMISSIONS: dict[str, type[Admission]] = {cls.name: cls for cls in (OpenAdmission, SlackAdmission)}
+
+
+def make_admission(
+    name: str, *, profiles: Mapping[str, EngineProfile] | None = None, **kwargs: Any
+) -> Admission:
+    """The admission policy registered as ``name`` (``slack`` uses the engine
+    ``profiles`` of the models it knows), built with ``kwargs``."""
+    cls = ADMISSIONS.get(name)
+    if cls is None:
+        valid = ", ".join(sorted(ADMISSIONS))
+        raise AdmissionConfigError(f"unknown admission policy {name!r}; valid names: {valid}")
+    try:
+        if cls is SlackAdmission:
+            return SlackAdmission(profiles=profiles, **kwargs)
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise AdmissionConfigError(f"bad options for admission {name!r}: {exc}") from None

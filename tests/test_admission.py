@@ -1,0 +1,255 @@
+"""Slack-aware engine admission: who may join a replica's running batch, and when."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+
+import pytest
+
+from orchestrator.api import SLA, SLAMetric, TaskKind, TaskRequest
+from orchestrator.bench.scenarios import capacity_rps, scenario
+from orchestrator.bench.workloads import build_workload
+from orchestrator.dispatch import DispatchCore
+from orchestrator.emulator.process import launch_emulator
+from orchestrator.engine_model import load_profile
+from orchestrator.executor import Orchestrator, ReplicaSpec
+from orchestrator.policy.admission import (
+    AdmissionConfigError,
+    OpenAdmission,
+    SlackAdmission,
+    StepCosts,
+    make_admission,
+)
+from orchestrator.policy.scheduler import make_scheduler
+from orchestrator.policy.state import Call, Rates, ReplicaState
+from orchestrator.sim import Simulator
+
+PROFILE = load_profile("codellama-7b@a100")
+_ids = itertools.count()
+
+
+def call(
+    *,
+    deadline: float = 100.0,
+    prompt: int = 100,
+    output: int = 50,
+    metric: str = "e2e",
+) -> Call:
+    return Call(
+        id=f"c{next(_ids)}",
+        model=PROFILE.name,
+        deadline=deadline,
+        prompt_tokens=prompt,
+        expected_output_tokens=output,
+        arrival=0.0,
+        metric="ttft" if metric == "ttft" else "e2e",
+    )
+
+
+def replica(limit: int = 8) -> ReplicaState:
+    return ReplicaState(
+        id="r0",
+        model=PROFILE.name,
+        concurrency_limit=limit,
+        rates=Rates.from_profile(PROFILE),
+    )
+
+
+def running(st: ReplicaState, c: Call, *, first_token: bool = True) -> Call:
+    st.start(c, 0.0)
+    if first_token:
+        st.first_token(c.id, 0.0)
+    return c
+
+
+def predicted_done(st: ReplicaState, c: Call, now: float) -> float:
+    """When the policy expects ``c`` (decoding, e2e) to finish without another call."""
+    costs = StepCosts.from_profile(PROFILE)
+    context = sum(x.prompt_tokens + x.tokens_done for x in st.in_flight.values())
+    step = costs.overhead_s + len(st.in_flight) * costs.decode_s_per_seq
+    step += context * costs.kv_read_s_per_token
+    owed = st.inflight_prefill_tokens * st.rates.prefill_s_per_token
+    return now + owed + (c.expected_output_tokens - c.tokens_done) * step
+
+
+def slack(**kwargs: object) -> SlackAdmission:
+    return SlackAdmission(profiles={PROFILE.name: PROFILE}, **kwargs)  # type: ignore[arg-type]
+
+
+def test_an_empty_replica_takes_anything() -> None:
+    st = replica()
+    hopeless = call(deadline=-1.0, prompt=8000, output=1000)
+    assert slack().admits(st, hopeless, 0.0)
+
+
+def test_a_long_prompt_waits_if_it_would_make_a_running_call_late() -> None:
+    st = replica()
+    c = running(st, call(output=200))
+    # The running call meets its deadline by 50 ms: less than a 2,000-token prefill
+    # (~190 ms on this engine), more than a 100-token one (~10 ms).
+    c.deadline = predicted_done(st, c, 1.0) + 0.05
+    policy = slack()
+    assert not policy.admits(st, call(prompt=2000, output=10), 1.0)
+    assert policy.admits(st, call(prompt=100, output=10), 1.0)
+    # With a deadline a second further away, the long prompt fits too.
+    c.deadline += 1.0
+    assert policy.admits(st, call(prompt=2000, output=10), 1.0)
+
+
+def test_calls_that_miss_anyway_or_are_past_their_sla_point_do_not_block() -> None:
+    st = replica()
+    late = running(st, call(output=200))
+    late.deadline = predicted_done(st, late, 1.0) - 0.01  # misses even alone
+    answered = running(st, call(metric="ttft", deadline=1.0))  # first token is out
+    assert slack().admits(st, call(prompt=4000), 1.0)
+    assert answered.first_token_at is not None
+
+
+def test_a_prefilling_ttft_call_is_protected_from_the_step_it_shares() -> None:
+    st = replica()
+    first = running(st, call(metric="ttft", prompt=500), first_token=False)
+    step = PROFILE.step_overhead_s + PROFILE.decode_s_per_seq + 500 * PROFILE.kv_read_s_per_token
+    alone = 500 * PROFILE.prefill_s_per_token + step
+    first.deadline = alone + 0.02  # 20 ms to spare: a 1,000-token chunk (~96 ms) is too much
+    policy = slack()
+    assert not policy.admits(st, call(prompt=1000), 0.0)
+    assert policy.admits(st, call(prompt=50), 0.0)
+
+
+def test_net_mode_lets_an_on_time_call_cost_one_running_call_but_not_two() -> None:
+    st = replica()
+    a = running(st, call(output=200))
+    b = running(st, call(output=200))
+    for c in (a, b):
+        c.deadline = predicted_done(st, c, 0.0) + 0.05
+    on_time = call(prompt=2000, output=10, metric="ttft", deadline=10.0)
+    assert not slack(mode="net").admits(st, on_time, 0.0)  # both would miss
+    b.deadline = 0.001  # b misses anyway now: only a is at stake
+    assert slack(mode="net").admits(st, on_time, 0.0)
+    assert not slack(mode="strict").admits(st, on_time, 0.0)
+    late = call(prompt=2000, output=10, metric="ttft", deadline=0.0)
+    assert not slack(mode="net").admits(st, late, 0.0)  # it gains nothing by joining
+
+
+def test_without_a_profile_the_learned_rates_price_the_prefill() -> None:
+    st = replica()
+    c = running(st, call(output=100))
+    step = st.rates.tpot_s
+    c.deadline = 1.0 + 100 * step + 0.05
+    policy = SlackAdmission()  # no profiles
+    assert policy.costs(st) == StepCosts.from_rates(st.rates)
+    assert not policy.admits(st, call(prompt=2000), 1.0)
+    assert policy.admits(st, call(prompt=100), 1.0)
+
+
+def test_the_core_keeps_a_dynamic_limit_between_one_and_the_concurrency_limit() -> None:
+    started: list[str] = []
+    core = DispatchCore(
+        make_scheduler("round_robin"),
+        on_start=lambda c, st, now: started.append(c.id),
+        on_fail=lambda c, exc: None,
+        admission=slack(),
+    )
+    st = replica(limit=4)
+    core.add(st, 0.0)
+    first = call(output=200, deadline=10.0)
+    core.place(first, 0.0)  # an empty replica always takes a call
+    first.deadline = predicted_done(st, first, 0.0) + 0.05
+    held = call(prompt=3000, output=10)
+    core.place(held, 0.0)
+    assert started == [first.id] and held.id in st.queue  # held back: the limit is 1 now
+    small = call(prompt=20, output=5)
+    core.place(small, 0.0)
+    assert started == [first.id]  # behind the held call, in the scheduler's order
+    core.finish(st, first.id, 0.5)
+    assert started == [first.id, held.id, small.id]  # both fit once it is done
+
+
+def test_first_token_lets_a_held_call_in() -> None:
+    started: list[str] = []
+    core = DispatchCore(
+        make_scheduler("round_robin"),
+        on_start=lambda c, st, now: started.append(c.id),
+        on_fail=lambda c, exc: None,
+        admission=slack(),
+    )
+    st = replica(limit=4)
+    core.add(st, 0.0)
+    ttft = call(metric="ttft", prompt=500)
+    core.place(ttft, 0.0)
+    ttft.deadline = 0.07  # just meets its first token alone
+    held = call(prompt=1500)
+    core.place(held, 0.0)
+    assert started == [ttft.id]
+    core.first_token(st, ttft.id, 0.06)
+    assert started == [ttft.id, held.id]
+
+
+def test_names_and_options() -> None:
+    assert isinstance(make_admission("none"), OpenAdmission)
+    assert isinstance(make_admission("slack", margin_s=0.1), SlackAdmission)
+    with pytest.raises(AdmissionConfigError, match="valid names: none, slack"):
+        make_admission("greedy")
+    with pytest.raises(AdmissionConfigError, match="margin_s"):
+        make_admission("slack", margin_s=-1.0)
+    with pytest.raises(AdmissionConfigError, match="mode"):
+        make_admission("slack", mode="lenient")
+    with pytest.raises(AdmissionConfigError, match="bad options"):
+        make_admission("none", margin_s=1.0)
+
+
+def test_the_simulator_runs_with_slack_admission_deterministically() -> None:
+    rq1 = scenario("rq1")
+    workload = build_workload(seed=0, per_kind=20)
+    rate = capacity_rps(rq1, workload)
+    base = rq1.config("cato", "fixed", 0)
+
+    def run(admission: str) -> tuple[int, float | None, int]:
+        config = dataclasses.replace(base, admission=admission)
+        result = Simulator(config).run(rq1.arrivals(rate, 10.0, workload, 0))
+        return result.overall.requests, result.goodput_rate, result.counters["steps"]
+
+    held = run("slack")
+    assert held == run("slack")
+    assert held[0] == run("none")[0]  # the same tasks, all accounted for
+    assert held != run("none")  # and calls were held back: another run
+    with pytest.raises(ValueError, match="unknown admission policy 'greedy'"):
+        dataclasses.replace(base, admission="greedy")
+
+
+def test_the_executor_serves_through_slack_admission() -> None:
+    """Live: every call passes the admission policy and its first-token re-dispatch
+    (timing decides whether one is held back), all run, and nothing is left over."""
+    emulator = launch_emulator(model="tiny", speed=2.0)
+    try:
+        asyncio.run(_serve_through_admission(emulator.url))
+    finally:
+        emulator.stop()
+
+
+async def _serve_through_admission(url: str) -> None:
+    spec = ReplicaSpec(id="r0", url=url, model="tiny", concurrency_limit=4)
+    orch = Orchestrator([spec], admission="slack")
+    sla = SLA(metric=SLAMetric.E2E, target_ms=60_000)
+
+    async def one(i: int) -> str:
+        request = TaskRequest(
+            id=f"t{i}",
+            kind=TaskKind.COMPLETE,
+            model="tiny",
+            sla=sla,
+            prompt=f"<fim_prefix>def f{i}(x):\n    <fim_suffix>\n<fim_middle>",
+            max_tokens=8,
+        )
+        async with contextlib.aclosing(orch.submit(request)) as events:
+            return [e.type async for e in events][-1]
+
+    try:
+        ends = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(6))), 60.0)
+    finally:
+        await orch.close()
+    assert ends == ["done"] * 6
+    assert orch.replica_load("r0") == (0, 0)
