@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Collection, Sequence
 
+from orchestrator.api import SLA_UNREACHABLE
 from orchestrator.policy.admission import Admission
 from orchestrator.policy.scheduler import Scheduler
 from orchestrator.policy.state import Call, ReplicaState
@@ -184,10 +185,17 @@ class DispatchCore:
 
     def place(self, call: Call, now: float, excluded: Collection[str] = ()) -> None:
         """Route ``call`` into a replica's queue (and start it if there is room), or park
-        it while its model's replicas start; raise ``DispatchError`` if neither."""
+        it while its model's replicas start; raise ``DispatchError`` if neither, or
+        (code ``sla_unreachable``) if the scheduler sheds it: late, and asked for that."""
         candidates = self.candidates(call.model, now, excluded)
         if candidates:
             route = self.scheduler.route(call, candidates, now)
+            if route.shed:
+                raise DispatchError(
+                    f"no replica can meet the deadline of call {call.id} any more (its "
+                    "slack is gone) and its request asked to end rather than answer late",
+                    SLA_UNREACHABLE,
+                )
             st = self.states[route.replica_id]
             route.apply(call, st)
             self.dispatch(st, now)

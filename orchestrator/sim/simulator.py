@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from orchestrator.api import SLA_UNREACHABLE
 from orchestrator.dispatch import DispatchCore, DispatchError
 from orchestrator.engine_model import StepResult, TokenOutput
 from orchestrator.metrics import (
@@ -125,6 +126,7 @@ class Simulator:
             "fused_runs": 0,
             "events": 0,
             "rerouted": 0,
+            "shed": 0,
         }
         self._ran = False
         self._cpu_s = 0.0
@@ -306,6 +308,7 @@ class Simulator:
             metric=node.metric,
             task_id=str(task.id),
             kind=tpl.kind,
+            shed_late=tpl.shed_late,
         )
         self._counters["calls"] += 1
         self._runs[call.id] = CallRun(task, index, out, call)
@@ -315,8 +318,12 @@ class Simulator:
             self._on_fail(call, exc)
 
     def _on_fail(self, call: Call, exc: DispatchError) -> None:
-        """No replica of the call's model is ready or starting: its task fails."""
+        """No replica of the call's model is ready or starting, or the call was shed
+        (late, and its request asked to end rather than answer late): its task ends
+        as an error, which never meets its SLA; shed tasks are counted apart."""
         run = self._runs.pop(call.id)
+        if exc.code == SLA_UNREACHABLE and not run.task.failed:
+            self._counters["shed"] += 1
         self._fail(run.task, self.now)
 
     def _on_start(self, call: Call, st: ReplicaState, now: float) -> None:
