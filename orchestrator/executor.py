@@ -84,6 +84,7 @@ class ReplicaSpec:
     priority: PriorityMode = "auto"  # what the client does with call priorities
     engine: str = "external"
     gpus: list[int] = field(default_factory=list)
+    api_key: str | None = None  # the bearer token the replica wants, if any
 
 
 @dataclass(eq=False)
@@ -156,7 +157,7 @@ class Orchestrator:
             idle_since=self.clock() if ready else None,
         )
         lifecycle = "ready" if ready else "pending"
-        client = ReplicaClient(spec.url, priority=spec.priority)
+        client = ReplicaClient(spec.url, priority=spec.priority, api_key=spec.api_key)
         self._replicas[spec.id] = _Replica(spec, state, client, lifecycle)
         self._core.add(state, self.clock(), starting=not ready)
 

@@ -65,6 +65,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         f"(default: ${LENGTHS_ENV})",
     )
     parser.add_argument(
+        "--api-key",
+        default=os.environ.get("VLLM_API_KEY") or None,
+        help="as vLLM's: /v1 paths want this bearer token (default: $VLLM_API_KEY)",
+    )
+    parser.add_argument(
         "--exit-with-stdin",
         action="store_true",
         help="exit when stdin reaches end of file (a launcher holding a pipe dies with it)",
@@ -88,6 +93,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         seed=args.seed,
         cold_start_s=cold,
         lengths=lengths,
+        api_key=args.api_key,
     )
 
 

@@ -10,11 +10,12 @@ a few microseconds of CPU per streamed token.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -43,6 +44,7 @@ from orchestrator.emulator.textgen import Completion, TextGenerator
 from orchestrator.engine_model import EngineModel, EngineProfile, Policy, StepResult
 
 log = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # vLLM's histogram buckets (vllm/v1/metrics/loggers.py).
 TTFT_BUCKETS = (
@@ -70,6 +72,8 @@ class EmulatorConfig:
     cold_start_s: float = 0.0  # wall-clock seconds before /health answers 200
     # Exact output lengths of known prompts (see ``lengths.py``); None: drawn lengths.
     lengths: LengthTable | None = None
+    # As vLLM's --api-key (or VLLM_API_KEY): every /v1 path wants this bearer token.
+    api_key: str | None = None
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -193,13 +197,24 @@ class Emulator:
         return loop.time() - self._started_at >= self.config.cold_start_s
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        middlewares = [self._require_key] if self.config.api_key else []
+        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=middlewares)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics_handler)
         return app
+
+    @web.middleware
+    async def _require_key(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """vLLM's authentication: /v1 paths need the key, /health and /metrics do not."""
+        if request.path.startswith("/v1"):
+            given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+            wanted = f"Bearer {self.config.api_key}".encode()
+            if not hmac.compare_digest(given, wanted):
+                return web.json_response({"error": "Unauthorized"}, status=401)
+        return await handler(request)
 
     # -- engine loop --------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ import contextlib
 import itertools
 import logging
 import os
+import secrets
 import signal
 import socket
 import time
@@ -83,6 +84,8 @@ class ManagedReplica:
     gave_up: bool = False
     health_failures: int = 0
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # The bearer token this replica's server wants (VLLM_API_KEY), known only here.
+    api_key: str | None = None
 
     @property
     def cold_start_s(self) -> float | None:
@@ -202,6 +205,8 @@ class ReplicaManager:
         else:
             port = free_port(self.settings.host)
             rep = ManagedReplica(rid, spec, f"http://{self.settings.host}:{port}", port, gpus)
+            # Local users can reach the replica's port: only the service may use it.
+            rep.api_key = secrets.token_urlsafe(24)
         self.replicas[rid] = rep
         self.orch.add_replica(self._replica_spec(rep), ready=False)
         self._record(rep, "starting")
@@ -218,6 +223,7 @@ class ReplicaManager:
             engine=rep.spec.engine,
             gpus=rep.gpus,
             priority=rep.spec.priority,
+            api_key=rep.api_key,
         )
 
     def _command(self, rep: ManagedReplica) -> list[str]:
@@ -246,7 +252,7 @@ class ReplicaManager:
                     stdin=asyncio.subprocess.PIPE,
                     stdout=logf,
                     stderr=asyncio.subprocess.STDOUT,
-                    env=build_env(rep.spec, rep.gpus, folder=folder),
+                    env=self._env(rep, folder),
                     cwd=folder,
                     start_new_session=True,
                 )
@@ -265,10 +271,18 @@ class ReplicaManager:
             rep.log_path,
         )
 
+    def _env(self, rep: ManagedReplica, folder: Path) -> dict[str, str]:
+        env = build_env(rep.spec, rep.gpus, folder=folder)
+        if rep.api_key is not None:  # in the environment: argv is visible to every user
+            env["VLLM_API_KEY"] = rep.api_key
+        return env
+
     # -- supervision ----------------------------------------------------------------
 
     async def _supervise(self, rep: ManagedReplica) -> None:
-        client = ReplicaClient(rep.url, connect_timeout_s=2.0, read_timeout_s=5.0)
+        client = ReplicaClient(
+            rep.url, connect_timeout_s=2.0, read_timeout_s=5.0, api_key=rep.api_key
+        )
         try:
             while not self._closing and rep.state != Lifecycle.STOPPED:
                 if rep.state == Lifecycle.PENDING:
