@@ -17,6 +17,7 @@ import difflib
 import hashlib
 import hmac
 import os
+import secrets
 import sys
 import tomllib
 from collections.abc import Mapping
@@ -92,9 +93,31 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+MIN_TOKEN_CHARS = 24
+NEW_TOKEN_HINT = "make one with `cato config new-token` (it prints the token and its hash)"
+# Tokens printed in docs, examples and tutorials: a config that lets them in lets anyone in.
+PLACEHOLDER_TOKENS = (
+    "alice-change-me",
+    "bob-change-me",
+    "change-me",
+    "changeme",
+    "secret",
+    "token",
+    "password",
+    "unused",
+    "test",
+)
+
+
 def hash_token(token: str) -> str:
-    """The value to put in ``token_sha256`` for a bearer token."""
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+    """The value to put in ``token_sha256`` for a bearer token.
+
+    A header that was not valid UTF-8 reaches here with lone surrogates; those hash
+    (to a value no real token has) instead of raising."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+_PLACEHOLDER_HASHES = {hash_token(t): t for t in PLACEHOLDER_TOKENS}
 
 
 class User(_Section):
@@ -126,8 +149,12 @@ class User(_Section):
         value = value.strip().lower()
         if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
             raise ValueError(
-                "expected the hex SHA-256 of the bearer token (64 hex digits), "
-                "e.g. from `python -m orchestrator.config hash-token`"
+                f"expected the hex SHA-256 of the bearer token (64 hex digits); {NEW_TOKEN_HINT}"
+            )
+        if value in _PLACEHOLDER_HASHES:
+            raise ValueError(
+                f"is the hash of the public placeholder token {_PLACEHOLDER_HASHES[value]!r}, "
+                f"which would let anyone in; {NEW_TOKEN_HINT}"
             )
         return value
 
@@ -631,10 +658,12 @@ def _fields_at(loc: tuple[int | str, ...]) -> list[str]:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    """``check [FILE]`` validates a config; ``hash-token [TOKEN]`` prints a token's hash."""
+    """``check [FILE]`` validates a config; ``new-token`` makes a bearer token and its
+    hash; ``hash-token [TOKEN]`` prints the hash of a token you have."""
     sub = parser.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     check = sub.add_parser("check", help="validate a cato.toml (or the built-in default)")
     check.add_argument("file", nargs="?", default=None, help="path to cato.toml")
+    sub.add_parser("new-token", help="a random bearer token and its token_sha256 line")
     token = sub.add_parser("hash-token", help="print the token_sha256 value for a bearer token")
     token.add_argument(
         "token", nargs="?", default=None, help="the token (read from stdin if absent)"
@@ -642,10 +671,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.config_command == "new-token":
+        token = secrets.token_urlsafe(32)
+        print(f"token (give it to the user; it is not stored): {token}")
+        print(f'token_sha256 = "{hash_token(token)}"')
+        return 0
     if args.config_command == "hash-token":
         token = args.token if args.token is not None else sys.stdin.readline().strip()
-        if not token:
-            print("empty token", file=sys.stderr)
+        problem = token_problem(token)
+        if problem:
+            print(problem, file=sys.stderr)
             return 2
         print(hash_token(token))
         return 0
@@ -656,6 +691,18 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(summary(config, args.file or "<built-in default>"))
     return 0
+
+
+def token_problem(token: str) -> str | None:
+    """Why a bearer token should not be used, or None."""
+    if token in PLACEHOLDER_TOKENS:
+        return f"{token!r} is a public placeholder token; {NEW_TOKEN_HINT}"
+    if len(token) < MIN_TOKEN_CHARS:
+        return (
+            f"a token needs {MIN_TOKEN_CHARS} characters at least (this one has {len(token)}); "
+            f"{NEW_TOKEN_HINT}"
+        )
+    return None
 
 
 def summary(config: CatoConfig, source: str) -> str:

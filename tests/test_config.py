@@ -13,6 +13,7 @@ from orchestrator.config import (
     TASK_DEFAULTS,
     CatoConfig,
     ConfigError,
+    hash_token,
     load_config,
     main,
     parse_config,
@@ -84,7 +85,8 @@ def test_gpu_example_loads() -> None:
         "starcoder2-7b"
     }
     assert config.models[0].effective_concurrency_limit() == 64
-    assert config.server.user_for_token("alice-change-me") is not None
+    assert [u.name for u in config.server.users] == ["alice", "bob"]
+    assert config.server.user_for_token("alice-change-me") is None  # no public token gets in
 
 
 def test_task_defaults_per_kind_and_partial_sections() -> None:
@@ -154,8 +156,46 @@ def test_user_for_token_rejects_wrong_tokens(token: str) -> None:
 
 
 def test_hash_token_command_prints_the_config_value(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["hash-token", "s3cret-a"]) == 0
-    assert capsys.readouterr().out.strip() == hashlib.sha256(b"s3cret-a").hexdigest()
+    token = "a-long-enough-s3cret-for-a-team"
+    assert main(["hash-token", token]) == 0
+    assert capsys.readouterr().out.strip() == hashlib.sha256(token.encode()).hexdigest()
+
+
+@pytest.mark.parametrize("token", ["s3cret-a", "alice-change-me", "x" * 23])
+def test_hash_token_refuses_short_and_placeholder_tokens(
+    token: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["hash-token", token]) == 2
+    err = capsys.readouterr().err
+    assert "cato config new-token" in err and not capsys.readouterr().out
+
+
+def test_new_token_prints_a_token_and_its_config_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["new-token"]) == 0
+    first, second = capsys.readouterr().out.splitlines()
+    token = first.rsplit(" ", 1)[1]
+    assert len(token) >= 40 and second == f'token_sha256 = "{hash_token(token)}"'
+    text = VLLM_MODEL + f"[[server.users]]\nname = 'x'\n{second}\n"
+    assert parse_config(text).server.user_for_token(token) is not None
+
+
+@pytest.mark.parametrize("placeholder", ["alice-change-me", "bob-change-me", "changeme"])
+def test_a_placeholder_token_hash_is_refused_with_how_to_make_one(placeholder: str) -> None:
+    digest = hashlib.sha256(placeholder.encode()).hexdigest()
+    text = VLLM_MODEL + f"[[server.users]]\nname = 'x'\ntoken_sha256 = '{digest}'\n"
+    with pytest.raises(ConfigError) as err:
+        parse_config(text)
+    message = str(err.value)
+    assert "users[0].token_sha256" in message and placeholder in message
+    assert "cato config new-token" in message
+
+
+def test_a_token_that_is_not_utf8_hashes_instead_of_raising() -> None:
+    raw = b"Bearer \xff\xfe".decode("utf-8", "surrogateescape")
+    assert len(hash_token(raw)) == 64
+    assert parse_config(USERS).server.user_for_token(raw) is None
 
 
 def test_check_command_reports_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
