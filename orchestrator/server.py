@@ -24,7 +24,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii
 from typing import Any
@@ -32,7 +32,16 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from orchestrator.api import SLA, SLAMetric, Status, TaskEvent, TaskKind, TaskRequest
+from orchestrator.api import (
+    SLA,
+    SLA_UNREACHABLE,
+    OnLate,
+    SLAMetric,
+    Status,
+    TaskEvent,
+    TaskKind,
+    TaskRequest,
+)
 from orchestrator.config import User, hash_token
 from orchestrator.executor import Orchestrator, RunItem, TextSink, TokenDelta
 from orchestrator.graphs import TaskGraph, build_graph
@@ -43,12 +52,23 @@ log = logging.getLogger(__name__)
 TTFT_KINDS = {TaskKind.COMPLETE, TaskKind.GENERATE}
 
 # HTTP status of a task that failed before its first token, by ``TaskEvent.code``.
-_ERROR_STATUS = {"bad_request": 400, "unknown_model": 404, "no_replica": 503, "replica_error": 502}
+_ERROR_STATUS = {
+    "bad_request": 400,
+    "unknown_model": 404,
+    "no_replica": 503,
+    "replica_error": 502,
+    SLA_UNREACHABLE: 503,
+}
 
 
 @dataclass(frozen=True)
 class ServiceOptions:
-    """Limits and users; ``models`` empty means the models of the current replicas."""
+    """Limits and users; ``models`` empty means the models of the current replicas.
+
+    ``sla_floors_ms``: per task kind, the tightest SLA target a request may ask for (a
+    user's own ``sla_floor_ms`` replaces it for that user); a tighter one is raised to
+    the floor, so that no client buys priority with a tiny target.
+    """
 
     users: Sequence[User] = ()
     max_body_bytes: int = 8 * 1024 * 1024
@@ -56,6 +76,19 @@ class ServiceOptions:
     max_tokens_limit: int = 8192
     models: Sequence[str] = ()
     retry_after_s: int = 1
+    sla_floors_ms: Mapping[str, float] = field(default_factory=dict)
+
+    def sla_floor_ms(self, kind: TaskKind, user: User | None) -> float | None:
+        if user is not None and kind.value in user.sla_floor_ms:
+            return user.sla_floor_ms[kind.value]
+        return self.sla_floors_ms.get(kind.value)
+
+    def with_floor(self, req: TaskRequest, user: User | None) -> TaskRequest:
+        """``req`` with its SLA raised to the floor where it asks for a tighter one."""
+        floor = self.sla_floor_ms(req.kind, user)
+        if req.sla is None or floor is None or req.sla.target_ms >= floor:
+            return req
+        return req.model_copy(update={"sla": SLA(metric=req.sla.metric, target_ms=floor)})
 
 
 class _Rejected(Exception):
@@ -136,6 +169,7 @@ class CatoExtension(BaseModel):
     sla_ms: float | None = Field(default=None, gt=0, le=3_600_000)
     language: str | None = Field(default=None, max_length=64)
     target_language: str | None = Field(default=None, max_length=64)
+    on_late: OnLate | None = None
 
 
 class _OpenAIBody(BaseModel):
@@ -271,6 +305,7 @@ class Service:
             raise _bad_request(_validation_message(exc)) from None
         if user is not None:
             req = req.model_copy(update={"user": user.name})
+        req = self.options.with_floor(req, user)
         self._check(req)
         resp = await _open_sse(request)
         async with contextlib.aclosing(self._run(req)) as batches:
@@ -314,7 +349,7 @@ class Service:
                     "NotFoundError",
                 )
             )
-        req = self._task_from_openai(body, chat=chat, user=user)
+        req = self.options.with_floor(self._task_from_openai(body, chat=chat, user=user), user)
         graph = self._check(req)
         writer = _OpenAIWriter(chat=chat, model=body.model or graph.model)
         if body.stream:
@@ -381,6 +416,7 @@ class Service:
             "user": user.name if user is not None else body.user,
             "context": context,
             "target_language": ext.target_language,
+            "on_late": ext.on_late,
         }
         fields["prompt" if kind is TaskKind.COMPLETE else "code"] = text
         if ext.language:

@@ -279,6 +279,7 @@ class TaskRun:
             metric=node.metric,
             task_id=self.request.id,
             kind=self.request.kind.value,
+            shed_late=graph.on_late == "shed",
         )
 
     async def _llm(self, graph: TaskGraph, node: Node, deadline: float) -> str:

@@ -294,6 +294,76 @@ async def test_per_user_concurrency_limit_answers_429_with_retry_after(serve: Se
     assert served.orch.status().in_flight == 0
 
 
+# -- SLA floors and late calls shed on request ------------------------------------------------
+
+
+async def task_events(url: str, body: dict[str, Any], token: str | None = None) -> list[TaskEvent]:
+    """The ``TaskEvent`` s of one ``POST /v1/tasks``."""
+    status, _, text = await post(url + "/v1/tasks", json.dumps(body), token)
+    assert status == 200, text
+    lines = [line.removeprefix("data: ") for line in text.split("\n\n") if line]
+    assert lines[-1] == "[DONE]"
+    return [TaskEvent.model_validate_json(line) for line in lines[:-1]]
+
+
+def tight(on_late: str | None = None) -> dict[str, Any]:
+    """A completion whose 1 ms SLA no replica can meet: late on arrival at a replica."""
+    body: dict[str, Any] = {"kind": "complete", "prompt": PROMPT, "max_tokens": 4}
+    body["sla"] = {"metric": "ttft", "target_ms": 1}
+    return body | ({"on_late": on_late} if on_late else {})
+
+
+def priorities(events: list[TaskEvent]) -> set[int | None]:
+    return {e.priority for e in events if e.type == "node" and e.replica}
+
+
+async def test_a_late_call_that_asked_to_be_shed_ends_at_once_with_sla_unreachable(
+    serve: Serve,
+) -> None:
+    served = await serve()
+    shed = await task_events(served.url, tight("shed"))
+    assert [e.type for e in shed][-1] == "error" and not any(e.type == "token" for e in shed)
+    assert shed[-1].code == "sla_unreachable" and "deadline" in (shed[-1].error or "")
+    # Without opting in it is served, late. Its bounded wait (deadline + its 1 ms budget)
+    # is over before it reaches a replica, so it is not held back (priority 2, not 3).
+    late = await task_events(served.url, tight())
+    assert late[-1].type == "done" and late[-1].sla_met is False
+    assert priorities(late) == {2}
+
+    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 4}
+    body["cato"] = {"sla_ms": 1, "on_late": "shed"}
+    for stream in (False, True):
+        status, headers, err = await post(
+            served.url + "/v1/completions", json.dumps(body | {"stream": stream})
+        )
+        assert status == 503 and headers["Retry-After"] == "1"
+        assert err["error"]["type"] == "ServiceUnavailableError"
+        assert "asked to end rather than answer late" in err["error"]["message"]
+    assert served.orch.status().in_flight == 0 and served.orch.status().queued == 0
+    outcomes = [r.outcome for r in served.orch.recorder.records()]
+    assert outcomes == ["error", "ok", "error", "error"]
+
+
+async def test_sla_floors_per_kind_and_per_user_set_the_effective_sla(serve: Serve) -> None:
+    alice = User(name="alice", token_sha256=hash_token(ALICE), sla_floor_ms={"complete": 0.002})
+    bob = User(name="bob", token_sha256=hash_token(BOB))
+    served = await serve(users=[alice, bob], sla_floors_ms={"complete": 500.0})
+    # Bob's 1 ms is raised to the kind's floor: on time, so neither late nor shed.
+    floored = await task_events(served.url, tight("shed"), BOB)
+    assert floored[-1].type == "done" and priorities(floored) == {2}
+    # Alice may go down to 0.002 ms: still unreachable, so her request is shed.
+    shed = await task_events(served.url, tight("shed"), ALICE)
+    assert shed[-1].type == "error" and shed[-1].code == "sla_unreachable"
+    # A looser SLA than the floor is the client's to choose.
+    loose = tight("shed") | {"sla": {"metric": "ttft", "target_ms": 60_000}}
+    relaxed = await task_events(served.url, loose, BOB)
+    assert relaxed[-1].type == "done" and priorities(relaxed) == {2}
+    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 4}
+    body["cato"] = {"sla_ms": 0.001, "on_late": "shed"}
+    status, _, whole = await post(served.url + "/v1/completions", json.dumps(body), BOB)
+    assert status == 200 and whole["choices"][0]["text"]
+
+
 # -- limits and errors ---------------------------------------------------------------------
 
 
@@ -423,6 +493,35 @@ def test_cato_serve_default_streams_then_stops_its_replicas_on_sigterm(tmp_path:
         assert not [p for p in replicas if group_alive(p)], output
         assert "EMULATED replicas" in output and f"OpenAI base URL {url}/v1" in output
         assert "no replica is left running" in output
+
+
+def test_cato_serve_sheds_late_calls_of_a_kind_that_defaults_to_it(tmp_path: Path) -> None:
+    """cato.toml to HTTP: completions default to ``on_late = "shed"`` and may ask for SLAs
+    down to 0.001 ms; one no replica can meet ends at once with a 503."""
+    config = tmp_path / "cato.toml"
+    config.write_text(
+        '[[models]]\nname = "tiny"\nengine = "emulated"\nprofile = "tiny@cpu"\n'
+        'min_replicas = 1\n\n[tasks.complete]\nsla_floor_ms = 0.001\non_late = "shed"\n'
+    )
+    with cato_serve(tmp_path, "--port", "0", "--config", str(config)) as (proc, log):
+        url = wait_for_log(log, LISTENING, proc)
+        deadline = time.monotonic() + 60
+        while health_status(url) != 200:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
+        tight = {"cato": {"sla_ms": 1}}
+        with pytest.raises(openai.APIStatusError) as shed:
+            client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4, extra_body=tight)
+        assert shed.value.status_code == 503
+        assert shed.value.response.headers["Retry-After"] == "1"
+        assert "rather than answer late" in shed.value.message
+        waits = {"cato": {"sla_ms": 1, "on_late": "wait"}}
+        late = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4, extra_body=waits)
+        assert late.choices[0].text
+        on_time = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4)
+        assert on_time.choices[0].text
+        assert "sla_unreachable" in log.read_text()
 
 
 def test_cato_serve_on_a_taken_port_fails_clearly(tmp_path: Path) -> None:

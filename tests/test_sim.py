@@ -21,6 +21,7 @@ from orchestrator.sim import (
     ModelSpec,
     OracleScheduler,
     SimConfig,
+    SimResult,
     SimTask,
     Simulator,
     simulate,
@@ -365,3 +366,27 @@ def test_plan_finds_the_smallest_replica_count(capsys: pytest.CaptureFixture[str
             if line.startswith("| ") and line.split("|")[1].strip().isdigit()}  # fmt: skip
     assert rows[answer] >= 0.9
     assert answer == 1 or rows[answer - 1] < 0.9
+
+
+def test_shed_calls_end_at_once_count_as_missed_and_free_the_replica() -> None:
+    """Past capacity, requests that ask to be shed when late end as errors (never SLA
+    met, counted apart) instead of running late, and the others gain from it."""
+
+    def shedding(tasks: list[SimTask]) -> list[SimTask]:
+        update = {"on_late": "shed"}
+        return [dataclasses.replace(t, request=t.request.model_copy(update=update)) for t in tasks]
+
+    runs = {}
+    for name, tasks in (("wait", pool()), ("shed", shedding(pool()))):
+        runs[name] = simulate(config(1), poisson(25, 3000, 3, tasks))
+    wait, shed = runs["wait"], runs["shed"]
+    assert wait.counters["shed"] == 0 and wait.overall.errors == 0
+    assert shed.counters["shed"] > 0 and shed.overall.errors == shed.counters["shed"]
+    assert all(not r.sla_met for r in shed.records() if r.outcome == "error")
+    assert shed.overall.requests == wait.overall.requests == 3000
+    assert shed.overall.sla_met > 1.5 * wait.overall.sla_met
+
+    def worst(result: SimResult) -> float:
+        return max(r.done - r.arrival for r in result.records() if r.outcome == "ok")
+
+    assert worst(shed) < worst(wait) / 2

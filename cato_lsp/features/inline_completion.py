@@ -8,6 +8,10 @@ Per document only the newest request lives: a new one cancels the one before it 
 when the client sends no `$/cancelRequest`, and cancelling closes the orchestrator
 stream so the replica aborts the sequence. A suggestion is kept in an LRU cache so that
 typing its first characters is answered with the rest, without a new request.
+
+A suggestion that comes after its SLA is a stale one (the user has typed on), so each
+request asks to be shed when late (`on_late="shed"`): the orchestrator then ends it at
+once with `sla_unreachable`, and the answer is no suggestion, not an error.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from cato_lsp.features.documents import (
 from cato_lsp.postprocess import Mode, completion_mode, postprocess
 from cato_lsp.prompts import FimFamily, FimTemplate, get_template, guess_family
 from cato_lsp.settings import DEFAULT_FIM_FAMILY, Settings
-from orchestrator.api import TaskKind, TaskRequest
+from orchestrator.api import SLA_UNREACHABLE, TaskKind, TaskRequest
 
 KIND: Final = TaskKind.COMPLETE.value
 _CACHE_HEAD: Final = 256
@@ -99,6 +103,7 @@ class CompletionStats:
     superseded: int = 0
     cancelled: int = 0
     errors: int = 0
+    shed: int = 0  # ended at once: no replica could answer within the SLA any more
     empty: int = 0
     shown: int = 0
     accepted: int = 0
@@ -285,6 +290,7 @@ def prepare(
         max_tokens=max_tokens,
         stop=stop[:_MAX_STOPS],
         user=settings.user,
+        on_late="shed",
     )
     return Prepared(prefix, suffix, mode, template.family.value, request)
 
@@ -420,6 +426,9 @@ class InlineCompletion:
                         elif event.type == "done":
                             self._observer.task_done(KIND, event.ttft_ms, event.sla_met)
                             return event.result if event.result is not None else "".join(parts)
+                        elif event.type == "error" and event.code == SLA_UNREACHABLE:
+                            self.stats.shed += 1  # late: no suggestion beats a stale one
+                            return None
                         elif event.type == "error":
                             code = _ERROR_CODES.get(event.code or "", "error")
                             self._failed(code, event.error or "the task failed")

@@ -33,6 +33,7 @@ class Template:
         "outputs",
         "plan",
         "roots",
+        "shed_late",
         "succ",
         "target_ms",
         "ttft_metric",
@@ -57,6 +58,7 @@ class Template:
         self.kind = graph.request.kind.value
         self.ttft_metric = graph.sla.metric.value == "ttft"
         self.target_ms = graph.sla.target_ms
+        self.shed_late = graph.on_late == "shed"
         self.offsets: list[float] = []
         self.offsets_at = -math.inf
         self.error = error
