@@ -25,6 +25,7 @@ from orchestrator.bench.capacity import (
     default_scheduler,
     find_capacity,
     parse_seeds,
+    run_capacity,
     search_cell,
 )
 from orchestrator.bench.capacity_report import Estimate, best_baseline, markdown, t975
@@ -218,3 +219,11 @@ def test_report_gives_mean_interval_and_ratio_to_the_best_baseline() -> None:
     assert "seeds 100-101 (held out" in table
     assert "3 of 7 searches saw attainment rise" in table
     assert "8.0" in table  # replica-seconds per met task at 1.2 x C: 400 / 50
+
+
+def test_worker_processes_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(CASES, "rq2", Case("rq2", "rq2", False, 4.0, 4.0))
+    alone = run_capacity(["rq2"], ["round_robin"], [1, 2], quick=True, jobs=1)
+    shared = run_capacity(["rq2"], ["round_robin"], [1, 2], quick=True, jobs=2)
+    assert [c.seed for c in shared.cells] == [1, 2]
+    assert shared.to_dict() == alone.to_dict()

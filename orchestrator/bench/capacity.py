@@ -35,8 +35,8 @@ import functools
 import math
 import multiprocessing
 import random
+import signal
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -470,12 +470,27 @@ def run_capacity(
 
 
 def _map(units: list[Unit], jobs: int) -> Iterator[list[Cell]]:
+    """Search the units in order, over ``jobs`` worker processes. An interrupted run
+    (Ctrl-C, SIGTERM, an error) terminates its workers instead of letting them finish
+    the queued units."""
     if jobs == 1 or len(units) <= 1:
         yield from map(_search_unit, units)
         return
     context = multiprocessing.get_context("fork" if "fork" in _start_methods() else "spawn")
-    with ProcessPoolExecutor(max_workers=min(jobs, len(units)), mp_context=context) as pool:
-        yield from pool.map(_search_unit, units)
+    pool = context.Pool(min(jobs, len(units)), initializer=_worker_signals)
+    try:
+        yield from pool.imap(_search_unit, units)
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def _worker_signals() -> None:
+    """Workers leave Ctrl-C to the parent and die at once on SIGTERM (the parent's
+    handler would turn it into an exception the worker survives)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _start_methods() -> list[str]:
