@@ -416,15 +416,18 @@ class TasksConfig(_Section):
         return task
 
 
+_CATO_OPTIONS = ("urgent_margin", "late_bound", "best_fit", "fit_margin")
+
+
 class SchedulerConfig(_Section):
     """Which routing policy places model calls on replicas, and CATO's knobs.
 
     ``urgent_margin``: a call whose expected margin is under this share of its time
     budget goes first (priority 0); ``late_bound``: a late call waits behind on-time
     work for at most this many budgets past its deadline (``inf``: no bound);
-    ``best_fit``: among replicas that meet a deadline with margin, prefer the busiest,
-    so that others go idle and can be released. They apply to ``cato`` and
-    ``cato_triage`` only.
+    ``best_fit``: among replicas that meet a deadline with ``fit_margin`` of its budget
+    to spare, prefer the busiest, so that others go idle and can be released. They apply
+    to ``cato`` and ``cato_triage`` only.
     """
 
     policy: SchedulerPolicy = "cato"
@@ -432,6 +435,7 @@ class SchedulerConfig(_Section):
     urgent_margin: float | None = Field(default=None, ge=0, lt=1)
     late_bound: float | None = Field(default=None, gt=0)
     best_fit: bool | None = None
+    fit_margin: float | None = Field(default=None, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _options_for_cato(self) -> SchedulerConfig:
@@ -439,7 +443,7 @@ class SchedulerConfig(_Section):
             _raise_if(
                 [
                     (key, f"only for policy 'cato' or 'cato_triage', not {self.policy!r}")
-                    for key in ("urgent_margin", "late_bound", "best_fit")
+                    for key in _CATO_OPTIONS
                     if key in self.model_fields_set
                 ]
             )
@@ -447,8 +451,7 @@ class SchedulerConfig(_Section):
 
     def options(self) -> dict[str, Any]:
         """Keyword arguments of ``make_scheduler`` beyond ``seed``: those set."""
-        keys = ("urgent_margin", "late_bound", "best_fit")
-        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+        return {k: getattr(self, k) for k in _CATO_OPTIONS if getattr(self, k) is not None}
 
 
 class ProvisionerConfig(_Section):

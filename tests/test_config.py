@@ -470,13 +470,20 @@ def test_on_late_per_kind() -> None:
 
 def test_scheduler_knobs_are_for_cato_only_and_reach_the_scheduler() -> None:
     config = parse_config(
-        VLLM_MODEL + "[scheduler]\nlate_bound = inf\nurgent_margin = 0.2\nbest_fit = true\n"
+        VLLM_MODEL
+        + "[scheduler]\nlate_bound = inf\nurgent_margin = 0.2\nbest_fit = true\nfit_margin = 0.6\n"
     )
     options = config.scheduler.options()
-    assert options == {"urgent_margin": 0.2, "late_bound": math.inf, "best_fit": True}
+    assert options == {
+        "urgent_margin": 0.2,
+        "late_bound": math.inf,
+        "best_fit": True,
+        "fit_margin": 0.6,
+    }
     sched = make_scheduler(config.scheduler.policy, **options)
     assert isinstance(sched, CatoScheduler)
     assert (sched.urgent_margin, sched.late_bound, sched.best_fit) == (0.2, math.inf, True)
+    assert sched.fit_margin == 0.6
     assert parse_config(VLLM_MODEL).scheduler.options() == {}
     problems = problems_of(VLLM_MODEL + '[scheduler]\npolicy = "pow2"\nlate_bound = 2.0\n')
     assert problems == [

@@ -457,9 +457,11 @@ def test_best_fit_takes_the_busiest_replica_that_meets_the_deadline_with_margin(
     def chosen(sched: Scheduler, slack: float) -> str:
         return sched.route(call(deadline=slack, prompt=100), replicas, now=0.0).replica_id
 
-    assert chosen(CatoScheduler(), 10.0) == "empty"  # shortest wait
-    assert chosen(fit, 10.0) == "five"  # 5.11 s: meets 10 s with more than 1 s to spare
-    assert chosen(fit, 5.3) == "two"  # "five" would meet it, but without the margin
+    assert chosen(CatoScheduler(), 30.0) == "empty"  # shortest wait
+    # Best fit keeps 80% of the budget spare: 5.11 s on "five" leaves 24.89 of 30 s.
+    assert chosen(fit, 30.0) == "five"
+    assert chosen(fit, 20.0) == "two"  # "five" would meet it, but without the margin
+    assert chosen(CatoScheduler(best_fit=True, fit_margin=0.4), 10.0) == "five"
     assert chosen(fit, 0.1) == "empty"  # nobody meets it: the shortest wait, as cato
 
 
