@@ -152,6 +152,30 @@ async def test_inline_completion_embedded_matches_the_emulator_output(
     assert notified["completions"]["accepted"] == 1
 
 
+async def test_a_completion_no_replica_can_serve_in_time_is_shed_not_shown_late(
+    start: EditorFactory, emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """Completions ask to be shed when late: with an SLA no replica can meet, the
+    orchestrator ends the request at once and the editor gets no suggestion (not a stale
+    one later), and no error: the request never reaches the replica."""
+    options = options_for(tmp_path, emulator, tasks={"complete": {"slaMs": 0.001}})
+    editor = await start(options)
+    uri = (tmp_path / "shed.py").as_uri()
+    editor.open(uri, SOURCE)
+    before = await metrics_async(emulator.url)
+
+    result = await editor.inline(uri, *MID_LINE)
+
+    assert result is None or texts(result) == []
+    after = await metrics_async(emulator.url)
+    prompt_tokens = "vllm:prompt_tokens_total"
+    assert after.get(prompt_tokens, 0) == before.get(prompt_tokens, 0)
+    status = await editor.command("cato.status")
+    assert status["completions"]["shed"] == 1 and status["completions"]["errors"] == 0
+    assert status["completions"]["shown"] == 0
+    assert status["state"] == "idle"  # no failure state: a shed is not an error
+
+
 async def test_block_completion_stays_in_the_block(
     start: EditorFactory, emulator: RunningEmulator, tmp_path: Path
 ) -> None:
