@@ -169,6 +169,8 @@ class Recorder:
 
     def record(self, record: TaskRecord) -> None:
         self._records.append(record)
+        # Evict here too: a service nobody polls for status must not keep every record.
+        self.evict(record.done)
         if record.ttft_ms is not None:
             self._last_ttft_ms = record.ttft_ms
 

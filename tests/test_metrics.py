@@ -168,6 +168,15 @@ def test_window_evicts_old_records() -> None:
     assert len(recorder) == 0
 
 
+def test_a_recorder_nobody_reads_keeps_only_its_window() -> None:
+    """A service whose status nobody polls: recording alone must not grow without bound."""
+    recorder = Recorder(window_s=60.0)
+    for i in range(10_000):
+        done = i * 0.1  # 10 tasks a second for 1,000 s
+        recorder.record(rec(done - 0.05, done - 0.04, done))
+    assert len(recorder) <= 601
+
+
 def test_window_goodput_and_last_ttft() -> None:
     recorder = Recorder(window_s=10.0)
     recorder.record(rec(0.0, 0.2, 1.0))
