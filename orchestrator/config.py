@@ -422,8 +422,8 @@ _CATO_OPTIONS = ("urgent_margin", "late_bound", "best_fit", "fit_margin")
 class SchedulerConfig(_Section):
     """Which routing policy places model calls on replicas, and CATO's knobs.
 
-    ``urgent_margin``: a call whose expected margin is under this share of its time
-    budget goes first (priority 0); ``late_bound``: a late call waits behind on-time
+    ``urgent_margin``: a call still waiting when its slack falls under this share of
+    its time budget goes first (priority 0); ``late_bound``: a late call waits behind on-time
     work for at most this many budgets past its deadline (``inf``: no bound);
     ``best_fit``: among replicas that meet a deadline with ``fit_margin`` of its budget
     to spare, prefer the busiest, so that others go idle and can be released. They apply

@@ -284,16 +284,20 @@ def test_past_its_bound_a_late_call_is_safe_at_once() -> None:
     assert unbounded.priority == LATE and unbounded.promote_at == math.inf
 
 
-def test_urgent_when_the_margin_is_under_its_share_of_the_budget() -> None:
+def test_a_call_turns_urgent_only_while_it_waits() -> None:
     idle = [replica("idle")]
     service = 0.11
-    # Budget 10 s: margin 0.9 s (< 1 s) is urgent, 1.1 s is not.
-    tight = CatoScheduler().route(call(deadline=10.0, prompt=100), idle, now=9.0 - service + 0.1)
-    loose = CatoScheduler().route(call(deadline=10.0, prompt=100), idle, now=9.0 - service - 0.1)
-    assert tight.priority == URGENT and loose.priority == SAFE
+    # Budget 10 s: urgent once under 1 s of slack is left and it has not started.
+    loose = CatoScheduler().route(call(deadline=10.0, prompt=100), idle, now=8.0)
+    assert loose.priority == SAFE
+    assert loose.promote_at == pytest.approx(9.0 - service) and loose.promote_to == URGENT
+    assert same_moves(loose.moves, ((10.0 - service, LATE), (20.0 - service, SAFE)))
+    # Already under the margin on arrival: safe, not urgent (no overtaking those ahead).
+    tight = CatoScheduler().route(call(deadline=10.0, prompt=100), idle, now=9.5)
+    assert tight.priority == SAFE
     assert tight.promote_at == pytest.approx(10.0 - service) and tight.promote_to == LATE
     assert same_moves(tight.moves, ((20.0 - service, SAFE),))
-    off = CatoScheduler(urgent_margin=0.0).route(call(deadline=10.0, prompt=100), idle, now=8.9)
+    off = CatoScheduler(urgent_margin=0.0).route(call(deadline=10.0, prompt=100), idle, now=8.0)
     assert off.priority == SAFE and off.promote_to == LATE
 
 
