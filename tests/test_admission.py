@@ -18,6 +18,7 @@ from orchestrator.engine_model import load_profile
 from orchestrator.executor import Orchestrator, ReplicaSpec
 from orchestrator.policy.admission import (
     AdmissionConfigError,
+    NetSlackAdmission,
     OpenAdmission,
     SlackAdmission,
     StepCosts,
@@ -75,8 +76,9 @@ def predicted_done(st: ReplicaState, c: Call, now: float) -> float:
     return now + owed + (c.expected_output_tokens - c.tokens_done) * step
 
 
-def slack(**kwargs: object) -> SlackAdmission:
-    return SlackAdmission(profiles={PROFILE.name: PROFILE}, **kwargs)  # type: ignore[arg-type]
+def slack(margin_s: float = 0.0, *, net: bool = False) -> SlackAdmission:
+    cls = NetSlackAdmission if net else SlackAdmission
+    return cls(profiles={PROFILE.name: PROFILE}, margin_s=margin_s)
 
 
 def test_an_empty_replica_takes_anything() -> None:
@@ -126,12 +128,24 @@ def test_net_mode_lets_an_on_time_call_cost_one_running_call_but_not_two() -> No
     for c in (a, b):
         c.deadline = predicted_done(st, c, 0.0) + 0.05
     on_time = call(prompt=2000, output=10, metric="ttft", deadline=10.0)
-    assert not slack(mode="net").admits(st, on_time, 0.0)  # both would miss
+    assert not slack(net=True).admits(st, on_time, 0.0)  # both would miss
     b.deadline = 0.001  # b misses anyway now: only a is at stake
-    assert slack(mode="net").admits(st, on_time, 0.0)
-    assert not slack(mode="strict").admits(st, on_time, 0.0)
+    assert slack(net=True).admits(st, on_time, 0.0)
+    assert not slack().admits(st, on_time, 0.0)
     late = call(prompt=2000, output=10, metric="ttft", deadline=0.0)
-    assert not slack(mode="net").admits(st, late, 0.0)  # it gains nothing by joining
+    assert not slack(net=True).admits(st, late, 0.0)  # it gains nothing by joining
+
+
+def test_the_margin_is_kept_for_running_calls_that_still_meet_their_deadline() -> None:
+    st = replica()
+    c = running(st, call(output=200))
+    c.deadline = predicted_done(st, c, 0.0) + 0.5  # half a second to spare
+    small = call(prompt=100, output=10)  # costs it ~10 ms
+    assert slack().admits(st, small, 0.0)
+    assert slack(margin_s=0.3).admits(st, small, 0.0)
+    assert not slack(margin_s=0.495).admits(st, small, 0.0)  # would eat into the margin
+    c.deadline -= 0.6  # misses anyway: no margin to keep
+    assert slack(margin_s=0.495).admits(st, small, 0.0)
 
 
 def test_without_a_profile_the_learned_rates_price_the_prefill() -> None:
@@ -191,12 +205,11 @@ def test_first_token_lets_a_held_call_in() -> None:
 def test_names_and_options() -> None:
     assert isinstance(make_admission("none"), OpenAdmission)
     assert isinstance(make_admission("slack", margin_s=0.1), SlackAdmission)
-    with pytest.raises(AdmissionConfigError, match="valid names: none, slack"):
+    assert isinstance(make_admission("slack_net"), NetSlackAdmission)
+    with pytest.raises(AdmissionConfigError, match="valid names: none, slack, slack_net"):
         make_admission("greedy")
     with pytest.raises(AdmissionConfigError, match="margin_s"):
         make_admission("slack", margin_s=-1.0)
-    with pytest.raises(AdmissionConfigError, match="mode"):
-        make_admission("slack", mode="lenient")
     with pytest.raises(AdmissionConfigError, match="bad options"):
         make_admission("none", margin_s=1.0)
 

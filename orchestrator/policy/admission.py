@@ -86,31 +86,28 @@ class SlackAdmission(Admission):
     * without: the prefill still owed by the running calls (they prefill first), then,
       for an ``e2e`` call, its remaining tokens at the current decode step time (step
       overhead, plus per sequence and per context token of the batch);
-    * with: plus ``call``'s prompt prefill (for a ``ttft`` call still prefilling, at
-      most one step's token budget of it: it is admitted behind), plus, per step that
-      both decode, the cost of one more sequence and its context.
+    * with: plus ``call``'s prompt prefill (for a ``ttft`` call still prefilling, only
+      what fits in the token budget left in the step that ends that call's prompt:
+      the engine prefills in the order calls were started), plus, per step that both
+      decode, the cost of one more sequence and its context.
 
-    ``call`` is held back if some running call meets its deadline (less
-    ``margin_s``) without it and not with it. Step costs come from the engine profile
-    of the replica's model when known, the prefill rate from the replica's learned
-    rates (it follows the engine as it drifts).
+    ``call`` is held back if some running call meets its deadline without it and would
+    have less than ``margin_s`` to spare with it: the margin is what later calls may
+    not take, so that many small costs do not add up to a miss. Step costs come from
+    the engine profile of the replica's model when known, the prefill rate from the
+    replica's learned rates (it follows the engine as it drifts).
     """
 
     name = "slack"
+    # May a call that meets its own deadline by joining cost one running call its own?
+    net: ClassVar[bool] = False
 
     def __init__(
-        self,
-        *,
-        profiles: Mapping[str, EngineProfile] | None = None,
-        margin_s: float = 0.0,
-        mode: str = "strict",
+        self, *, profiles: Mapping[str, EngineProfile] | None = None, margin_s: float = 0.0
     ) -> None:
         if margin_s < 0:
             raise AdmissionConfigError(f"margin_s must be >= 0, got {margin_s}")
-        if mode not in ("strict", "net"):
-            raise AdmissionConfigError(f"mode must be 'strict' or 'net', got {mode!r}")
         self.margin_s = margin_s
-        self.mode = mode
         self._costs = {name: StepCosts.from_profile(p) for name, p in (profiles or {}).items()}
 
     def costs(self, replica: ReplicaState) -> StepCosts:
@@ -135,10 +132,10 @@ class SlackAdmission(Admission):
         extra_step = costs.decode_s_per_seq + (prompt + call.expected_output_tokens // 2) * kv
         its_tokens = max(call.expected_output_tokens, 1)
         margin = self.margin_s
-        # A call that meets its own deadline if it joins now may cost one running call
-        # its deadline in the ``net`` mode (one met for one missed); otherwise none.
+        # With ``net``, a call that meets its own deadline if it joins now may cost one
+        # running call its deadline (one met for one missed); otherwise none may.
         allowed = 0
-        if self.mode == "net":
+        if self.net:
             own = owed + extra_prefill + step + extra_step
             if call.metric == "e2e":
                 own += (its_tokens - 1) * (step + extra_step)
@@ -161,15 +158,24 @@ class SlackAdmission(Admission):
                 left = max(c.expected_output_tokens - c.tokens_done, 1)
                 done = owed + left * step
                 later = done + extra_prefill + min(left, its_tokens) * extra_step
-            limit = c.deadline - margin
-            if done <= limit < later:
+            if done <= c.deadline and later > c.deadline - margin:
                 harmed += 1
                 if harmed > allowed:
                     return False
         return True
 
 
-ADMISSIONS: dict[str, type[Admission]] = {cls.name: cls for cls in (OpenAdmission, SlackAdmission)}
+class NetSlackAdmission(SlackAdmission):
+    """``slack``, except that a call that meets its own deadline if it joins now may
+    cost one running call its deadline (a miss for a met deadline, not for nothing)."""
+
+    name = "slack_net"
+    net: ClassVar[bool] = True
+
+
+ADMISSIONS: dict[str, type[Admission]] = {
+    cls.name: cls for cls in (OpenAdmission, SlackAdmission, NetSlackAdmission)
+}
 
 
 def make_admission(
@@ -182,8 +188,8 @@ def make_admission(
         valid = ", ".join(sorted(ADMISSIONS))
         raise AdmissionConfigError(f"unknown admission policy {name!r}; valid names: {valid}")
     try:
-        if cls is SlackAdmission:
-            return SlackAdmission(profiles=profiles, **kwargs)
+        if issubclass(cls, SlackAdmission):
+            return cls(profiles=profiles, **kwargs)
         return cls(**kwargs)
     except TypeError as exc:
         raise AdmissionConfigError(f"bad options for admission {name!r}: {exc}") from None

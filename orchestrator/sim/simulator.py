@@ -136,6 +136,7 @@ class Simulator:
         self._refresh_s = config.profiler_refresh_s
         self._local_s = config.local_s
         self._send_priority = config.send_priority
+        self._sync_always = config.admission != "none"
 
     # -- the event loop -----------------------------------------------------------------
 
@@ -360,9 +361,14 @@ class Simulator:
             run = engine.decode_run(now, self._max_fused)
             if run is not None:
                 # Token counts only move the wait estimate of a full replica (or one
-                # with a queue): then end the run in time for the next sync.
+                # with a queue), and what admission predicts: then end the run in time
+                # for the next sync.
                 st = rep.state
-                if len(st.in_flight) >= st.concurrency_limit or len(st.queue) > 0:
+                if (
+                    self._sync_always
+                    or len(st.in_flight) >= st.concurrency_limit
+                    or len(st.queue) > 0
+                ):
                     run = run.cut(max(run.steps_before(now + self._sync_s), 2))
                 rep.run = run
                 version = rep.version = rep.version + 1
@@ -394,7 +400,9 @@ class Simulator:
         st = rep.state
         model = rep.model
         in_flight = st.in_flight
-        sync = (len(in_flight) >= st.concurrency_limit or len(st.queue) > 0) and (
+        sync = (
+            self._sync_always or len(in_flight) >= st.concurrency_limit or len(st.queue) > 0
+        ) and (
             now - model.synced_at.get(rep.id, -math.inf) >= self._sync_s
         )  # a full replica (or one with a queue) whose last sync is ``sync_s`` old
         if result is None:
