@@ -192,11 +192,47 @@ local function check_remote(settings, python)
   end
 end
 
+-- What `cato doctor` checks beyond the above (its venv, vLLM and its build, GPUs).
+local DOCTOR_SHOWN = { environment = true, vllm = true, gpus = true }
+
+--- `cato doctor --json` with the server's Python: one report for the terminal and here.
+---@param python string?
+local function check_doctor(python)
+  health.start('cato: doctor (the environment of the server)')
+  if not python then
+    health.info('no Python found for the server; run `cato doctor` in a terminal')
+    return
+  end
+  local argv = { python, '-m', 'orchestrator.cli', 'doctor', '--json', '--port', '0' }
+  local ok, proc = pcall(vim.system, argv, { text = true })
+  -- Importing vLLM to name its build can take a while.
+  local done = ok and proc:wait(120000) or { code = -1, stdout = '', stderr = tostring(proc) }
+  local decoded, checks = pcall(vim.json.decode, done.stdout or '')
+  if not decoded or type(checks) ~= 'table' then
+    health.warn('`cato doctor` gave no report', { vim.trim(done.stderr or '') })
+    return
+  end
+  for _, c in ipairs(checks) do
+    if DOCTOR_SHOWN[c.name] then
+      local text = ('%s: %s'):format(c.name, c.detail)
+      local advice = (c.fix or '') ~= '' and { c.fix } or nil
+      if c.level == 'ok' then
+        health.ok(text)
+      elseif c.level == 'warn' then
+        health.warn(text, advice)
+      else
+        health.error(text, advice)
+      end
+    end
+  end
+end
+
 function M.check()
   local opts = require('cato.config').options
   local python = check_server(opts)
   check_client()
   check_remote(opts.settings, python)
+  check_doctor(python)
 end
 
 return M
