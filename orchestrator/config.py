@@ -167,6 +167,14 @@ class ServerConfig(_Section):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_prompt_chars: int = Field(default=200_000, ge=1)
     max_tokens_limit: int = Field(default=4096, ge=1, le=32_768)
+    # Slow or idle clients: seconds a connection may sit idle between requests, to send
+    # a request's headers, and to send its body; then it is closed.
+    keepalive_timeout_s: float = Field(default=75.0, gt=0, le=3600)
+    header_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    body_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    # Open connections at once (keep it under the open-file limit, ``ulimit -n``);
+    # more are answered 503 and closed.
+    max_connections: int = Field(default=512, ge=1, le=1_000_000)
     users: list[User] = Field(default_factory=list)
 
     @model_validator(mode="after")

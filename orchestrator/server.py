@@ -6,9 +6,11 @@ object, so the ``openai`` client's ``extra_body`` works), ``GET /v1/models``,
 ``/health``, ``/v1/status`` and ``/metrics``.
 
 Requests are checked before any work starts (auth, per-user concurrency, body size,
-prompt length, ``max_tokens``, model, graph inputs), so a bad request gets a 4xx with a
-clear message instead of a stream that ends in an error. Bearer tokens are compared by
-their sha256 and never logged.
+prompt length, ``max_tokens`` against the model's context, model, graph inputs), so a
+bad request gets a 4xx with a clear message instead of a stream that ends in an error,
+and no input gets a 5xx. Bearer tokens are compared by their sha256 and never logged.
+Slow and idle clients are cut off by the limits of ``HttpLimits``
+(``orchestrator.http_guard``).
 
 Without a ``cato`` object, ``/v1/completions`` runs a ``complete`` task on the prompt as
 given, and ``/v1/chat/completions`` a ``generate`` task on the last user message (earlier
@@ -19,33 +21,40 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
+import re
 import time
-import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from orchestrator.api import (
     SLA,
     SLA_UNREACHABLE,
-    OnLate,
     SLAMetric,
     Status,
     TaskEvent,
     TaskKind,
     TaskRequest,
 )
-from orchestrator.config import User, hash_token
+from orchestrator.config import User
 from orchestrator.executor import Orchestrator, RunItem, TextSink, TokenDelta
 from orchestrator.graphs import TaskGraph, build_graph
+from orchestrator.http_guard import GuardedSite, HttpLimits
+from orchestrator.openai_api import (
+    ChatCompletionBody,
+    CompletionBody,
+    OpenAIBody,
+    OpenAIWriter,
+    openai_input,
+    sse,
+)
 from orchestrator.prometheus import ServiceMetrics
+from orchestrator.service_limits import Rejected, Users, bad_request, error
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +69,10 @@ _ERROR_STATUS = {
     SLA_UNREACHABLE: 503,
 }
 
+# "replica tiny-0 rejected the request: ..." names an internal replica; clients see
+# the model server's reason alone.
+_REPLICA_PREFIX = re.compile(r"^replica \S+ (rejected the request|failed): ")
+
 
 @dataclass(frozen=True)
 class ServiceOptions:
@@ -68,6 +81,8 @@ class ServiceOptions:
     ``sla_floors_ms``: per task kind, the tightest SLA target a request may ask for (a
     user's own ``sla_floor_ms`` replaces it for that user); a tighter one is raised to
     the floor, so that no client buys priority with a tiny target.
+    ``context_lengths``: per model, its context (max_model_len) in tokens, against
+    which a request's prompt + ``max_tokens`` is checked.
     """
 
     users: Sequence[User] = ()
@@ -77,6 +92,8 @@ class ServiceOptions:
     models: Sequence[str] = ()
     retry_after_s: int = 1
     sla_floors_ms: Mapping[str, float] = field(default_factory=dict)
+    context_lengths: Mapping[str, int] = field(default_factory=dict)
+    http: HttpLimits = field(default_factory=HttpLimits)
 
     def sla_floor_ms(self, kind: TaskKind, user: User | None) -> float | None:
         if user is not None and kind.value in user.sla_floor_ms:
@@ -91,105 +108,6 @@ class ServiceOptions:
         return req.model_copy(update={"sla": SLA(metric=req.sla.metric, target_ms=floor)})
 
 
-class _Rejected(Exception):
-    """A request refused before any work started; ``response`` says why."""
-
-    def __init__(self, response: web.Response) -> None:
-        super().__init__(response.status)
-        self.response = response
-
-
-def _error(status: int, message: str, kind: str, **headers: str) -> web.Response:
-    body = {"error": {"message": message, "type": kind, "param": None, "code": status}}
-    return web.json_response(body, status=status, headers=headers or None)
-
-
-def _bad_request(message: str) -> _Rejected:
-    return _Rejected(_error(400, message, "BadRequestError"))
-
-
-@dataclass
-class _Users:
-    """Bearer-token users and how many requests each has running."""
-
-    options: ServiceOptions
-    active: dict[str, int] = field(default_factory=dict)
-
-    def authenticate(self, request: web.Request) -> User | None:
-        """The caller; None when auth is off. Raises ``_Rejected`` (401) when it fails."""
-        if not self.options.users:
-            return None
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise _Rejected(_unauthorized("missing bearer token"))
-        digest = hash_token(token.strip())
-        found: User | None = None
-        for user in self.options.users:  # constant time: every user is compared
-            if hmac.compare_digest(digest, user.token_sha256):
-                found = user
-        if found is None:
-            raise _Rejected(_unauthorized("invalid bearer token"))
-        return found
-
-    @contextlib.contextmanager
-    def admitted(self, user: User | None) -> Iterator[None]:
-        """Count one running request of ``user``; ``_Rejected`` (429) over the limit."""
-        if user is None:
-            yield
-            return
-        running = self.active.get(user.name, 0)
-        if running >= user.max_concurrency:
-            raise _Rejected(
-                _error(
-                    429,
-                    f"user {user.name!r} already has {running} requests running "
-                    f"(limit {user.max_concurrency})",
-                    "RateLimitError",
-                    **{"Retry-After": str(self.options.retry_after_s)},
-                )
-            )
-        self.active[user.name] = running + 1
-        try:
-            yield
-        finally:
-            self.active[user.name] -= 1
-
-
-def _unauthorized(message: str) -> web.Response:
-    resp = _error(401, message, "AuthenticationError")
-    resp.headers["WWW-Authenticate"] = "Bearer"
-    return resp
-
-
-class CatoExtension(BaseModel):
-    """The ``cato`` object OpenAI clients may add (``extra_body={"cato": {...}}``)."""
-
-    model_config = ConfigDict(extra="forbid")
-    task: TaskKind | None = None
-    sla_ms: float | None = Field(default=None, gt=0, le=3_600_000)
-    language: str | None = Field(default=None, max_length=64)
-    target_language: str | None = Field(default=None, max_length=64)
-    on_late: OnLate | None = None
-
-
-class _OpenAIBody(BaseModel):
-    """The subset of the OpenAI request body the service honours; the rest is ignored."""
-
-    model_config = ConfigDict(extra="allow")
-    model: str | None = None
-    prompt: str | list[str] | None = None
-    messages: list[dict[str, Any]] | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    stop: str | list[str] | None = None
-    stream: bool = False
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    n: int = 1
-    user: str | None = None
-    stream_options: dict[str, Any] | None = None
-    cato: CatoExtension = Field(default_factory=CatoExtension)
-
-
 Handler = Callable[[web.Request, User | None], Awaitable[web.StreamResponse]]
 
 
@@ -202,12 +120,13 @@ class Service:
         options: ServiceOptions,
         metrics: ServiceMetrics | None = None,
         status: Callable[[], Status] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.orch = orch
         self.get_status = status or orch.status
         self.options = options
         self.metrics = metrics or ServiceMetrics()
-        self.users = _Users(options)
+        self.users = Users(options.users, options.retry_after_s)
 
     # -- admission ----------------------------------------------------------------
 
@@ -222,63 +141,72 @@ class Service:
             user = self.users.authenticate(request)
             with self.users.admitted(user):
                 return await handler(request, user)
-        except _Rejected as rejected:
+        except Rejected as rejected:
             return rejected.response
 
     def _authorize(self, request: web.Request) -> web.Response | None:
         try:
             self.users.authenticate(request)
-        except _Rejected as rejected:
+        except Rejected as rejected:
             return rejected.response
         return None
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
-        try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise _Rejected(
-                _error(
-                    413,
-                    f"request body over the limit of {self.options.max_body_bytes} bytes",
-                    "RequestTooLargeError",
-                )
-            ) from None
+        raw = await read_body(request, self.options.max_body_bytes, self.options.http)
         try:
             data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise _bad_request(f"invalid JSON body: {exc}") from None
+        except RecursionError:
+            raise bad_request("invalid JSON body: nested too deeply") from None
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+            raise bad_request(f"invalid JSON body: {exc}") from None
         if not isinstance(data, dict):
-            raise _bad_request("the JSON body must be an object")
+            raise bad_request("the JSON body must be an object")
         return data
 
     def _check(self, req: TaskRequest) -> TaskGraph:
-        """Limits, model and graph inputs of a request, before anything runs."""
+        """Limits, model, context and graph inputs of a request, before anything runs."""
         size = len(req.prompt or "") + len(req.code or "") + len(req.context or "")
         if size > self.options.max_prompt_chars:
-            raise _bad_request(
+            raise bad_request(
                 f"input of {size} characters exceeds the limit of {self.options.max_prompt_chars}"
             )
         if req.max_tokens is not None and req.max_tokens > self.options.max_tokens_limit:
-            raise _bad_request(
+            raise bad_request(
                 f"max_tokens {req.max_tokens} exceeds the limit of {self.options.max_tokens_limit}"
             )
         try:
             graph = build_graph(req, self.orch.defaults)
         except ValueError as exc:
-            raise _bad_request(str(exc)) from None
+            raise bad_request(str(exc)) from None
         served = self.served_models()
         if served and graph.model not in served:
-            raise _Rejected(
-                _error(
-                    404,
-                    f"The model `{graph.model}` does not exist (served: {', '.join(served)}).",
-                    "NotFoundError",
-                )
-            )
+            raise _not_found(graph.model, served)
+        self._check_context(graph)
         return graph
 
+    def _check_context(self, graph: TaskGraph) -> None:
+        """Each model call's prompt + output must fit the model's context, as a replica
+        would check it (prompt tokens estimated as the scheduler does)."""
+        limit = self.options.context_lengths.get(graph.model)
+        if limit is None:
+            return
+        for node in graph.llm_nodes():
+            if node.prompt_tokens + node.max_tokens <= limit:
+                continue
+            room = limit - node.prompt_tokens
+            where = f"model `{graph.model}` has a context length of {limit} tokens"
+            if room < 1:
+                raise bad_request(
+                    f"the input is about {node.prompt_tokens} tokens, but {where}; "
+                    "shorten the input"
+                )
+            raise bad_request(
+                f"max_tokens {node.max_tokens} plus about {node.prompt_tokens} prompt tokens "
+                f"exceeds the context: {where}; ask for at most {room} tokens"
+            )
+
     async def _run(
-        self, req: TaskRequest, sink: TextSink | None = None
+        self, req: TaskRequest, user: User | None, sink: TextSink | None = None
     ) -> AsyncGenerator[list[RunItem], None]:
         """Submit with metrics and a log line; closing it cancels the task. Events come
         in batches (what was ready together), tokens as ``TokenDelta`` (or to ``sink``:
@@ -302,15 +230,15 @@ class Service:
         try:
             req = TaskRequest.model_validate(await self._body(request))
         except ValidationError as exc:
-            raise _bad_request(_validation_message(exc)) from None
+            raise bad_request(_validation_message(exc)) from None
         if user is not None:
             req = req.model_copy(update={"user": user.name})
         req = self.options.with_floor(req, user)
         self._check(req)
         resp = await _open_sse(request)
-        async with contextlib.aclosing(self._run(req)) as batches:
+        async with contextlib.aclosing(self._run(req, user)) as batches:
             async for batch in batches:
-                await resp.write(b"".join(_sse(_task_event_json(item)) for item in batch))
+                await resp.write(b"".join(sse(_task_event_json(item)) for item in batch))
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
@@ -334,38 +262,38 @@ class Service:
     async def _openai(
         self, request: web.Request, user: User | None, *, chat: bool
     ) -> web.StreamResponse:
+        model: type[OpenAIBody] = ChatCompletionBody if chat else CompletionBody
         try:
-            body = _OpenAIBody.model_validate(await self._body(request))
+            body = model.model_validate(await self._body(request))
         except ValidationError as exc:
-            raise _bad_request(_validation_message(exc)) from None
+            raise bad_request(_validation_message(exc)) from None
         if body.n != 1:
-            raise _bad_request(f"only n=1 is supported, got n={body.n}")
+            raise bad_request(f"only n=1 is supported, got n={body.n}")
         served = self.served_models()
         if body.model and served and body.model not in served:
-            raise _Rejected(
-                _error(
-                    404,
-                    f"The model `{body.model}` does not exist (served: {', '.join(served)}).",
-                    "NotFoundError",
-                )
-            )
+            raise _not_found(body.model, served)
         req = self.options.with_floor(self._task_from_openai(body, chat=chat, user=user), user)
         graph = self._check(req)
-        writer = _OpenAIWriter(chat=chat, model=body.model or graph.model)
+        writer = OpenAIWriter(chat=chat, model=body.model or graph.model)
         if body.stream:
             include_usage = bool((body.stream_options or {}).get("include_usage"))
-            return await self._openai_stream(request, req, writer, include_usage)
-        return await self._openai_whole(req, writer)
+            return await self._openai_stream(request, req, user, writer, include_usage)
+        return await self._openai_whole(req, user, writer)
 
     async def _openai_stream(
-        self, request: web.Request, req: TaskRequest, writer: _OpenAIWriter, include_usage: bool
+        self,
+        request: web.Request,
+        req: TaskRequest,
+        user: User | None,
+        writer: OpenAIWriter,
+        include_usage: bool,
     ) -> web.StreamResponse:
         """SSE chunks; the response starts with the first token, so a task that fails
         before any output still gets a plain HTTP error. The task's model call writes
         the text chunks itself (``_TextStream``); this waits for the end."""
         out = _TextStream(request, writer)
         last: TaskEvent | None = None
-        async with contextlib.aclosing(self._run(req, out.write)) as batches:
+        async with contextlib.aclosing(self._run(req, user, out.write)) as batches:
             async for batch in batches:
                 last = _last_event(batch, last)
         resp = out.resp
@@ -375,7 +303,7 @@ class Service:
             resp = await _open_sse(request)
         if last is not None and last.type == "error":
             err = {"error": {"message": last.error, "type": "InternalServerError", "code": 500}}
-            await resp.write(_sse(json.dumps(err)))
+            await resp.write(sse(json.dumps(err)))
         else:
             await resp.write(writer.final(last))
             if include_usage and last is not None and last.usage is not None:
@@ -384,24 +312,26 @@ class Service:
         await resp.write_eof()
         return resp
 
-    async def _openai_whole(self, req: TaskRequest, writer: _OpenAIWriter) -> web.Response:
+    async def _openai_whole(
+        self, req: TaskRequest, user: User | None, writer: OpenAIWriter
+    ) -> web.Response:
         last: TaskEvent | None = None
-        async with contextlib.aclosing(self._run(req)) as batches:
+        async with contextlib.aclosing(self._run(req, user)) as batches:
             async for batch in batches:
                 last = _last_event(batch, last)
         if last is None or last.type != "done":
             return _task_error(last)
         return web.json_response(writer.whole(last))
 
-    def _task_from_openai(self, body: _OpenAIBody, *, chat: bool, user: User | None) -> TaskRequest:
+    def _task_from_openai(self, body: OpenAIBody, *, chat: bool, user: User | None) -> TaskRequest:
         ext = body.cato
         kind = ext.task or (TaskKind.GENERATE if chat else TaskKind.COMPLETE)
         max_tokens = body.max_completion_tokens or body.max_tokens
         if max_tokens is not None and max_tokens > self.options.max_tokens_limit:
-            raise _bad_request(
+            raise bad_request(
                 f"max_tokens {max_tokens} exceeds the limit of {self.options.max_tokens_limit}"
             )
-        text, context = _openai_input(body, chat=chat, kind=kind)
+        text, context = openai_input(body, chat=chat, kind=kind)
         sla = None
         if ext.sla_ms is not None:
             metric = SLAMetric.TTFT if kind in TTFT_KINDS else SLAMetric.E2E
@@ -424,7 +354,7 @@ class Service:
         try:
             return TaskRequest.model_validate(fields)
         except ValidationError as exc:
-            raise _bad_request(_validation_message(exc)) from None
+            raise bad_request(_validation_message(exc)) from None
 
     # -- info ---------------------------------------------------------------------
 
@@ -452,39 +382,34 @@ class Service:
         return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
 
-def _openai_input(body: _OpenAIBody, *, chat: bool, kind: TaskKind) -> tuple[str, str | None]:
-    """The text a task works on, and the context, from an OpenAI body."""
-    if not chat:
-        if body.prompt is None:
-            raise _bad_request("'prompt' is required")
-        if isinstance(body.prompt, list):
-            if len(body.prompt) != 1:
-                raise _bad_request("exactly one prompt per request is supported")
-            return body.prompt[0], None
-        return body.prompt, None
-    if not body.messages:
-        raise _bad_request("'messages' is required")
-    turns = [(str(m.get("role", "user")), _message_text(m)) for m in body.messages]
-    if kind is TaskKind.COMPLETE:
-        return _transcript(turns) + "\nassistant:", None
-    last = max((i for i, (role, _) in enumerate(turns) if role == "user"), default=None)
-    if last is None:
-        raise _bad_request("'messages' needs a message with role 'user'")
-    earlier = turns[:last]
-    return turns[last][1], (_transcript(earlier) if earlier else None)
+async def read_body(request: web.Request, max_bytes: int, limits: HttpLimits) -> bytes:
+    """The request's body: 413 over ``max_bytes``, 408 (and the connection closed)
+    when it does not arrive within ``limits.body_timeout_s``."""
+    try:
+        async with asyncio.timeout(limits.body_timeout_s):
+            return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise Rejected(
+            error(413, f"request body over the limit of {max_bytes} bytes", "RequestTooLargeError")
+        ) from None
+    except TimeoutError:
+        resp = error(
+            408,
+            f"the request body did not arrive within {limits.body_timeout_s:g} s",
+            "RequestTimeoutError",
+        )
+        resp.force_close()
+        raise Rejected(resp) from None
 
 
-def _message_text(message: dict[str, Any]) -> str:
-    content = message.get("content")
-    if isinstance(content, list):
-        content = "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    if not isinstance(content, str):
-        raise _bad_request("each message needs string 'content'")
-    return content
-
-
-def _transcript(turns: list[tuple[str, str]]) -> str:
-    return "\n".join(f"{role}: {text}" for role, text in turns)
+def _not_found(model: str, served: Sequence[str]) -> Rejected:
+    return Rejected(
+        error(
+            404,
+            f"The model `{model}` does not exist (served: {', '.join(served)}).",
+            "NotFoundError",
+        )
+    )
 
 
 def _last_event(batch: list[RunItem], last: TaskEvent | None) -> TaskEvent | None:
@@ -504,12 +429,14 @@ def _task_event_json(item: RunItem) -> str:
 def _task_error(last: TaskEvent | None) -> web.Response:
     """The HTTP answer for a task that ended without output."""
     if last is None:
-        return _error(499, "the task was cancelled", "CancelledError")
+        return error(499, "the task was cancelled", "CancelledError")
     message = last.error or "the task did not finish"
     status = _ERROR_STATUS.get(last.code or "", 500)
+    if status in (400, 502):
+        message = _REPLICA_PREFIX.sub("the model server rejected the request: ", message)
     kinds = {400: "BadRequestError", 404: "NotFoundError", 503: "ServiceUnavailableError"}
     headers = {"Retry-After": "1"} if status == 503 else {}
-    return _error(status, message, kinds.get(status, "InternalServerError"), **headers)
+    return error(status, message, kinds.get(status, "InternalServerError"), **headers)
 
 
 def _log_task(req: TaskRequest, last: TaskEvent | None) -> None:
@@ -543,7 +470,7 @@ class _TextStream:
     is not handed from task to task on its way out. The response starts with the
     first text."""
 
-    def __init__(self, request: web.Request, writer: _OpenAIWriter) -> None:
+    def __init__(self, request: web.Request, writer: OpenAIWriter) -> None:
         self.request = request
         self.writer = writer
         self.resp: web.StreamResponse | None = None
@@ -568,91 +495,7 @@ class _TextStream:
                 self._handler.cancel()
 
 
-class _OpenAIWriter:
-    """Frames task output as OpenAI completion / chat completion responses."""
-
-    def __init__(self, *, chat: bool, model: str) -> None:
-        self.chat = chat
-        self.model = model
-        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
-        self.created = int(time.time())
-        self.object = "chat.completion.chunk" if chat else "text_completion"
-        self._role_sent = False
-        self._template: tuple[bytes, bytes] | None = None
-
-    def _chunk_template(self) -> tuple[bytes, bytes] | None:
-        """The bytes of a text chunk around its JSON-encoded text: ``chunk`` runs per
-        token, and a ``json.dumps`` of the whole frame was most of its cost."""
-        marker = "\x00cato-text\x00"
-        frame = self._frame([self._choice(marker, None)]).decode()
-        encoded = json.dumps(marker)
-        if frame.count(encoded) != 1:
-            return None
-        head, tail = frame.split(encoded)
-        return head.encode(), tail.encode()
-
-    def _frame(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
-        payload = {
-            "id": self.id,
-            "object": self.object,
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-            "usage": usage,
-        }
-        return _sse(json.dumps(payload))
-
-    def _choice(self, text: str, finish: str | None) -> dict[str, Any]:
-        if self.chat:
-            delta: dict[str, Any] = {"content": text}
-            if not self._role_sent:
-                delta["role"] = "assistant"
-                self._role_sent = True
-            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-
-    def chunk(self, text: str) -> bytes:
-        """What ``_frame([_choice(text, None)])`` gives, byte for byte."""
-        if self.chat and not self._role_sent:
-            return self._frame([self._choice(text, None)])  # the first one names the role
-        template = self._template or self._chunk_template()
-        if template is None:
-            return self._frame([self._choice(text, None)])
-        self._template = template
-        head, tail = template
-        return head + encode_basestring_ascii(text).encode() + tail
-
-    def final(self, last: TaskEvent | None) -> bytes:
-        return self._frame([self._choice("", "stop" if last is not None else "abort")])
-
-    def usage(self, last: TaskEvent) -> bytes:
-        return self._frame([], _usage(last))
-
-    def whole(self, last: TaskEvent) -> dict[str, Any]:
-        text = last.result or ""
-        if self.chat:
-            choice: dict[str, Any] = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": None,
-                "finish_reason": "stop",
-            }
-        else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}
-        return {
-            "id": self.id,
-            "object": "chat.completion" if self.chat else "text_completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": [choice],
-            "usage": _usage(last),
-        }
-
-
-def _usage(last: TaskEvent) -> dict[str, int]:
-    u = last.usage
-    p, c = (u.prompt_tokens, u.completion_tokens) if u is not None else (0, 0)
-    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+_OpenAIWriter = OpenAIWriter  # the name tests and older code know
 
 
 def _validation_message(exc: ValidationError) -> str:
@@ -661,10 +504,6 @@ def _validation_message(exc: ValidationError) -> str:
         where = ".".join(str(x) for x in err["loc"]) or "body"
         parts.append(f"{where}: {err['msg']}")
     return "; ".join(parts)
-
-
-def _sse(data: str) -> bytes:
-    return b"data: " + data.encode() + b"\n\n"
 
 
 async def _open_sse(request: web.Request) -> web.StreamResponse:
@@ -679,6 +518,23 @@ async def _open_sse(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+@web.middleware
+async def _no_5xx_for_input(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Input too deep for Python's recursion is the client's error (400); anything else
+    unexpected is logged and answered as JSON (500), not as aiohttp's text page."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except RecursionError:
+        return error(400, "the request is nested too deeply", "BadRequestError")
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return error(500, "internal error (see the service's log)", "InternalServerError")
+
+
 def create_app(
     orch: Orchestrator,
     options: ServiceOptions,
@@ -687,7 +543,7 @@ def create_app(
     status: Callable[[], Status] | None = None,
 ) -> web.Application:
     service = Service(orch, options, metrics, status)
-    app = web.Application(client_max_size=options.max_body_bytes)
+    app = web.Application(client_max_size=options.max_body_bytes, middlewares=[_no_5xx_for_input])
     app[SERVICE] = service
     app.router.add_post("/v1/tasks", service.tasks)
     app.router.add_post("/v1/completions", service.completions)
@@ -702,16 +558,24 @@ def create_app(
 async def serve_app(
     app: web.Application, host: str, port: int, *, shutdown_timeout_s: float = 5.0
 ) -> web.AppRunner:
-    """Start the app (port 0 picks a free one; see ``bound_port``).
+    """Start the app (port 0 picks a free one; see ``bound_port``) with the
+    connection limits of its ``ServiceOptions.http``.
 
     With ``handler_cancellation`` a client that goes away cancels its task; on cleanup,
-    streams still open after ``shutdown_timeout_s`` are cut.
+    streams still open after ``shutdown_timeout_s`` are cut. A body that stopped
+    arriving is read for at most the body timeout (or 10 s) after its 408.
     """
+    limits = app[SERVICE].options.http
     runner = web.AppRunner(
-        app, handler_cancellation=True, access_log=None, shutdown_timeout=shutdown_timeout_s
+        app,
+        handler_cancellation=True,
+        access_log=None,
+        shutdown_timeout=shutdown_timeout_s,
+        keepalive_timeout=limits.keepalive_timeout_s,
+        lingering_time=min(10.0, limits.body_timeout_s),
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = GuardedSite(runner, host, port, limits)
     try:
         await site.start()
     except BaseException:
@@ -727,4 +591,12 @@ def bound_port(runner: web.AppRunner) -> int:
     return port
 
 
-__all__ = ["SERVICE", "Service", "ServiceOptions", "bound_port", "create_app", "serve_app"]
+__all__ = [
+    "SERVICE",
+    "HttpLimits",
+    "Service",
+    "ServiceOptions",
+    "bound_port",
+    "create_app",
+    "serve_app",
+]

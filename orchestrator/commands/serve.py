@@ -19,6 +19,8 @@ from pathlib import Path
 from aiohttp import web
 
 from orchestrator.config import CatoConfig, ConfigError, load_config
+from orchestrator.engine_model import load_profile
+from orchestrator.http_guard import HttpLimits
 from orchestrator.runtime import Runtime
 from orchestrator.server import ServiceOptions, bound_port, create_app, serve_app
 
@@ -50,7 +52,27 @@ def service_options(config: CatoConfig) -> ServiceOptions:
         max_tokens_limit=s.max_tokens_limit,
         models=[m.name for m in config.models],
         sla_floors_ms=config.sla_floors_ms(),
+        context_lengths=context_lengths(config),
+        http=HttpLimits(
+            keepalive_timeout_s=s.keepalive_timeout_s,
+            header_timeout_s=s.header_timeout_s,
+            body_timeout_s=s.body_timeout_s,
+            max_connections=s.max_connections,
+        ),
     )
+
+
+def context_lengths(config: CatoConfig) -> dict[str, int]:
+    """Per model, the context length its replicas enforce, where the config says it:
+    ``max_model_len``, else the engine profile's (always for emulated replicas, which
+    run it). A model with neither is left to its replicas to check."""
+    lengths: dict[str, int] = {}
+    for m in config.models:
+        if m.max_model_len is not None:
+            lengths[m.name] = m.max_model_len
+        elif m.engine == "emulated" or "profile" in m.model_fields_set:
+            lengths[m.name] = load_profile(m.profile).max_model_len
+    return lengths
 
 
 async def serve(config: CatoConfig, host: str, port: int, workdir: Path | None) -> None:
