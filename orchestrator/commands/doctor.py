@@ -200,6 +200,8 @@ def check_port(host: str, port: int) -> Check:
     """Whether ``cato serve`` can bind its address (it fails at once when it cannot)."""
     try:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            # As aiohttp binds: a port left in TIME_WAIT by a stopped service is free.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host, port))
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
