@@ -175,6 +175,8 @@ class ServerConfig(_Section):
     # Open connections at once (keep it under the open-file limit, ``ulimit -n``);
     # more are answered 503 and closed.
     max_connections: int = Field(default=512, ge=1, le=1_000_000)
+    # With users configured: whether /metrics needs a bearer token as /v1/status does.
+    metrics_auth: bool = True
     users: list[User] = Field(default_factory=list)
 
     @model_validator(mode="after")

@@ -82,7 +82,8 @@ class ServiceOptions:
     user's own ``sla_floor_ms`` replaces it for that user); a tighter one is raised to
     the floor, so that no client buys priority with a tiny target.
     ``context_lengths``: per model, its context (max_model_len) in tokens, against
-    which a request's prompt + ``max_tokens`` is checked.
+    which a request's prompt + ``max_tokens`` is checked. ``metrics_auth``: with
+    users, whether ``/metrics`` needs a token.
     """
 
     users: Sequence[User] = ()
@@ -93,6 +94,7 @@ class ServiceOptions:
     retry_after_s: int = 1
     sla_floors_ms: Mapping[str, float] = field(default_factory=dict)
     context_lengths: Mapping[str, int] = field(default_factory=dict)
+    metrics_auth: bool = True
     http: HttpLimits = field(default_factory=HttpLimits)
 
     def sla_floor_ms(self, kind: TaskKind, user: User | None) -> float | None:
@@ -378,6 +380,8 @@ class Service:
         return web.json_response(text=self.get_status().model_dump_json())
 
     async def prometheus(self, request: web.Request) -> web.Response:
+        if self.options.metrics_auth and (denied := self._authorize(request)) is not None:
+            return denied
         body = self.metrics.render(self.get_status())
         return web.Response(body=body, content_type="text/plain", charset="utf-8")
 

@@ -292,3 +292,26 @@ async def test_connections_past_the_cap_get_503_and_a_close(serve: Serve) -> Non
                 break
         assert time.monotonic() < deadline, "connections never freed"
         await asyncio.sleep(0.1)
+
+
+# -- /metrics behind the token, or not -------------------------------------------------
+
+
+@pytest.mark.parametrize("metrics_auth", [True, False])
+async def test_metrics_needs_a_token_as_configured(serve: Serve, metrics_auth: bool) -> None:
+    alice = User(name="alice", token_sha256=hash_token(TOKEN))
+    served = await serve(users=[alice], metrics_auth=metrics_auth)
+
+    async def get(path: str, token: str | None) -> int:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(served.url + path, headers=headers) as r,
+        ):
+            return r.status
+
+    assert await get("/metrics", TOKEN) == 200
+    assert await get("/metrics", None) == (401 if metrics_auth else 200)
+    assert await get("/metrics", "not-a-token-of-anyone-here") == (401 if metrics_auth else 200)
+    assert await get("/v1/status", None) == 401  # always behind the token
+    assert await get("/health", None) == 200  # never
