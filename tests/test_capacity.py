@@ -172,9 +172,18 @@ def test_default_scheduler_keeps_round_robins_capacity_on_rq2(tmp_path: Path) ->
     table = (out / "capacity.md").read_text()
     assert "| round_robin |" in table and "held out" in table
     assert (out / "capacity-rq2.png").stat().st_size > 0
+    # the reports redrawn from the JSON alone are the same
+    again = tmp_path / "again"
+    code = main(["bench", "capacity", "--from-json", str(out / "capacity.json"),
+                 "--out", str(again), "--no-plots"])  # fmt: skip
+    assert code == 0
+    assert (again / "capacity.md").read_text() == table
+    assert json.loads((again / "capacity.json").read_text()) == raw
 
 
-def test_capacity_command_rejects_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
+def test_capacity_command_rejects_bad_input(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     from orchestrator.cli import main
 
     for args in (["--seeds", "9-3"], ["--policies", "nope"], ["--scenario", "rq9"]):
@@ -182,6 +191,10 @@ def test_capacity_command_rejects_bad_input(capsys: pytest.CaptureFixture[str]) 
             main(["bench", "capacity", *args])
         assert exit_info.value.code == 2
     assert "rq9" in capsys.readouterr().err
+    assert main(["bench", "capacity", "--from-json", str(tmp_path / "none.json")]) == 2
+    (tmp_path / "other.json").write_text('{"cells": []}')
+    assert main(["bench", "capacity", "--from-json", str(tmp_path / "other.json")]) == 2
+    assert "not the JSON of a capacity run" in capsys.readouterr().err
     assert set(CASES) == {"rq1", "rq2", "rq3_fixed", "rq3_auto"}
 
 

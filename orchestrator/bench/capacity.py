@@ -360,6 +360,15 @@ class CapacityRun:
     quick: bool
     default_scheduler: str
     cells: list[Cell] = field(default_factory=list)
+    # seconds of arrivals per case and the grid: this code's, or those a loaded run used
+    durations: dict[str, float] = field(default_factory=dict)
+    grid: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        options = Options(self.quick)
+        self.grid = self.grid or options.grid
+        for name in self.cases:
+            self.durations.setdefault(name, options.duration(CASES[name]))
 
     def rows(self, case: str) -> list[tuple[str, str]]:
         return list(dict.fromkeys(c.row for c in self.cells if c.case == case))
@@ -368,22 +377,47 @@ class CapacityRun:
         return [c for c in self.cells if c.case == case and c.row == row]
 
     def to_dict(self) -> dict[str, Any]:
-        options = Options(self.quick)
         return {
             "target": TARGET,
             "tolerance_x_c": TOLERANCE,
             "overload_x_c": OVERLOAD,
-            "grid_x_c": list(options.grid),
+            "grid_x_c": list(self.grid),
             "tuning_seeds": list(TUNING_SEEDS),
             "seeds": self.seeds,
             "quick": self.quick,
             "default_scheduler": self.default_scheduler,
             "cases": {
-                name: {**asdict(CASES[name]), "duration_used_s": options.duration(CASES[name])}
+                name: {**asdict(CASES[name]), "duration_used_s": self.durations[name]}
                 for name in self.cases
             },
             "cells": [c.to_dict() for c in self.cells],
         }
+
+
+def load_run(raw: dict[str, Any]) -> CapacityRun:
+    """A run back from its ``to_dict`` form (to re-draw its reports without simulating)."""
+    try:
+        cells = [
+            Cell(
+                **{k: v for k, v in c.items() if k not in ("probes", "capacity_rps")},
+                probes=[Probe(**p) for p in c["probes"]],
+            )
+            for c in raw["cells"]
+        ]
+        schedulers = list(dict.fromkeys(c.scheduler for c in cells))
+        cases = raw["cases"]
+        return CapacityRun(
+            list(cases),
+            schedulers,
+            raw["seeds"],
+            raw["quick"],
+            raw["default_scheduler"],
+            cells,
+            durations={name: case["duration_used_s"] for name, case in cases.items()},
+            grid=tuple(raw["grid_x_c"]),
+        )
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"not the JSON of a capacity run: {exc}") from None
 
 
 def parse_seeds(text: str) -> list[int]:

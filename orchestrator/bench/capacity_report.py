@@ -24,7 +24,6 @@ from orchestrator.bench.capacity import (
     TARGET,
     TUNING_SEEDS,
     CapacityRun,
-    Options,
 )
 from orchestrator.bench.report import PlotsUnavailable, _pyplot
 
@@ -105,7 +104,6 @@ def best_baseline(run: CapacityRun, case: str, provisioner: str) -> tuple[str, f
 
 def markdown(run: CapacityRun) -> str:
     """One table per case; figures in tasks/s unless said otherwise."""
-    options = Options(run.quick)
     held_out = not set(run.seeds) & set(TUNING_SEEDS)
     lines = [
         f"SLA capacity: the highest arrival rate at which >= {TARGET:.0%} of tasks meet "
@@ -123,17 +121,17 @@ def markdown(run: CapacityRun) -> str:
         "",
     ]
     for case in run.cases:
-        lines += _case_table(run, case, options)
+        lines += _case_table(run, case)
     return "\n".join(lines)
 
 
-def _case_table(run: CapacityRun, case: str, options: Options) -> list[str]:
+def _case_table(run: CapacityRun, case: str) -> list[str]:
     spec = CASES[case]
     reference = Estimate.of(
         [c.reference_rps for c in run.cells if c.case == case and c.row == run.rows(case)[0]]
     )
     lines = [
-        f"### {case}: C = {reference.mean:.2f} tasks/s, {options.duration(spec):g} s of "
+        f"### {case}: C = {reference.mean:.2f} tasks/s, {run.durations[case]:g} s of "
         "arrivals per run",
         "",
     ]
@@ -212,11 +210,16 @@ def _jsonable(value: Any) -> Any:
 
 def plot_case(run: CapacityRun, case: str, path: Path) -> Path:
     """SLA attainment against load (x C) per row: mean over seeds and its 95% band, on
-    the grid every seed probed; the target as a dashed line."""
+    the grid every seed probed; the target as a dashed line. A colour per scheduler (the
+    default drawn thicker), a line style per provisioner."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    grid = Options(run.quick).grid
-    for row in run.rows(case):
+    fig, ax = plt.subplots(figsize=(8.0, 4.2))
+    grid = run.grid
+    rows = run.rows(case)
+    provisioners = list(dict.fromkeys(p for _, p in rows))
+    styles = ("-", "--", ":", "-.")
+    lowest = 1.0
+    for row in rows:
         cells = run.cells_of(case, row)
         means, lows, highs = [], [], []
         for load in grid:
@@ -226,16 +229,27 @@ def plot_case(run: CapacityRun, case: str, path: Path) -> Path:
             means.append(est.mean)
             lows.append(max(est.mean - hw, 0.0))
             highs.append(min(est.mean + hw, 1.0))
-        label = " / ".join(row) if CASES[case].autoscaling else row[0]
-        (line,) = ax.plot(grid, means, marker="o", markersize=3, label=label)
-        ax.fill_between(grid, lows, highs, color=line.get_color(), alpha=0.15)
+        lowest = min(lowest, *lows)
+        scheduler, provisioner = row
+        colour = f"C{run.schedulers.index(scheduler) % 10}" if scheduler in run.schedulers else None
+        ax.plot(
+            grid,
+            means,
+            marker="o",
+            markersize=3,
+            color=colour,
+            linestyle=styles[provisioners.index(provisioner) % len(styles)],
+            linewidth=2.2 if scheduler == run.default_scheduler else 1.2,
+            label=" / ".join(row) if CASES[case].autoscaling else scheduler,
+        )
+        ax.fill_between(grid, lows, highs, color=colour, alpha=0.12)
     ax.axhline(TARGET, color="black", linestyle="--", linewidth=0.8)
     ax.set_xlabel("arrival rate (x C)")
     ax.set_ylabel("SLA attainment")
-    ax.set_ylim(0, 1.02)
+    ax.set_ylim(max(0.0, math.floor(min(lowest, TARGET) * 10 - 0.5) / 10), 1.01)
     ax.set_title(f"{case}: attainment vs load, 95% CI over seeds {_seeds(run.seeds)}", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)

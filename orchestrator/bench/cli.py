@@ -13,6 +13,7 @@ the per-kind prompt and output length distributions;
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import time
@@ -208,6 +209,13 @@ def _configure_capacity(cap: argparse.ArgumentParser) -> None:
         "--out", type=Path, default=Path("bench-results/capacity"), help="output folder"
     )
     cap.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    cap.add_argument(
+        "--from-json",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="simulate nothing: redraw the table and plots of a run's capacity.json",
+    )
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -360,6 +368,13 @@ def _run_capacity(args: argparse.Namespace) -> int:
             soft_wrap=True,
         )
 
+    if args.from_json is not None:
+        try:
+            run = capacity.load_run(json.loads(args.from_json.read_text()))
+        except (OSError, ValueError) as exc:
+            err.print(f"cannot read {args.from_json}: {exc}", soft_wrap=True)
+            return 2
+        return _write_capacity(run, args, err)
     try:
         run = capacity.run_capacity(
             args.scenario,
@@ -373,6 +388,10 @@ def _run_capacity(args: argparse.Namespace) -> int:
     except workloads.WorkloadUnavailable as exc:
         err.print(str(exc))
         return 2
+    return _write_capacity(run, args, err)
+
+
+def _write_capacity(run: capacity.CapacityRun, args: argparse.Namespace, err: Console) -> int:
     files, problem = capacity_report.write(run, args.out, plots=not args.no_plots)
     print(capacity_report.markdown(run))
     err.print(f"wrote {', '.join(str(f) for f in files)}")
