@@ -24,10 +24,14 @@ from typing import Any, BinaryIO, Final
 from urllib.parse import unquote
 
 from lsprotocol import types
-from pygls.exceptions import JsonRpcException, JsonRpcServerNotInitialized
-from pygls.io_ import StdoutWriter, run_async
+from pygls.exceptions import (
+    JsonRpcException,
+    JsonRpcInvalidRequest,
+    JsonRpcServerNotInitialized,
+)
+from pygls.io_ import StdoutWriter
 from pygls.lsp.server import LanguageServer
-from pygls.protocol import LanguageServerProtocol, lsp_method
+from pygls.protocol import lsp_method
 
 from cato_lsp import __version__
 from cato_lsp.backend import BackendError, Orchestrator, make_backend
@@ -41,6 +45,8 @@ from cato_lsp.features.commands import (
     parse_args,
 )
 from cato_lsp.features.documents import apply_change, encoding_name, view
+from cato_lsp.jsonrpc import StrictProtocol, read_messages
+from cato_lsp.redact import Secrets
 from cato_lsp.settings import SECTION, Settings, SettingsError, parse_settings
 from cato_lsp.status import StatusReporter
 from orchestrator.api import Status
@@ -52,13 +58,14 @@ STATUS: Final = "cato.status"
 _BEFORE_INIT_OK: Final = frozenset({types.INITIALIZE, types.SHUTDOWN})
 
 
-class CatoProtocol(LanguageServerProtocol):
+class CatoProtocol(StrictProtocol):
     """pygls' protocol with the LSP rules it leaves to servers.
 
-    Requests before `initialize` get `ServerNotInitialized` (notifications are dropped);
-    inline completion is advertised only to clients that declare it (they then get no
-    `completionProvider`, so one keystroke does not cost two model calls); document
-    changes count lines as LSP does.
+    Every request is answered, malformed ones included (`StrictProtocol`). Requests
+    before `initialize` get `ServerNotInitialized` (notifications are dropped), a second
+    `initialize` gets `InvalidRequest`; inline completion is advertised only to clients
+    that declare it (they then get no `completionProvider`, so one keystroke does not
+    cost two model calls); document changes count lines as LSP does.
     """
 
     initialized = False
@@ -67,6 +74,10 @@ class CatoProtocol(LanguageServerProtocol):
         if not self.initialized and method_name not in _BEFORE_INIT_OK:
             error = JsonRpcServerNotInitialized(f"{method_name} before initialize")
             self._send_response(msg_id, None, error.to_response_error())
+            return
+        if self.initialized and method_name == types.INITIALIZE:
+            again = JsonRpcInvalidRequest("initialize was already called")
+            self._send_response(msg_id, None, again.to_response_error())
             return
         super()._handle_request(msg_id, method_name, params)
 
@@ -133,6 +144,17 @@ class CatoLanguageServer(LanguageServer):
 
     # -- messages -------------------------------------------------------------------
 
+    @property
+    def cato_protocol(self) -> CatoProtocol:
+        protocol = self.protocol
+        assert isinstance(protocol, CatoProtocol)
+        return protocol
+
+    @property
+    def secrets(self) -> Secrets:
+        """Every token seen so far, for scrubbing logs and outgoing messages."""
+        return self.cato_protocol.secrets
+
     def _token(self) -> str | None:
         return self.settings.token.get_secret_value() if self.settings.token else None
 
@@ -154,6 +176,8 @@ class CatoLanguageServer(LanguageServer):
                 self.settings_problem = str(exc)  # nothing valid yet: stay idle
             return False
         self.settings_problem, self._valid_once = None, True
+        if settings.token is not None:
+            self.secrets.add(settings.token.get_secret_value())
         if settings == self.settings and self._backend is not None:
             return True
         self.settings = settings
@@ -447,13 +471,7 @@ async def _stdin_reader() -> Any:
 
 async def _run_protocol(ls: CatoLanguageServer, reader: Any) -> None:
     try:
-        await run_async(
-            stop_event=threading.Event(),
-            reader=reader,
-            protocol=ls.protocol,
-            logger=log,
-            error_handler=ls.report_server_error,
-        )
+        await read_messages(reader, ls.cato_protocol, ls.report_server_error)
     finally:
         await ls.close_backend()
 
