@@ -1,7 +1,7 @@
 """Entry point of ``cato-lsp``: the language server over stdio, or TCP for debugging.
 
-Logs go to stderr (stdout carries the protocol) or a file, with the bearer token of the
-current settings scrubbed from every record.
+Logs go to stderr (stdout carries the protocol) or a file, with every bearer token the
+server has seen scrubbed from every line (`cato_lsp.redact`).
 """
 
 from __future__ import annotations
@@ -9,23 +9,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-
-class _RedactToken(logging.Filter):
-    """Replaces the configured token in log records; pygls logs whole messages."""
-
-    def __init__(self, secret: Callable[[], str | None]) -> None:
-        super().__init__()
-        self.secret = secret
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        token = self.secret()
-        if token:
-            message = record.getMessage()
-            if token in message:
-                record.msg, record.args = message.replace(token, "***"), None
-        return True
+from cato_lsp.redact import RedactingFormatter, Secrets
 
 
 def _address(value: str) -> tuple[str, int]:
@@ -51,12 +37,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _setup_logging(level: str, path: str | None, secret: Callable[[], str | None]) -> None:
+def _setup_logging(level: str, path: str | None, secrets: Secrets) -> None:
     handler: logging.Handler = (
         logging.FileHandler(path, encoding="utf-8") if path else logging.StreamHandler(sys.stderr)
     )
-    handler.addFilter(_RedactToken(secret))
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    handler.setFormatter(RedactingFormatter(secrets, fmt))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
@@ -70,12 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cato_lsp.server import create_server, serve_stdio, serve_tcp
 
     server = create_server()
-
-    def secret() -> str | None:
-        token = server.settings.token
-        return token.get_secret_value() if token else None
-
-    _setup_logging(args.log_level, args.log_file, secret)
+    _setup_logging(args.log_level, args.log_file, server.secrets)
 
     if args.tcp is not None:
         return serve_tcp(server, *args.tcp)
