@@ -7,7 +7,8 @@ place, queue, start and release model calls the same way, through this one class
   park it while the model has replicas starting but none ready, fail it when none;
 * ``dispatch``: while a replica has a free slot, start the call the scheduler picks
   from its queue, as long as the admission policy (``policy.admission``) lets it join
-  the running batch (a replica with nothing running always takes it);
+  the running batch (a replica with nothing running always takes it); a call held
+  back may start on another replica whose batch takes it (``Admission.moves``);
 * replicas that stop accepting have their queue placed again, and parked calls are
   placed once their model has a ready replica (or failed once it has none starting);
 * ``finish`` / ``release``: a call leaves its replica, and the next one may start.
@@ -85,6 +86,7 @@ class DispatchCore:
         self.on_batch = on_batch
         self.states: dict[str, ReplicaState] = {}
         self.rerouted = 0  # queued calls placed again after their replica stopped accepting
+        self.moved = 0  # calls held back by admission that started on another replica
         self._models: dict[str, _Model] = {}
         self._suspect_until: dict[str, float] = {}
 
@@ -253,7 +255,15 @@ class DispatchCore:
         started = False
         while len(in_flight) < limit:
             call = pick(st, now)
-            if call is None or (admits is not None and in_flight and not admits(st, call, now)):
+            if call is None:
+                break
+            if admits is not None and in_flight and not admits(st, call, now):
+                if (
+                    self.admission is not None
+                    and self.admission.moves
+                    and self._move(st, call, now)
+                ):
+                    continue
                 break
             st.dispatch(call, now)
             started = True
@@ -261,6 +271,26 @@ class DispatchCore:
         if started and self.on_batch is not None:
             self.on_batch(st, now)
         return started
+
+    def _move(self, st: ReplicaState, call: Call, now: float) -> bool:
+        """Start a call held back on ``st`` on another replica of its model that has a
+        free slot, nothing queued, and a batch that takes it now; whether one did."""
+        assert self.admission is not None
+        admits = self.admission.admits
+        for other in self.candidates(call.model, now):
+            if (
+                other is st
+                or len(other.queue)
+                or len(other.in_flight) >= other.concurrency_limit
+                or not admits(other, call, now)
+            ):
+                continue
+            st.dequeue(call.id)
+            other.enqueue(call)
+            self.moved += 1
+            self.dispatch(other, now)
+            return True
+        return False
 
     def first_token(self, st: ReplicaState, call_id: str, now: float) -> None:
         """A call in flight on ``st`` got its first token (with admission, a call held

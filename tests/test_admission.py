@@ -182,6 +182,42 @@ def test_the_core_keeps_a_dynamic_limit_between_one_and_the_concurrency_limit() 
     assert started == [first.id, held.id, small.id]  # both fit once it is done
 
 
+def _two_replicas(admission: SlackAdmission) -> tuple[DispatchCore, list[str], list[ReplicaState]]:
+    started: list[str] = []
+    core = DispatchCore(
+        make_scheduler("round_robin"),
+        on_start=lambda c, st, now: started.append(f"{c.id}@{st.id}"),
+        on_fail=lambda c, exc: None,
+        admission=admission,
+    )
+    reps = [
+        ReplicaState(
+            id=rid, model=PROFILE.name, concurrency_limit=4, rates=Rates.from_profile(PROFILE)
+        )
+        for rid in ("a", "b")
+    ]
+    for st in reps:
+        core.add(st, 0.0)
+    return core, started, reps
+
+
+@pytest.mark.parametrize("moves", [True, False])
+def test_a_held_call_moves_to_a_replica_whose_batch_takes_it(moves: bool) -> None:
+    core, started, (a, b) = _two_replicas(
+        slack() if moves else SlackAdmission(profiles={PROFILE.name: PROFILE}, moves=False)
+    )
+    tight, lax = call(output=200), call(output=200, deadline=1000.0)
+    core.place(tight, 0.0)  # round robin: a
+    core.place(lax, 0.0)  # b
+    tight.deadline = predicted_done(a, tight, 0.0) + 0.05
+    held = call(prompt=3000, output=10)
+    core.place(held, 0.0)  # a, where it would make ``tight`` late
+    if moves:
+        assert started[-1] == f"{held.id}@b" and core.moved == 1 and not len(a.queue)
+    else:
+        assert held.id in a.queue and core.moved == 0 and len(b.in_flight) == 1
+
+
 def test_first_token_lets_a_held_call_in() -> None:
     started: list[str] = []
     core = DispatchCore(

@@ -59,9 +59,14 @@ class StepCosts:
 
 
 class Admission(ABC):
-    """Whether a replica with calls running takes ``call`` into its batch now."""
+    """Whether a replica with calls running takes ``call`` into its batch now.
+
+    ``moves``: a call held back may start at once on another replica of its model whose
+    batch takes it (one with a free slot and nothing queued), instead of waiting.
+    """
 
     name: ClassVar[str]
+    moves: bool = False
 
     @abstractmethod
     def admits(self, replica: ReplicaState, call: Call, now: float) -> bool: ...
@@ -93,7 +98,9 @@ class SlackAdmission(Admission):
 
     ``call`` is held back if some running call meets its deadline without it and would
     have less than ``margin_s`` to spare with it: the margin is what later calls may
-    not take, so that many small costs do not add up to a miss. Step costs come from
+    not take, so that many small costs do not add up to a miss. With ``moves`` (the
+    default) a call held back starts on another replica whose batch takes it, if one
+    has a free slot and nothing queued; otherwise it waits. Step costs come from
     the engine profile of the replica's model when known, the prefill rate from the
     replica's learned rates (it follows the engine as it drifts).
     """
@@ -103,11 +110,16 @@ class SlackAdmission(Admission):
     net: ClassVar[bool] = False
 
     def __init__(
-        self, *, profiles: Mapping[str, EngineProfile] | None = None, margin_s: float = 0.0
+        self,
+        *,
+        profiles: Mapping[str, EngineProfile] | None = None,
+        margin_s: float = 0.0,
+        moves: bool = True,
     ) -> None:
         if margin_s < 0:
             raise AdmissionConfigError(f"margin_s must be >= 0, got {margin_s}")
         self.margin_s = margin_s
+        self.moves = moves
         self._costs = {name: StepCosts.from_profile(p) for name, p in (profiles or {}).items()}
 
     def costs(self, replica: ReplicaState) -> StepCosts:

@@ -568,6 +568,8 @@ class Simulator:
             snapshot(model, end)
         util = self.tracker.summary(end)
         self._counters["rerouted"] = self.core.rerouted
+        if self.core.admission is not None:
+            self._counters["moved"] = self.core.moved
         self._counters["preemptions"] = sum(
             r.engine.num_preemptions for r in self.replicas.values()
         )
