@@ -25,13 +25,19 @@ _SETTINGS_KEY: Final = "token"
 class Secrets:
     """The token values seen so far; once seen, a value stays secret for the process.
 
-    Read from logging threads while the event loop adds to it: the values live in a
-    tuple that is replaced whole, never mutated.
+    Logs are scrubbed of every value. Messages to the client only of values of
+    `MESSAGE_MIN_CHARS` or more: masking a 3-letter "token" in every message would
+    silently change the code the editor inserts (and the service refuses such tokens).
+    Read from logging threads while the event loop adds to it: the values live in
+    tuples that are replaced whole, never mutated.
     """
+
+    MESSAGE_MIN_CHARS: Final = 8
 
     def __init__(self) -> None:
         self._values: tuple[str, ...] = ()
         self._forms: tuple[str, ...] = ()
+        self._message_forms: tuple[str, ...] = ()
 
     def __bool__(self) -> bool:
         return bool(self._values)
@@ -42,27 +48,30 @@ class Secrets:
         self._values = (*self._values, value)
         # as written in text, in JSON and in a repr; longest first, so that a token
         # holding another one is masked whole
-        forms = {*self._forms, value, json.dumps(value)[1:-1], repr(value)[1:-1]}
-        self._forms = tuple(sorted(forms, key=len, reverse=True))
+        forms = {value, json.dumps(value)[1:-1], repr(value)[1:-1]}
+        self._forms = _longest_first(self._forms, forms)
+        if len(value) >= self.MESSAGE_MIN_CHARS:
+            self._message_forms = _longest_first(self._message_forms, forms)
 
     def scrub(self, text: str) -> str:
-        for form in self._forms:
-            if form in text:
-                text = text.replace(form, MASK)
-        return text
+        """A log line without any token."""
+        return _mask(text, self._forms)
 
-    def found_in(self, text: str) -> bool:
-        return any(form in text for form in self._forms)
+    def found_in(self, message: str) -> bool:
+        """Whether a message to the client (as JSON text) holds a token."""
+        return any(form in message for form in self._message_forms)
 
     def scrub_json(self, value: Any) -> Any:
-        """A JSON value with every string (keys too) scrubbed; the structure is kept, so
-        the result is still valid JSON whatever characters the token holds."""
+        """A message to the client with every string (keys too) scrubbed; the structure
+        is kept, so the result is still valid JSON whatever characters the token holds."""
         if isinstance(value, str):
-            return self.scrub(value)
+            return _mask(value, self._message_forms)
         if isinstance(value, list):
             return [self.scrub_json(item) for item in value]
         if isinstance(value, dict):
-            return {self.scrub(str(k)): self.scrub_json(v) for k, v in value.items()}
+            return {
+                _mask(str(k), self._message_forms): self.scrub_json(v) for k, v in value.items()
+            }
         return value
 
     def learn(self, message: object) -> None:
@@ -86,6 +95,17 @@ class Secrets:
             section = layer.get(_SECTION)
             if isinstance(section, Mapping):
                 self.add(section.get(_SETTINGS_KEY))
+
+
+def _longest_first(old: tuple[str, ...], new: set[str]) -> tuple[str, ...]:
+    return tuple(sorted({*old, *new}, key=len, reverse=True))
+
+
+def _mask(text: str, forms: tuple[str, ...]) -> str:
+    for form in forms:
+        if form in text:
+            text = text.replace(form, MASK)
+    return text
 
 
 class RedactingFormatter(logging.Formatter):

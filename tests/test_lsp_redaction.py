@@ -155,15 +155,26 @@ def test_tokens_are_learned_from_the_messages_that_carry_settings() -> None:
 
 def test_scrubbing_keeps_json_valid_and_masks_the_longer_token_whole() -> None:
     secrets = Secrets()
-    secrets.add("ab")
-    secrets.add("xabx")
-    secrets.add('q"uote')
-    message = {"k-xabx": ["xabx", 'say q"uote', 5, None], "ab": {"n": "ab-ab"}}
+    secrets.add("abcd1234")
+    secrets.add("xabcd1234x")
+    secrets.add('q"uote-5678')
+    message = {"k-xabcd1234x": ["xabcd1234x", 'say q"uote-5678', 5, None], "abcd1234": {"n": 1}}
 
     scrubbed = secrets.scrub_json(message)
 
-    assert scrubbed == {f"k-{MASK}": [MASK, f"say {MASK}", 5, None], MASK: {"n": f"{MASK}-{MASK}"}}
+    assert scrubbed == {f"k-{MASK}": [MASK, f"say {MASK}", 5, None], MASK: {"n": 1}}
     assert secrets.found_in(json.dumps(message)) and not secrets.found_in(json.dumps(scrubbed))
+    assert secrets.scrub(json.dumps(message)) == json.dumps(scrubbed)  # the escaped form too
+
+
+def test_a_short_token_is_masked_in_logs_but_does_not_change_messages() -> None:
+    secrets = Secrets()
+    secrets.add("abc")
+    completion = {"insertText": "abc = compute(abc)"}
+
+    assert secrets.scrub("Bearer abc") == f"Bearer {MASK}"
+    assert not secrets.found_in(json.dumps(completion))
+    assert secrets.scrub_json(completion) == completion
 
 
 def test_the_formatter_masks_arguments_and_tracebacks() -> None:
