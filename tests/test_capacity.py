@@ -240,3 +240,12 @@ def test_worker_processes_change_nothing(monkeypatch: pytest.MonkeyPatch) -> Non
     shared = run_capacity(["rq2"], ["round_robin"], [1, 2], quick=True, jobs=2)
     assert [c.seed for c in shared.cells] == [1, 2]
     assert shared.to_dict() == alone.to_dict()
+
+
+def test_plots_interpolate_each_seed_between_its_probes() -> None:
+    from orchestrator.bench.capacity_report import _interpolate
+
+    curve = [(0.4, 1.0), (0.9, 0.9), (1.2, 0.3)]
+    assert _interpolate(curve, 0.65) == pytest.approx(0.95)
+    assert _interpolate(curve, 1.0) == pytest.approx(0.7)
+    assert _interpolate(curve, 0.1) == 1.0 and _interpolate(curve, 2.0) == 0.3

@@ -10,6 +10,7 @@ attainment against load with a band of the same confidence interval, per case.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Sequence
@@ -209,12 +210,15 @@ def _jsonable(value: Any) -> Any:
 
 
 def plot_case(run: CapacityRun, case: str, path: Path) -> Path:
-    """SLA attainment against load (x C) per row: mean over seeds and its 95% band, on
-    the grid every seed probed; the target as a dashed line. A colour per scheduler (the
-    default drawn thicker), a line style per provisioner."""
+    """SLA attainment against load (x C) per row: mean over seeds and its 95% band; the
+    target as a dashed line. Each seed's curve runs through all its probes (the grid,
+    and the bisection's, dense near the crossing), linear between them, over the grid's
+    span, which every seed probed. A colour per scheduler (the default drawn thicker), a
+    line style per provisioner, markers on the grid."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8.0, 4.2))
-    grid = run.grid
+    lo, hi = min(run.grid), max(run.grid)
+    grid = sorted({*run.grid, *(round(lo + (hi - lo) * i / 80, 6) for i in range(81))})
     rows = run.rows(case)
     provisioners = list(dict.fromkeys(p for _, p in rows))
     styles = ("-", "--", ":", "-.")
@@ -222,9 +226,9 @@ def plot_case(run: CapacityRun, case: str, path: Path) -> Path:
     for row in rows:
         cells = run.cells_of(case, row)
         means, lows, highs = [], [], []
+        curves = [[(p.load, p.attainment) for p in c.probes] for c in cells]
         for load in grid:
-            probes = [c.at(load) for c in cells]
-            est = Estimate.of([p.attainment for p in probes if p is not None])
+            est = Estimate.of([_interpolate(curve, load) for curve in curves])
             hw = 0.0 if math.isnan(est.half_width) else est.half_width
             means.append(est.mean)
             lows.append(max(est.mean - hw, 0.0))
@@ -237,6 +241,7 @@ def plot_case(run: CapacityRun, case: str, path: Path) -> Path:
             means,
             marker="o",
             markersize=3,
+            markevery=[grid.index(x) for x in run.grid],
             color=colour,
             linestyle=styles[provisioners.index(provisioner) % len(styles)],
             linewidth=2.2 if scheduler == run.default_scheduler else 1.2,
@@ -254,3 +259,13 @@ def plot_case(run: CapacityRun, case: str, path: Path) -> Path:
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
+
+
+def _interpolate(curve: Sequence[tuple[float, float]], x: float) -> float:
+    """``curve`` (points sorted by x) at ``x``, linear between points, flat beyond."""
+    if x <= curve[0][0]:
+        return curve[0][1]
+    for (x0, y0), (x1, y1) in itertools.pairwise(curve):
+        if x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return curve[-1][1]
