@@ -126,6 +126,8 @@ class User(_Section):
     name: str = Field(min_length=1, max_length=128)
     token_sha256: str
     max_concurrency: int = Field(default=8, ge=1, le=10_000)
+    # Prompt + completion tokens a minute (none: no budget); past it, 429 + Retry-After.
+    tokens_per_minute: int | None = Field(default=None, ge=1, le=1_000_000_000)
     # Per task kind: the tightest SLA (ms) this user may ask for, in place of the
     # kind's ``sla_floor_ms`` (higher for a batch client, lower for a trusted one).
     sla_floor_ms: dict[str, float] = Field(default_factory=dict)
@@ -175,6 +177,8 @@ class ServerConfig(_Section):
     # Open connections at once (keep it under the open-file limit, ``ulimit -n``);
     # more are answered 503 and closed.
     max_connections: int = Field(default=512, ge=1, le=1_000_000)
+    # Calls waiting for a replica, service-wide; past it, 503 + Retry-After.
+    max_queued: int = Field(default=1024, ge=1, le=1_000_000)
     # With users configured: whether /metrics needs a bearer token as /v1/status does.
     metrics_auth: bool = True
     users: list[User] = Field(default_factory=list)

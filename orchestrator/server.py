@@ -5,12 +5,12 @@ Routes: ``POST /v1/tasks`` (SSE of ``TaskEvent``), OpenAI-compatible ``POST
 object, so the ``openai`` client's ``extra_body`` works), ``GET /v1/models``,
 ``/health``, ``/v1/status`` and ``/metrics``.
 
-Requests are checked before any work starts (auth, per-user concurrency, body size,
-prompt length, ``max_tokens`` against the model's context, model, graph inputs), so a
-bad request gets a 4xx with a clear message instead of a stream that ends in an error,
-and no input gets a 5xx. Bearer tokens are compared by their sha256 and never logged.
-Slow and idle clients are cut off by the limits of ``HttpLimits``
-(``orchestrator.http_guard``).
+Requests are checked before any work starts (auth, per-user concurrency and token
+budget, the service's queue bound, body size, prompt length, ``max_tokens`` against the
+model's context, model, graph inputs), so a bad request gets a 4xx with a clear message
+instead of a stream that ends in an error, and no input gets a 5xx. Bearer tokens are
+compared by their sha256 and never logged. Slow and idle clients are cut off by the
+limits of ``HttpLimits`` (``orchestrator.http_guard``).
 
 Without a ``cato`` object, ``/v1/completions`` runs a ``complete`` task on the prompt as
 given, and ``/v1/chat/completions`` a ``generate`` task on the last user message (earlier
@@ -54,7 +54,7 @@ from orchestrator.openai_api import (
     sse,
 )
 from orchestrator.prometheus import ServiceMetrics
-from orchestrator.service_limits import Rejected, Users, bad_request, error
+from orchestrator.service_limits import QueueBound, Rejected, Users, bad_request, error
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,8 @@ class ServiceOptions:
     user's own ``sla_floor_ms`` replaces it for that user); a tighter one is raised to
     the floor, so that no client buys priority with a tiny target.
     ``context_lengths``: per model, its context (max_model_len) in tokens, against
-    which a request's prompt + ``max_tokens`` is checked. ``metrics_auth``: with
+    which a request's prompt + ``max_tokens`` is checked. ``max_queued``: the most
+    calls waiting for a replica, service-wide (None: no bound). ``metrics_auth``: with
     users, whether ``/metrics`` needs a token.
     """
 
@@ -94,6 +95,7 @@ class ServiceOptions:
     retry_after_s: int = 1
     sla_floors_ms: Mapping[str, float] = field(default_factory=dict)
     context_lengths: Mapping[str, int] = field(default_factory=dict)
+    max_queued: int | None = None
     metrics_auth: bool = True
     http: HttpLimits = field(default_factory=HttpLimits)
 
@@ -128,7 +130,10 @@ class Service:
         self.get_status = status or orch.status
         self.options = options
         self.metrics = metrics or ServiceMetrics()
-        self.users = Users(options.users, options.retry_after_s)
+        self.users = Users(options.users, options.retry_after_s, clock)
+        self.queue = QueueBound(
+            options.max_queued, lambda: orch.status().queued, options.retry_after_s, clock
+        )
 
     # -- admission ----------------------------------------------------------------
 
@@ -184,6 +189,7 @@ class Service:
         if served and graph.model not in served:
             raise _not_found(graph.model, served)
         self._check_context(graph)
+        self.queue.check()
         return graph
 
     def _check_context(self, graph: TaskGraph) -> None:
@@ -207,12 +213,17 @@ class Service:
                 f"exceeds the context: {where}; ask for at most {room} tokens"
             )
 
+    def _reserve(self, graph: TaskGraph, user: User | None) -> int:
+        """Take what the task's model calls may use from the user's token budget."""
+        tokens = sum(n.prompt_tokens + n.max_tokens for n in graph.llm_nodes())
+        return self.users.reserve(user, tokens)
+
     async def _run(
-        self, req: TaskRequest, user: User | None, sink: TextSink | None = None
+        self, req: TaskRequest, user: User | None, reserved: int, sink: TextSink | None = None
     ) -> AsyncGenerator[list[RunItem], None]:
-        """Submit with metrics and a log line; closing it cancels the task. Events come
-        in batches (what was ready together), tokens as ``TokenDelta`` (or to ``sink``:
-        see ``Orchestrator.submit_batches``)."""
+        """Submit with metrics, a log line and the user's token bill; closing it cancels
+        the task. Events come in batches (what was ready together), tokens as
+        ``TokenDelta`` (or to ``sink``: see ``Orchestrator.submit_batches``)."""
         last: TaskEvent | None = None
         try:
             async with contextlib.aclosing(self.orch.submit_batches(req, sink)) as batches:
@@ -221,6 +232,7 @@ class Service:
                     yield batch
         finally:
             self.metrics.observe_end(req.kind.value, last)
+            self.users.settle(user, reserved, _tokens_used(last))
             _log_task(req, last)
 
     # -- /v1/tasks ----------------------------------------------------------------
@@ -236,9 +248,13 @@ class Service:
         if user is not None:
             req = req.model_copy(update={"user": user.name})
         req = self.options.with_floor(req, user)
-        self._check(req)
-        resp = await _open_sse(request)
-        async with contextlib.aclosing(self._run(req, user)) as batches:
+        reserved = self._reserve(self._check(req), user)
+        try:
+            resp = await _open_sse(request)
+        except BaseException:
+            self.users.settle(user, reserved, 0)  # the client left before the task began
+            raise
+        async with contextlib.aclosing(self._run(req, user, reserved)) as batches:
             async for batch in batches:
                 await resp.write(b"".join(sse(_task_event_json(item)) for item in batch))
         await resp.write(b"data: [DONE]\n\n")
@@ -276,17 +292,18 @@ class Service:
             raise _not_found(body.model, served)
         req = self.options.with_floor(self._task_from_openai(body, chat=chat, user=user), user)
         graph = self._check(req)
+        reserved = self._reserve(graph, user)
         writer = OpenAIWriter(chat=chat, model=body.model or graph.model)
         if body.stream:
             include_usage = bool((body.stream_options or {}).get("include_usage"))
-            return await self._openai_stream(request, req, user, writer, include_usage)
-        return await self._openai_whole(req, user, writer)
+            return await self._openai_stream(request, req, (user, reserved), writer, include_usage)
+        return await self._openai_whole(req, (user, reserved), writer)
 
     async def _openai_stream(
         self,
         request: web.Request,
         req: TaskRequest,
-        user: User | None,
+        bill: tuple[User | None, int],
         writer: OpenAIWriter,
         include_usage: bool,
     ) -> web.StreamResponse:
@@ -295,7 +312,7 @@ class Service:
         the text chunks itself (``_TextStream``); this waits for the end."""
         out = _TextStream(request, writer)
         last: TaskEvent | None = None
-        async with contextlib.aclosing(self._run(req, user, out.write)) as batches:
+        async with contextlib.aclosing(self._run(req, *bill, out.write)) as batches:
             async for batch in batches:
                 last = _last_event(batch, last)
         resp = out.resp
@@ -315,10 +332,10 @@ class Service:
         return resp
 
     async def _openai_whole(
-        self, req: TaskRequest, user: User | None, writer: OpenAIWriter
+        self, req: TaskRequest, bill: tuple[User | None, int], writer: OpenAIWriter
     ) -> web.Response:
         last: TaskEvent | None = None
-        async with contextlib.aclosing(self._run(req, user)) as batches:
+        async with contextlib.aclosing(self._run(req, *bill)) as batches:
             async for batch in batches:
                 last = _last_event(batch, last)
         if last is None or last.type != "done":
@@ -414,6 +431,12 @@ def _not_found(model: str, served: Sequence[str]) -> Rejected:
             "NotFoundError",
         )
     )
+
+
+def _tokens_used(last: TaskEvent | None) -> int:
+    if last is None or last.usage is None:
+        return 0
+    return last.usage.prompt_tokens + last.usage.completion_tokens
 
 
 def _last_event(batch: list[RunItem], last: TaskEvent | None) -> TaskEvent | None:

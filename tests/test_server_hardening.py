@@ -23,7 +23,14 @@ from orchestrator.config import User, hash_token, load_config
 from orchestrator.emulator.process import RunningEmulator, launch_emulator
 from orchestrator.executor import Orchestrator, ReplicaSpec
 from orchestrator.runtime import task_defaults
-from orchestrator.server import HttpLimits, ServiceOptions, create_app, serve_app
+from orchestrator.server import (
+    SERVICE,
+    HttpLimits,
+    Service,
+    ServiceOptions,
+    create_app,
+    serve_app,
+)
 
 MODEL = "tiny"
 TOKEN = "hardening-test-token-0123456789"
@@ -36,7 +43,8 @@ CLOSED_WITHIN_S = 15.0
 
 @pytest.fixture(scope="module")
 def emulator() -> Iterator[RunningEmulator]:
-    with launch_emulator(model=MODEL, speed=5.0, max_num_seqs=64) as one:
+    extra = ("--mean-output-tokens", "1000000")  # outputs run to max_tokens
+    with launch_emulator(model=MODEL, speed=5.0, max_num_seqs=64, extra_args=extra) as one:
         yield one
 
 
@@ -45,6 +53,7 @@ class Served:
     url: str
     port: int
     orch: Orchestrator
+    service: Service
 
 
 Serve = Callable[..., Awaitable[Served]]
@@ -54,14 +63,20 @@ Serve = Callable[..., Awaitable[Served]]
 async def serve(emulator: RunningEmulator) -> AsyncIterator[Serve]:
     cleanups: list[Callable[[], Awaitable[None]]] = []
 
-    async def start(**options: Any) -> Served:
-        spec = ReplicaSpec(id=f"{MODEL}-0", url=emulator.url, model=MODEL, engine="emulated")
+    async def start(concurrency_limit: int = 16, **options: Any) -> Served:
+        spec = ReplicaSpec(
+            id=f"{MODEL}-0",
+            url=emulator.url,
+            model=MODEL,
+            engine="emulated",
+            concurrency_limit=concurrency_limit,
+        )
         orch = Orchestrator([spec], defaults=task_defaults(load_config(None)))
         app = create_app(orch, ServiceOptions(**({"models": [MODEL]} | options)))
         runner = await serve_app(app, "127.0.0.1", 0)
         cleanups.extend([runner.cleanup, orch.close])
         port = runner.addresses[0][1]
-        return Served(f"http://127.0.0.1:{port}", port, orch)
+        return Served(f"http://127.0.0.1:{port}", port, orch, app[SERVICE])
 
     yield start
     for cleanup in cleanups:
@@ -315,3 +330,57 @@ async def test_metrics_needs_a_token_as_configured(serve: Serve, metrics_auth: b
     assert await get("/metrics", "not-a-token-of-anyone-here") == (401 if metrics_auth else 200)
     assert await get("/v1/status", None) == 401  # always behind the token
     assert await get("/health", None) == 200  # never
+
+
+# -- sustained overload: token budgets and the queue bound -----------------------------
+
+
+async def test_a_spent_token_budget_is_a_429_with_retry_after_for_that_user_only(
+    serve: Serve,
+) -> None:
+    alice = User(name="alice", token_sha256=hash_token(TOKEN), tokens_per_minute=60)
+    bob_token = TOKEN[::-1]
+    bob = User(name="bob", token_sha256=hash_token(bob_token))
+    served = await serve(users=[alice, bob])
+    url = served.url + "/v1/completions"
+    big = completion(prompt="x" * 400, max_tokens=8)  # about 100 prompt tokens
+    assert (await post(url, big, TOKEN))[0] == 200  # admitted with budget left; now in debt
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(url, data=big, headers={"Authorization": f"Bearer {TOKEN}"}) as r,
+    ):
+        err = await r.json()
+        assert r.status == 429, err
+        assert "budget of 60 tokens per minute" in err["error"]["message"]
+        # about 40 tokens of debt at 1 token a second
+        assert int(r.headers["Retry-After"]) >= 30
+    assert (await post(url, big, bob_token))[0] == 200  # bob has no budget to spend
+    assert served.orch.recorder.overall().requests == 2
+
+
+async def test_past_the_queue_bound_requests_get_503_with_retry_after(serve: Serve) -> None:
+    served = await serve(max_queued=1, concurrency_limit=1, max_tokens_limit=8192)
+    url = served.url + "/v1/completions"
+    slow = completion(max_tokens=3000)  # holds the replica's only slot for a while
+    running = asyncio.create_task(post(url, slow))
+    await wait_for(lambda: served.orch.status().in_flight == 1)
+    queued = asyncio.create_task(post(url, slow))
+    await wait_for(lambda: served.orch.status().queued == 1)
+    async with aiohttp.ClientSession() as http, http.post(url, data=completion()) as r:
+        err = await r.json()
+        assert r.status == 503 and "queue is full" in err["error"]["message"], err
+        assert int(r.headers["Retry-After"]) >= 1
+    for task in (running, queued):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await wait_for(lambda: served.orch.status().queued + served.orch.status().in_flight == 0)
+    await asyncio.sleep(served.service.queue.refresh_s)  # a queue reading's lifetime
+    assert (await post(url, completion()))[0] == 200  # room again
+
+
+async def wait_for(check: Callable[[], bool], timeout_s: float = CLOSED_WITHIN_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)

@@ -25,7 +25,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from orchestrator import calibrate
-from orchestrator.bench import capacity, capacity_report, chaos, peers, soak, workloads
+from orchestrator.bench import (
+    capacity,
+    capacity_report,
+    chaos,
+    fairness,
+    peers,
+    soak,
+    workloads,
+)
 from orchestrator.bench.live import LIVE_POLICIES, LiveOptions, run_live_sweep, twin_sweep
 from orchestrator.bench.live_serve import run_serve_sweep
 from orchestrator.bench.report import markdown, write_report
@@ -92,6 +100,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     chaos.configure(sub.add_parser("chaos", help="stream through cato serve, killing replicas"))
     soak.configure(sub.add_parser("soak", help="steady load; memory and fds over time"))
+    fairness.configure(sub.add_parser("fairness", help="light users beside a heavy one"))
     shape = sub.add_parser("workloads", help="print per-kind prompt and output lengths")
     workloads.configure(shape)
     calibrate.configure(
@@ -246,6 +255,8 @@ def _run(args: argparse.Namespace) -> int:
         return chaos.run(args)
     if args.bench_command == "soak":
         return soak.run(args)
+    if args.bench_command == "fairness":
+        return fairness.run(args)
     if args.bench_command == "capacity":
         return _run_capacity(args)
     return _run_sim(args)

@@ -53,6 +53,7 @@ def service_options(config: CatoConfig) -> ServiceOptions:
         models=[m.name for m in config.models],
         sla_floors_ms=config.sla_floors_ms(),
         context_lengths=context_lengths(config),
+        max_queued=s.max_queued,
         metrics_auth=s.metrics_auth,
         http=HttpLimits(
             keepalive_timeout_s=s.keepalive_timeout_s,
