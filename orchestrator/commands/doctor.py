@@ -31,6 +31,8 @@ Level = Literal["ok", "warn", "fail"]
 MIN_PYTHON = (3, 11)
 IMPORT_TIMEOUT_S = 180.0
 HTTP_TIMEOUT_S = 5.0
+# Who holds a taken port: a cato serve answers /health at once; anything else may never.
+PROBE_TIMEOUT_S = 1.0
 INSTALL_HINT = (
     "in a CATO checkout: scripts/install (makes .venv); or `pipx install <cato wheel or "
     "checkout path>`, which puts cato and cato-lsp in ~/.local/bin"
@@ -207,7 +209,7 @@ def check_port(host: str, port: int) -> Check:
         if exc.errno == errno.EADDRINUSE:
             who = (
                 "a cato serve"
-                if _health(f"http://{_url_host(host)}:{port}") == 200
+                if _health(f"http://{_url_host(host)}:{port}", PROBE_TIMEOUT_S) == 200
                 else "something"
             )
             return Check(
@@ -240,12 +242,12 @@ def check_service(url: str, token: str | None) -> Check:
     return Check("service", "ok", f"{base} is ready ({auth})")
 
 
-def _get(url: str, token: str | None) -> int:
+def _get(url: str, token: str | None, timeout_s: float = HTTP_TIMEOUT_S) -> int:
     request = urllib.request.Request(url)
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as resp:
+        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
             return int(resp.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
@@ -253,8 +255,8 @@ def _get(url: str, token: str | None) -> int:
         return 0
 
 
-def _health(base: str) -> int:
-    return _get(base + "/health", None)
+def _health(base: str, timeout_s: float = HTTP_TIMEOUT_S) -> int:
+    return _get(base + "/health", None, timeout_s)
 
 
 def _url_host(host: str) -> str:
