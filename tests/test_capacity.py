@@ -15,7 +15,6 @@ from orchestrator.bench.capacity import (
     CASES,
     GRID,
     QUICK_GRID,
-    TOLERANCE,
     CapacityRun,
     Case,
     Cell,
@@ -23,12 +22,12 @@ from orchestrator.bench.capacity import (
     Probe,
     coupled_mmpp,
     default_scheduler,
-    find_capacity,
     parse_seeds,
     run_capacity,
     search_cell,
 )
 from orchestrator.bench.capacity_report import Estimate, best_baseline, markdown, t975
+from orchestrator.bench.capacity_search import TOLERANCE, find_capacity
 from orchestrator.bench.workloads import build_workload
 
 

@@ -7,17 +7,8 @@ driven at arrival rates given as multiples ("loads") of the scenario's reference
 capacity C (``capacity_rps``: the replicas' saturation throughput for the task mix),
 and the highest load that meets the target is found to within 1% of C.
 
-Attainment is not strictly monotone in the rate: a run at a higher rate draws other
-task sizes and (for bursty arrivals) other burst lengths, so ``find_capacity`` does not
-trust a plain bisection from a guess. It first evaluates a fixed grid of loads (the
-same for every seed, so the attainment curves average over seeds), extends it upward
-while its top still meets the target, and takes the bracket from the HIGHEST load that
-meets the target and the next probed load above it, which misses. Bisection then keeps
-that invariant (low end meets, high end misses), so it ends on a crossing: a rate that
-meets the target with a rate at most 1% of C above it that misses. A dip below the
-target at a lower load does not cut the search short; a lone pass above a failing load
-counts only if the grid or the bisection lands on it (the count of such inversions
-among the probes is reported with each result, so noisy cells are visible).
+``capacity_search.find_capacity`` searches each cell: a grid bracket, then bisection,
+safe where attainment is not monotone in the rate (its docstring says how).
 
 Every run of a cell sees the same seeded arrivals, only faster (common random numbers):
 Poisson arrivals scale with the rate by construction, and bursty ones are drawn here by
@@ -38,9 +29,10 @@ import random
 import signal
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from orchestrator.bench.arrivals import Mmpp, with_kinds, with_tasks
+from orchestrator.bench.capacity_search import TARGET, TOLERANCE, Censored, find_capacity
 from orchestrator.bench.scenarios import SCENARIOS, Scenario, capacity_rps
 from orchestrator.bench.workloads import Workload, build_workload
 from orchestrator.config import SchedulerConfig
@@ -49,11 +41,7 @@ from orchestrator.sim.oracle import SIM_SCHEDULERS
 from orchestrator.sim.results import SimResult
 from orchestrator.sim.simulator import SimTask, Simulator
 
-TARGET = 0.9
-TOLERANCE = 0.01  # of C
 OVERLOAD = 1.2  # load (x C) of the overload figures
-CEILING = 4.0  # loads above this are not searched ("above" the range)
-FLOOR = 0.02  # loads below this are not searched ("below" the range)
 TUNING_SEEDS = tuple(range(5))
 HELD_OUT_SEEDS = tuple(range(100, 110))
 BASELINES = ("round_robin", "pow2", "least_loaded")
@@ -61,86 +49,10 @@ BASELINES = ("round_robin", "pow2", "least_loaded")
 GRID = (0.2, 0.4, 0.6, 0.8, 1.0, 1.2)
 QUICK_GRID = (0.4, 0.8, 1.2)
 
-Censored = Literal["", "above", "below"]
-
 
 def default_scheduler() -> str:
     """The scheduler ``cato.toml`` uses when it names none."""
     return SchedulerConfig().policy
-
-
-# --------------------------------------------------------------------------- search
-
-
-@dataclass(frozen=True)
-class Search:
-    """Where a search ended: ``capacity`` in loads (x C), and every probe it made."""
-
-    capacity: float
-    probes: tuple[tuple[float, float], ...]  # (load, attainment), in probe order
-    censored: Censored = ""
-    inversions: int = 0
-
-
-def find_capacity(
-    attainment: Callable[[float], float],
-    grid: Sequence[float] = GRID,
-    *,
-    target: float = TARGET,
-    tolerance: float = TOLERANCE,
-    ceiling: float = CEILING,
-    floor: float = FLOOR,
-) -> Search:
-    """The highest load whose ``attainment`` meets ``target``, to ``tolerance``.
-
-    Bracket on the grid (extended up while its top meets, down by halves while nothing
-    meets), from the highest meeting load to the next probed load above it; then bisect,
-    keeping "low end meets, high end misses". Returns 0 with ``censored="below"`` when
-    not even ``floor`` meets, and ``ceiling`` with ``censored="above"`` when it does.
-    """
-    loads = sorted(set(grid))
-    if not loads or loads[0] <= 0 or tolerance <= 0 or not 0 < floor <= loads[0] <= ceiling:
-        raise ValueError("need a grid of positive loads within [floor, ceiling] and tolerance > 0")
-    seen: dict[float, float] = {}
-
-    def meets(load: float) -> bool:
-        if load not in seen:
-            seen[load] = attainment(load)
-        return seen[load] >= target
-
-    for load in loads:
-        meets(load)
-    step = loads[-1] - loads[-2] if len(loads) > 1 else loads[-1]
-    top = loads[-1]
-    while meets(top) and top < ceiling:
-        top = min(round(top + step, 10), ceiling)
-    censored: Censored = ""
-    if meets(top):
-        censored = "above"
-    low = loads[0]
-    while not any(a >= target for a in seen.values()) and low / 2 >= floor:
-        low /= 2
-        meets(low)
-    passing = [x for x, a in seen.items() if a >= target]
-    if censored:
-        capacity = top
-    elif not passing:
-        capacity, censored = 0.0, "below"
-    else:
-        lo = max(passing)
-        hi = min(x for x in seen if x > lo)
-        while hi - lo > tolerance:
-            mid = round((lo + hi) / 2, 10)
-            if meets(mid):
-                lo = mid
-            else:
-                hi = mid
-        capacity = lo
-    ordered = sorted(seen.items())
-    inversions = sum(
-        1 for i, (_, a) in enumerate(ordered) for _, b in ordered[i + 1 :] if a < target <= b
-    )
-    return Search(capacity, tuple(seen.items()), censored, inversions)
 
 
 # --------------------------------------------------------------------------- cases

@@ -22,10 +22,10 @@ from orchestrator.bench.capacity import (
     BASELINES,
     CASES,
     OVERLOAD,
-    TARGET,
     TUNING_SEEDS,
     CapacityRun,
 )
+from orchestrator.bench.capacity_search import TARGET
 from orchestrator.bench.report import PlotsUnavailable, _pyplot
 
 # --------------------------------------------------------------------------- statistics
