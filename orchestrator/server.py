@@ -3,7 +3,8 @@
 Routes: ``POST /v1/tasks`` (SSE of ``TaskEvent``), OpenAI-compatible ``POST
 /v1/completions`` and ``/v1/chat/completions`` (task kind and SLA in an optional ``cato``
 object, so the ``openai`` client's ``extra_body`` works), ``GET /v1/models``,
-``/health``, ``/v1/status`` and ``/metrics``.
+``/health``, ``/v1/status``, ``/metrics`` and ``/openapi.json`` (the OpenAPI document,
+generated from the request models: ``orchestrator.openapi``).
 
 Requests are checked before any work starts (auth, per-user concurrency and token
 budget, the service's queue bound, body size, prompt length, ``max_tokens`` against the
@@ -53,6 +54,7 @@ from orchestrator.openai_api import (
     openai_input,
     sse,
 )
+from orchestrator.openapi import openapi_document
 from orchestrator.prometheus import ServiceMetrics
 from orchestrator.service_limits import QueueBound, Rejected, Users, bad_request, error
 
@@ -131,6 +133,7 @@ class Service:
         self.options = options
         self.metrics = metrics or ServiceMetrics()
         self.users = Users(options.users, options.retry_after_s, clock)
+        self._openapi: str | None = None
         self.queue = QueueBound(
             options.max_queued, lambda: orch.status().queued, options.retry_after_s, clock
         )
@@ -396,6 +399,11 @@ class Service:
             return denied
         return web.json_response(text=self.get_status().model_dump_json())
 
+    async def openapi(self, request: web.Request) -> web.Response:
+        if self._openapi is None:
+            self._openapi = json.dumps(openapi_document())
+        return web.json_response(text=self._openapi)
+
     async def prometheus(self, request: web.Request) -> web.Response:
         if self.options.metrics_auth and (denied := self._authorize(request)) is not None:
             return denied
@@ -579,6 +587,7 @@ def create_app(
     app.router.add_get("/v1/status", service.status)
     app.router.add_get("/health", service.health)
     app.router.add_get("/metrics", service.prometheus)
+    app.router.add_get("/openapi.json", service.openapi)
     return app
 
 
