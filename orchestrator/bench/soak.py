@@ -53,9 +53,11 @@ class SoakResult:
     samples: list[Sample] = field(default_factory=list)
     outcomes: dict[str, int] = field(default_factory=dict)
 
-    def growth(self, attr: str) -> float | None:
-        """Relative change of ``attr`` from the first sample after warm-up to the last."""
-        after = [s for s in self.samples if s.t_s >= self.options.warmup_s]
+    def growth(self, attr: str, since_s: float | None = None) -> float | None:
+        """Relative change of ``attr`` from the first sample at ``since_s`` (default: the
+        end of the warm-up) to the last."""
+        start = self.options.warmup_s if since_s is None else since_s
+        after = [s for s in self.samples if s.t_s >= start]
         if len(after) < 2:
             return None
         first, last = getattr(after[0], attr), getattr(after[-1], attr)
@@ -151,15 +153,28 @@ def markdown(result: SoakResult) -> str:
             f"{s.replicas_rss_mb:.1f} | {s.replicas_fds} |"
         )
     lines.append("")
+    half = o.minutes * 30
     for attr, label in (
         ("service_rss_mb", "service RSS"),
         ("replicas_rss_mb", "replicas RSS"),
         ("service_fds", "service fds"),
     ):
-        g = result.growth(attr)
+        g, late = result.growth(attr), result.growth(attr, since_s=half)
         text = "n/a (run longer than the warm-up)" if g is None else f"{g:+.1%}"
+        if late is not None:
+            text += f" (second half of the run: {late:+.1%})"
         lines.append(f"- {label} growth after the {o.warmup_s:g} s warm-up: {text}")
     return "\n".join(lines)
+
+
+def from_json(path: Path) -> SoakResult:
+    """A run written by ``write``, to render again."""
+    data = json.loads(path.read_text())
+    return SoakResult(
+        SoakOptions(**data["options"]),
+        [Sample(**s) for s in data["samples"]],
+        dict(data["outcomes"]),
+    )
 
 
 def write(result: SoakResult, out: Path, plot: bool = True) -> list[Path]:
@@ -209,12 +224,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add("--warmup", type=float, default=d.warmup_s, help="seconds before the baseline (60)")
     add("--out", type=Path, default=Path("bench-results/soak"))
     add("--no-plots", action="store_true", help="skip the PNG plot")
+    add("--from-json", type=Path, help="render a run's soak.json again instead of running")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.minutes <= 0 or args.clients < 1 or args.replicas < 1 or args.sample <= 0:
         print("--minutes and --sample must be > 0, --clients and --replicas >= 1", file=sys.stderr)
         return 2
+    if args.from_json is not None:
+        print(markdown(from_json(args.from_json)))
+        return 0
     options = SoakOptions(
         minutes=args.minutes,
         clients=args.clients,
