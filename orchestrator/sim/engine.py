@@ -58,7 +58,7 @@ class DecodeRun:
         a, b = self.slope / 2, self.base + self.slope / 2
         span = t - self.start
         guess = span / b if a == 0 else (-b + math.sqrt(b * b + 4 * a * span)) / (2 * a)
-        m = max(math.ceil(guess) - 1, 0)
+        m = min(max(math.ceil(guess) - 1, 0), self.steps)
         while m > 0 and self.end(m) >= t:
             m -= 1
         while m < self.steps and self.end(m) < t:
