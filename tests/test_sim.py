@@ -26,6 +26,7 @@ from orchestrator.sim import (
     Simulator,
     simulate,
 )
+from orchestrator.sim.engine import DecodeRun
 from orchestrator.sim.oracle import HOPELESS
 
 A100 = load_profile("codellama-7b@a100")
@@ -390,3 +391,10 @@ def test_shed_calls_end_at_once_count_as_missed_and_free_the_replica() -> None:
         return max(r.done - r.arrival for r in result.records() if r.outcome == "ok")
 
     assert worst(shed) < worst(wait) / 2
+
+
+def test_a_decode_run_counts_no_more_steps_than_it_has() -> None:
+    run = DecodeRun(start=1.0, batch=2, base=0.01, slope=1e-6, context=100, steps=4)
+    assert run.steps_before(1.0) == 0
+    assert run.steps_before(run.end(2) + 1e-9) == 3  # the third step starts at end(2)
+    assert run.steps_before(run.end(4) + 10.0) == 4  # long past its end: all of them
