@@ -33,7 +33,7 @@ from orchestrator.config import PriorityMode
 from orchestrator.dispatch import DispatchCore, DispatchError
 from orchestrator.graphs import Node, TaskDefaults
 from orchestrator.metrics import Recorder
-from orchestrator.policy.admission import Admission, make_admission
+from orchestrator.policy.admission import Admission, make_admission, resolve_admission
 from orchestrator.policy.scheduler import Scheduler, make_scheduler
 from orchestrator.policy.state import Call, Rates, ReplicaState
 from orchestrator.profiler import Profiler
@@ -114,7 +114,7 @@ class Orchestrator:
         suspect_s: float = 5.0,
         eject_after: int = 3,
         window_s: float = 60.0,
-        admission: Admission | str | None = None,
+        admission: Admission | str | None = "auto",
     ) -> None:
         self.defaults = defaults or TaskDefaults()
         self.scheduler = make_scheduler(scheduler) if isinstance(scheduler, str) else scheduler
@@ -126,7 +126,8 @@ class Orchestrator:
         self._replicas: dict[str, _Replica] = {}
         self._waiters: dict[str, asyncio.Future[None]] = {}
         if isinstance(admission, str):
-            admission = None if admission == "none" else make_admission(admission)
+            name = resolve_admission(admission, self.scheduler.name)
+            admission = None if name == "none" else make_admission(name)
         self._core = DispatchCore(
             self.scheduler, on_start=self._on_start, on_fail=self._on_fail, admission=admission
         )

@@ -12,7 +12,7 @@ from orchestrator.config import ProvisionerConfig
 from orchestrator.engine_model import EngineProfile, Policy
 from orchestrator.graphs import DEFAULTS, Node, TaskDefaults
 from orchestrator.graphs import approx_tokens as _approx_tokens
-from orchestrator.policy.admission import ADMISSIONS
+from orchestrator.policy.admission import resolve_admission
 from orchestrator.policy.state import Rates
 
 OutputModel = Literal["workload", "emulator"]
@@ -72,9 +72,9 @@ class SimConfig:
     warmup_s: float = 0.0
     local_s: Mapping[str, float] = field(default_factory=dict)
     # Engine admission (``policy.admission``): ``none`` fills a replica up to its
-    # concurrency limit; ``slack`` (and ``slack_net``) hold back calls that would make
-    # running ones late. Off by default: it did not raise goodput on rq1 or rq2.
-    admission: str = "none"
+    # concurrency limit; ``slack`` and ``slack_net`` hold back calls that would make
+    # running ones late; ``auto``: the scheduler's default (``slack_net`` for cato).
+    admission: str = "auto"
     admission_margin_s: float = 0.0
 
     def __post_init__(self) -> None:
@@ -85,9 +85,7 @@ class SimConfig:
             raise ValueError(f"duplicate model names in {names}")
         if self.sync_s < 0 or self.profiler_refresh_s < 0 or self.drain_s < 0:
             raise ValueError("sync_s, profiler_refresh_s and drain_s must be >= 0")
-        if self.admission not in ADMISSIONS:
-            valid = ", ".join(sorted(ADMISSIONS))
-            raise ValueError(f"unknown admission policy {self.admission!r}; valid: {valid}")
+        resolve_admission(self.admission, self.scheduler)  # a clear error if unknown
 
     @property
     def total_gpus(self) -> int:

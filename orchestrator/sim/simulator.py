@@ -37,7 +37,7 @@ from orchestrator.metrics import (
     UtilizationTracker,
     kind_stats,
 )
-from orchestrator.policy.admission import make_admission
+from orchestrator.policy.admission import make_admission, resolve_admission
 from orchestrator.policy.provisioner import (
     ClusterView,
     ModelView,
@@ -84,13 +84,14 @@ class Simulator:
             profiles={m.name: m.profile for m in config.models},
         )
         self.clairvoyant = is_clairvoyant(self.scheduler)
+        self.admission = resolve_admission(config.admission, self.scheduler.name)
         admission = (
             make_admission(
-                config.admission,
+                self.admission,
                 profiles={m.name: m.profile for m in config.models},
                 margin_s=config.admission_margin_s,
             )
-            if config.admission != "none"
+            if self.admission != "none"
             else None
         )
         self.core = DispatchCore(
@@ -136,7 +137,7 @@ class Simulator:
         self._refresh_s = config.profiler_refresh_s
         self._local_s = config.local_s
         self._send_priority = config.send_priority
-        self._sync_always = config.admission != "none"
+        self._sync_always = admission is not None
 
     # -- the event loop -----------------------------------------------------------------
 
