@@ -7,7 +7,13 @@ every call already there: its prompt's prefill chunks lengthen the next steps (e
 running call's next token waits for them), and while it decodes, every step costs one
 more sequence and its context more. ``slack`` predicts both with an engine timing
 model and holds the call back (in the orchestrator's queue, where the scheduler orders
-it) if they would push a running call past its deadline that it would meet otherwise.
+it) if they would push a running call past its deadline that it would meet otherwise;
+a call held back starts on another replica whose batch takes it, if one has room.
+``slack_net`` lets a call that meets its own deadline only by joining now cost one
+running call; it is what ``auto`` (the default) gives ``cato``. Past saturation it
+keeps the engines' batches from filling with calls whose prompts are prefilled in the
+order they arrived, so the orchestrator's queue, in the scheduler's order, decides
+what runs next (the likely reason it raises goodput there).
 
 The replica's limit thus moves with its calls' slack, between 1 running call (a call
 is always admitted to an empty batch) and its concurrency limit (the caller checks
