@@ -125,7 +125,7 @@ class Users:
     @contextlib.contextmanager
     def admitted(self, user: User | None) -> Iterator[None]:
         """Count one running request of ``user``; ``Rejected`` (429) over its
-        concurrency limit."""
+        concurrency limit or with its token budget spent."""
         if user is None:
             yield
             return
@@ -136,6 +136,11 @@ class Users:
                 f"(limit {user.max_concurrency})",
                 0.0,
             )
+        bucket = self._bucket(user)
+        if bucket is not None and (wait := bucket.wait_s(1, self.clock())) > 0:
+            # Spent: refuse before the body is even read (``reserve`` checks the
+            # request's own size once it is known).
+            raise self._spent(user, wait)
         self.active[user.name] = running + 1
         try:
             yield
@@ -152,14 +157,16 @@ class Users:
         need = min(max(tokens, 1), bucket.per_minute)
         wait = bucket.wait_s(need, self.clock())
         if wait > 0:
-            raise self._rate_limited(
-                f"user {user.name!r} has used its budget of {user.tokens_per_minute} "
-                f"tokens per minute (this request may use {need}); "
-                f"retry in {math.ceil(wait)} s",
-                wait,
-            )
+            raise self._spent(user, wait, f" (this request may use {need})")
         bucket.charge(need, self.clock())
         return need
+
+    def _spent(self, user: User, wait: float, why: str = "") -> Rejected:
+        return self._rate_limited(
+            f"user {user.name!r} has used its budget of {user.tokens_per_minute} tokens "
+            f"per minute{why}; retry in {math.ceil(wait)} s",
+            wait,
+        )
 
     def settle(self, user: User | None, reserved: int, used: int) -> None:
         """Charge ``user`` the tokens a request used (prompt + completion) in place of

@@ -358,6 +358,18 @@ async def test_a_spent_token_budget_is_a_429_with_retry_after_for_that_user_only
     assert served.orch.recorder.overall().requests == 2
 
 
+async def test_a_request_bigger_than_the_budget_left_waits_for_it(serve: Serve) -> None:
+    alice = User(name="alice", token_sha256=hash_token(TOKEN), tokens_per_minute=300)
+    served = await serve(users=[alice])
+    url = served.url + "/v1/completions"
+    assert (await post(url, completion(prompt="x" * 400, max_tokens=8), TOKEN))[0] == 200
+    # about 108 of 300 used: a request that may use about 208 does not fit yet ...
+    status, err = await post(url, completion(prompt="x" * 800, max_tokens=8), TOKEN)
+    assert status == 429 and "this request may use" in err["error"]["message"], err
+    # ... while a small one does (the bucket is not empty)
+    assert (await post(url, completion(prompt="x", max_tokens=8), TOKEN))[0] == 200
+
+
 async def test_past_the_queue_bound_requests_get_503_with_retry_after(serve: Serve) -> None:
     served = await serve(max_queued=1, concurrency_limit=1, max_tokens_limit=8192)
     url = served.url + "/v1/completions"
