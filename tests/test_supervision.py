@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 from processes import group_alive, wait_for
+from test_manager import emulated
 
 from orchestrator.api import TaskKind, TaskRequest
 from orchestrator.bench.peers import free_port
 from orchestrator.config import config_from_dict
 from orchestrator.emulator.process import launch_emulator
 from orchestrator.executor import Orchestrator, ReplicaSpec
-from orchestrator.replicas.launchers import LaunchSpec
 from orchestrator.replicas.manager import Lifecycle, ManagedReplica, ManagerSettings, ReplicaManager
 from orchestrator.runtime import Runtime
 
@@ -34,17 +34,6 @@ FAST = ManagerSettings(
     restart_backoff_max_s=0.2,
     term_grace_s=10.0,
 )
-
-
-def emulated(**overrides: Any) -> LaunchSpec:
-    fields: dict[str, Any] = {
-        "name": "tiny",
-        "engine": "emulated",
-        "profile": "tiny@cpu",
-        "speed": 10.0,
-        "cold_start_s": 0.0,
-    }
-    return LaunchSpec(**(fields | overrides))
 
 
 @pytest.fixture
