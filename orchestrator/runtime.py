@@ -229,22 +229,21 @@ class Runtime:
     async def autoscale_once(self) -> None:
         now = self.clock()
         for decision in self.provisioner.decide(self.cluster_view(now), now):
-            add = decision.add
-            if add and self.manager.held_until(decision.model) is not None:
-                add = 0  # a replica was just retired: its replacement waits its backoff
-            if not add and not decision.remove:
-                continue
             before = len(self.manager.of_model(decision.model))
+            # A start is refused while no GPU is free or the model waits out the backoff
+            # after a retired replica; only what happened is logged and recorded.
+            started = 0
+            for _ in range(decision.add):
+                started += await self.manager.start(self.specs[decision.model]) is not None
+            if not started and not decision.remove:
+                continue
             log.info(
                 "autoscaler: %s +%d -%d (%s)",
                 decision.model,
-                add,
+                started,
                 len(decision.remove),
                 decision.reason,
             )
-            started = 0
-            for _ in range(add):
-                started += await self.manager.start(self.specs[decision.model]) is not None
             for rid in decision.remove:
                 task = asyncio.create_task(self.manager.drain(rid), name=f"drain {rid}")
                 self._drains.add(task)

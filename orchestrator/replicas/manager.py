@@ -418,10 +418,7 @@ class ReplicaManager:
         if self.replicas.get(rep.id) is rep:
             del self.replicas[rep.id]
         rep.state = Lifecycle.STOPPED
-        self.slots.release(rep.gpus)
-        self._record(rep, f"retired after {recent} restarts")
-        self.orch.set_lifecycle(rep.id, "stopped")
-        await self.orch.remove_replica(rep.id)
+        await self._forget(rep, f"retired after {recent} restarts")
 
     def _set(self, rep: ManagedReplica, state: Lifecycle, why: str = "") -> None:
         rep.state = state
@@ -472,9 +469,13 @@ class ReplicaManager:
             task.cancel()
         await asyncio.gather(*rep.tasks, return_exceptions=True)
         await self._terminate(rep)
-        self.slots.release(rep.gpus)
-        self._record(rep, "stopped")
         log.info("replica %s: stopped", rep.id)
+        await self._forget(rep, "stopped")
+
+    async def _forget(self, rep: ManagedReplica, why: str) -> None:
+        """A STOPPED replica whose process is gone: free its GPUs, leave the orchestrator."""
+        self.slots.release(rep.gpus)
+        self._record(rep, why)
         self.orch.set_lifecycle(rep.id, "stopped")
         await self.orch.remove_replica(rep.id)
 
