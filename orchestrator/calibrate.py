@@ -27,6 +27,7 @@ import contextlib
 import inspect
 import json
 import math
+import os
 import random
 import re
 import statistics
@@ -426,11 +427,16 @@ def comparison_table(real: Sequence[Sample], emulated: Sequence[Sample]) -> str:
     return "\n".join(rows)
 
 
+def _engine_key() -> str | None:
+    """The engine's bearer token, as vLLM's own clients find it: ``$VLLM_API_KEY``."""
+    return os.environ.get("VLLM_API_KEY") or None
+
+
 async def validate(
     url: str, model: str, profile_path: Path, load: Sequence[LoadRequest]
 ) -> tuple[list[Sample], list[Sample]]:
     """The held-out load on the engine, then on an emulator running the profile."""
-    async with ReplicaClient(url, read_timeout_s=600.0) as client:
+    async with ReplicaClient(url, read_timeout_s=600.0, api_key=_engine_key()) as client:
         real = await replay(client, model, load)
     profile = load_profile(str(profile_path))
     with launch_emulator(
@@ -457,7 +463,11 @@ def _ints(text: str) -> list[int]:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", required=True, help="the engine's base URL (http://host:port)")
+    parser.add_argument(
+        "--url",
+        required=True,
+        help="the engine's base URL (http://host:port); its key, if any, from $VLLM_API_KEY",
+    )
     parser.add_argument("--name", required=True, help="profile name, e.g. smollm2@cpu-vllm")
     parser.add_argument("--model", help="served model name (default: the first one listed)")
     parser.add_argument("--out", type=Path, help="profile file (default: NAME with @ -> -.toml)")
@@ -529,7 +539,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 async def _measure(args: argparse.Namespace) -> tuple[str, EngineLimits, Sweeps]:
-    async with ReplicaClient(args.url, read_timeout_s=600.0) as client:
+    async with ReplicaClient(args.url, read_timeout_s=600.0, api_key=_engine_key()) as client:
         model = args.model or (await client.models())[0]
         limits = await engine_limits(client, model, args.max_num_seqs, args.max_num_batched_tokens)
         sweeps = await run_sweeps(

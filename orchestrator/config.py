@@ -241,6 +241,9 @@ class ModelConfig(_Section):
     engine: EngineName
     model: str | None = Field(default=None, min_length=1)
     url: str | None = None
+    # For engine "external": the environment variable holding the bearer token the
+    # server wants (a vLLM started with --api-key); read at start, never stored in TOML.
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     gpus_per_replica: int | None = Field(default=None, ge=0, le=64)
     entrypoint: VllmEntrypoint = "auto"
     min_replicas: int = Field(default=1, ge=0, le=4096)
@@ -303,6 +306,10 @@ class ModelConfig(_Section):
             problems.append(("url", "required for engine 'external' (the server's base URL)"))
         if engine != "external" and self.url is not None:
             problems.append(("url", f"only for engine 'external', not {engine!r}"))
+        if engine != "external" and self.api_key_env is not None:
+            problems.append(
+                ("api_key_env", "only for engine 'external' (CATO keys its own replicas)")
+            )
         if self.url is not None and not self.url.startswith(("http://", "https://")):
             problems.append(("url", f"expected an http:// or https:// URL, got {self.url!r}"))
         if engine != "vllm" and self.vllm_args:

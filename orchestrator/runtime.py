@@ -13,11 +13,11 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from orchestrator.api import Status, TaskKind
-from orchestrator.config import CatoConfig, ModelConfig, load_config
+from orchestrator.config import CatoConfig, ConfigError, ModelConfig, load_config
 from orchestrator.engine_model import load_profile, sped_up
 from orchestrator.executor import Orchestrator
 from orchestrator.graphs import BUILTIN_KINDS, KindDefaults, TaskDefaults
@@ -51,7 +51,20 @@ def task_defaults(config: CatoConfig) -> TaskDefaults:
     return TaskDefaults(kinds=kinds)
 
 
-def launch_spec(model: ModelConfig) -> LaunchSpec:
+def launch_spec(model: ModelConfig, environ: Mapping[str, str] | None = None) -> LaunchSpec:
+    """The manager's view of one ``[[models]]`` entry; an external server's bearer token
+    is read here from the variable ``api_key_env`` names (a clear error when unset)."""
+    api_key = None
+    if model.api_key_env is not None:
+        api_key = (os.environ if environ is None else environ).get(model.api_key_env)
+        if not api_key:
+            raise ConfigError(
+                "(environment)",
+                [
+                    f"models {model.name!r}: api_key_env names {model.api_key_env!r}, but "
+                    "that variable is not set (export the external server's bearer token)"
+                ],
+            )
     limit = model.effective_concurrency_limit()
     if limit is None and model.engine == "emulated":
         limit = load_profile(model.profile).max_num_seqs
@@ -68,6 +81,7 @@ def launch_spec(model: ModelConfig) -> LaunchSpec:
         max_model_len=model.max_model_len,
         entrypoint=model.entrypoint,
         priority=model.priority,
+        api_key=api_key,
     )
 
 

@@ -417,7 +417,9 @@ class TestTwoReplicas:
         async def waiting(n: int) -> bool:
             return metric(await pair.metrics(rep), "vllm:num_requests_waiting") >= n
 
-        async with ReplicaClient(rep.url, read_timeout_s=EVENT_TIMEOUT_S) as client:
+        # The replica answers only the service's key (VLLM_API_KEY) on /v1 paths.
+        client = ReplicaClient(rep.url, read_timeout_s=EVENT_TIMEOUT_S, api_key=rep.api_key)
+        async with client:
             blocker = asyncio.create_task(call(client, "blocker", 2, LONG_TOKENS))
             await asyncio.wait_for(first_token.wait(), EVENT_TIMEOUT_S)
             queued = []
@@ -473,8 +475,9 @@ FUNCTION_PREFIX = "def add(a, b):\n    "
 
 
 @pytest_asyncio.fixture
-async def smollm2_url(tmp_path: Path) -> AsyncIterator[str]:
-    """One vLLM replica of SmolLM2 (``prepared:smollm2``, built on first use)."""
+async def smollm2_replica(tmp_path: Path) -> AsyncIterator[tuple[str, str]]:
+    """One vLLM replica of SmolLM2 (``prepared:smollm2``, built on first use): its URL
+    and the key it wants."""
     _need_vllm()
     orch = Orchestrator()
     manager = ReplicaManager(
@@ -497,7 +500,8 @@ async def smollm2_url(tmp_path: Path) -> AsyncIterator[str]:
             return rep.state == Lifecycle.READY
 
         await wait_for(ready, START_TIMEOUT_S, "the SmolLM2 replica", 1.0)
-        yield rep.url
+        assert rep.api_key is not None
+        yield rep.url, rep.api_key
     finally:
         await manager.shutdown()
         await orch.close()
@@ -505,16 +509,18 @@ async def smollm2_url(tmp_path: Path) -> AsyncIterator[str]:
 
 @real_engine
 async def test_language_server_completes_a_function_with_real_smollm2(
-    tmp_path: Path, smollm2_url: str
+    tmp_path: Path, smollm2_replica: tuple[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if importlib.util.find_spec("cato_lsp.server") is None:
         pytest.skip("the cato-lsp server is not part of this tree")
     # The language-server tests' own client fixtures (imported by name: untyped package).
     editors = importlib.import_module("lsp_fixtures").editors
+    url, key = smollm2_replica
+    monkeypatch.setenv("SMOLLM2_KEY", key)  # the language server inherits it
     config = tmp_path / "cato.toml"
     config.write_text(
-        f'[[models]]\nname = "{SMOLLM2}"\nengine = "external"\nurl = "{smollm2_url}"\n'
-        'fim_family = "plain"\n\n'
+        f'[[models]]\nname = "{SMOLLM2}"\nengine = "external"\nurl = "{url}"\n'
+        'api_key_env = "SMOLLM2_KEY"\nfim_family = "plain"\n\n'
         '[tasks.complete]\nsla_metric = "ttft"\nsla_ms = 10000\nmax_tokens = 32\n',
         encoding="utf-8",
     )

@@ -10,9 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import aiohttp
+import pytest
 from processes import wait_for
 
 from orchestrator.api import TaskKind, TaskRequest
+from orchestrator.config import ConfigError, parse_config
+from orchestrator.emulator.process import StartEmulator
 from orchestrator.executor import Orchestrator
 from orchestrator.replicas.launchers import LaunchSpec
 from orchestrator.replicas.manager import (
@@ -21,6 +24,7 @@ from orchestrator.replicas.manager import (
     ManagerSettings,
     ReplicaManager,
 )
+from orchestrator.runtime import launch_spec
 
 SETTINGS = ManagerSettings(ready_timeout_s=90.0, ready_poll_s=0.05, health_interval_s=0.2)
 
@@ -63,3 +67,48 @@ async def test_a_managed_replica_wants_a_key_only_the_service_knows(tmp_path: Pa
     finally:
         await mgr.shutdown()
         await orch.close()
+
+
+async def test_an_external_server_gets_the_key_api_key_env_names(
+    tmp_path: Path, start_emulator: StartEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A team's own vLLM started with --api-key: the key comes from the environment.
+    Without it the server never counts as ready, and the log says why."""
+    emu = start_emulator(model="ext", speed=8.0, extra_args=["--api-key", "s3cret-key"])
+    toml = f"[[models]]\nname = 'ext'\nengine = 'external'\nurl = '{emu.url}'\n"
+    keyed = parse_config(toml + "api_key_env = 'EXT_KEY'\n").models[0]
+    with pytest.raises(ConfigError, match="'EXT_KEY', but that variable is not set"):
+        launch_spec(keyed, environ={})
+    with_key = launch_spec(keyed, environ={"EXT_KEY": "s3cret-key"})
+    assert "s3cret-key" not in repr(with_key)
+    request = TaskRequest(
+        kind=TaskKind.COMPLETE, prompt="def add(a, b):", max_tokens=4, model="ext"
+    )
+    for spec, keyed_ok in ((launch_spec(parse_config(toml).models[0]), False), (with_key, True)):
+        orch = Orchestrator()
+        mgr = ReplicaManager(orch, workdir=tmp_path / str(keyed_ok), settings=SETTINGS)
+        try:
+            rep = await mgr.start(spec)
+            assert rep is not None
+            if not keyed_ok:
+                await wait_for(lambda rep=rep: rep.warned_auth, "the 401 warning", 60)
+                assert rep.state is Lifecycle.PENDING
+                assert "refuses the service's key (401); check api_key_env" in caplog.text
+                continue
+            await wait_for(lambda rep=rep: rep.state is Lifecycle.READY, "ready", 60)
+            events = [e async for e in orch.submit(request)]
+            assert events[-1].type == "done", events[-1]
+        finally:
+            await mgr.shutdown()
+            await orch.close()
+
+
+def test_only_external_models_take_api_key_env() -> None:
+    toml = "[[models]]\nname = 'e'\nengine = 'emulated'\napi_key_env = 'K'\n"
+    with pytest.raises(ConfigError, match="api_key_env: only for engine 'external'"):
+        parse_config(toml)
+    with pytest.raises(ConfigError, match="api_key_env"):
+        parse_config(
+            "[[models]]\nname = 'x'\nengine = 'external'\nurl = 'http://h'\n"
+            "api_key_env = 'not a name'\n"
+        )

@@ -93,6 +93,9 @@ class LaunchSpec:
     entrypoint: Entrypoint = "auto"
     max_model_len: int | None = None
     priority: PriorityMode = "auto"
+    # An external server's bearer token (its --api-key); CATO's own replicas get a fresh
+    # random one each. Kept out of repr so that logs never show it.
+    api_key: str | None = field(default=None, repr=False)
 
 
 # --------------------------------------------------------------------------- entry point

@@ -41,7 +41,7 @@ from pathlib import Path
 
 from orchestrator.executor import Orchestrator, ReplicaSpec
 from orchestrator.replicas.launchers import GpuSlots, LaunchSpec, build_command, build_env, describe
-from orchestrator.replicas.openai_client import ReplicaClient
+from orchestrator.replicas.openai_client import ReplicaClient, ReplicaHTTPError
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ class ManagedReplica:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     # The bearer token this replica's server wants (VLLM_API_KEY), known only here.
     api_key: str | None = None
+    warned_auth: bool = False  # a 401/403 on readiness was logged
 
     @property
     def cold_start_s(self) -> float | None:
@@ -202,6 +203,7 @@ class ReplicaManager:
                 self.slots.release(gpus)
                 raise ValueError(f"model {spec.name!r}: engine 'external' needs a url")
             rep = ManagedReplica(rid, spec, spec.url.rstrip("/"), 0, gpus)
+            rep.api_key = spec.api_key
         else:
             port = free_port(self.settings.host)
             rep = ManagedReplica(rid, spec, f"http://{self.settings.host}:{port}", port, gpus)
@@ -324,6 +326,19 @@ class ReplicaManager:
             return False
         try:
             return rep.spec.name in await client.models()
+        except ReplicaHTTPError as exc:
+            if exc.status in (401, 403) and not rep.warned_auth:
+                rep.warned_auth = True  # once: it stays PENDING until the key is right
+                hint = "api_key_env" if rep.spec.engine == "external" else "its VLLM_API_KEY"
+                log.warning(
+                    "replica %s: %s refuses the service's key (%d); check %s",
+                    rep.id,
+                    rep.url,
+                    exc.status,
+                    hint,
+                )
+            log.debug("replica %s: /v1/models not usable yet: %s", rep.id, exc)
+            return False
         except Exception as exc:
             log.debug("replica %s: /v1/models not usable yet: %s", rep.id, exc)
             return False
