@@ -11,7 +11,12 @@ place, queue, start and release model calls the same way, through this one class
   back may start on another replica whose batch takes it (``Admission.moves``);
 * replicas that stop accepting have their queue placed again, and parked calls are
   placed once their model has a ready replica (or failed once it has none starting);
-* ``finish`` / ``release``: a call leaves its replica, and the next one may start.
+* ``finish`` / ``release``: a call leaves its replica, and the next one may start;
+* ``ended``: a call is over for good; with ``on_outcome`` (Algorithm 2's input) every
+  call is counted once, as met or violated: violated as soon as routing predicts a miss
+  (or sheds it), so the provisioner hears of overload before the calls finish; else when
+  it finishes, by its own metric; a call ended unfinished (cancelled, abandoned, failed)
+  counts only once its deadline has passed.
 
 It does no I/O and reads no clock: time comes in as ``now``. What the caller does with
 a decision comes back through hooks: ``on_start`` (a call got a slot on a replica: the
@@ -34,6 +39,7 @@ from orchestrator.policy.state import Call, ReplicaState
 OnStart = Callable[[Call, ReplicaState, float], None]
 OnBatch = Callable[[ReplicaState, float], None]
 OnFail = Callable[[Call, "DispatchError"], None]
+OnOutcome = Callable[[Call, bool, float], None]
 
 
 class DispatchError(Exception):
@@ -78,8 +84,10 @@ class DispatchCore:
         on_fail: OnFail,
         on_batch: OnBatch | None = None,
         admission: Admission | None = None,
+        on_outcome: OnOutcome | None = None,
     ) -> None:
         self.scheduler = scheduler
+        self.on_outcome = on_outcome
         self.admission = admission
         self.on_start = on_start
         self.on_fail = on_fail
@@ -192,6 +200,8 @@ class DispatchCore:
         candidates = self.candidates(call.model, now, excluded)
         if candidates:
             route = self.scheduler.route(call, candidates, now)
+            if route.shed or route.expected_completion > call.deadline:
+                self._count(call, True, now)  # a predicted miss: tell the provisioner now
             if route.shed:
                 raise DispatchError(
                     f"no replica can meet the deadline of call {call.id} any more (its "
@@ -291,6 +301,27 @@ class DispatchCore:
             self.dispatch(other, now)
             return True
         return False
+
+    def ended(self, call: Call, now: float, *, finished: bool) -> None:
+        """``call`` is over for good: ``finished`` (met or missed by its metric), or
+        ended unfinished: a TTFT call that had its first token is judged by it, any other
+        counts as a miss only once past its deadline."""
+        if call.outcome_counted:
+            return
+        first = call.first_token_at
+        if call.metric == "ttft" and first is not None:  # its metric was reached
+            self._count(call, first > call.deadline, now)
+        elif finished:
+            self._count(call, now > call.deadline, now)
+        elif now > call.deadline:
+            self._count(call, True, now)
+
+    def _count(self, call: Call, violated: bool, now: float) -> None:
+        if call.outcome_counted:
+            return
+        call.outcome_counted = True
+        if self.on_outcome is not None:
+            self.on_outcome(call, violated, now)
 
     def first_token(self, st: ReplicaState, call_id: str, now: float) -> None:
         """A call in flight on ``st`` got its first token (with admission, a call held

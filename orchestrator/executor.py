@@ -129,7 +129,11 @@ class Orchestrator:
             name = resolve_admission(admission, self.scheduler.name)
             admission = None if name == "none" else make_admission(name)
         self._core = DispatchCore(
-            self.scheduler, on_start=self._on_start, on_fail=self._on_fail, admission=admission
+            self.scheduler,
+            on_start=self._on_start,
+            on_fail=self._on_fail,
+            admission=admission,
+            on_outcome=self._on_outcome,
         )
         self._priors: dict[str, Rates] = {}
         self._run_ids = itertools.count(1)
@@ -137,7 +141,7 @@ class Orchestrator:
             self.add_replica(spec)
         self.profiler = profiler or Profiler(self._priors)
         self._last_ttft_ms: float | None = None
-        # Told of every finished model call: (call, missed its deadline, now).
+        # Told of every model call once, (call, violated, now): see ``DispatchCore.ended``.
         self.on_call_done: Callable[[Call, bool, float], None] | None = None
 
     # -- replicas -------------------------------------------------------------
@@ -319,24 +323,28 @@ class Orchestrator:
         ``on_texts`` (awaited) those of each read.
         """
         excluded: set[str] = set()
-        for attempt in itertools.count(1):
-            rep = await self._wait_for_slot(call, excluded)
-            if on_dispatch is not None:
-                on_dispatch(call)
-            failure: ReplicaError | None = None
-            try:
-                result = await self._stream(rep, call, node, on_token, on_texts)
-            except ReplicaError as exc:
-                failure = exc
-                self._suspect(rep, exc)
-            finally:
-                self._release(call)
-            if failure is None:
-                if rep.failures_in_row:
-                    self._readmit(rep)
-                self._call_done(call)
-                return result
-            self._before_retry(rep, call, node, failure, attempt, excluded)
+        try:
+            for attempt in itertools.count(1):
+                rep = await self._wait_for_slot(call, excluded)
+                if on_dispatch is not None:
+                    on_dispatch(call)
+                failure: ReplicaError | None = None
+                try:
+                    result = await self._stream(rep, call, node, on_token, on_texts)
+                except ReplicaError as exc:
+                    failure = exc
+                    self._suspect(rep, exc)
+                finally:
+                    self._release(call)
+                if failure is None:
+                    if rep.failures_in_row:
+                        self._readmit(rep)
+                    self._core.ended(call, self.clock(), finished=True)
+                    return result
+                self._before_retry(rep, call, node, failure, attempt, excluded)
+        except BaseException:  # cancelled, failed or shed: a miss once past its deadline
+            self._core.ended(call, self.clock(), finished=False)
+            raise
         raise AssertionError("unreachable")
 
     async def _wait_for_slot(self, call: Call, excluded: set[str]) -> _Replica:
@@ -399,12 +407,9 @@ class Orchestrator:
         until = math.inf if rep.ejected_at is not None else now + self.suspect_s
         self._core.suspect(rep.state.id, until, now)
 
-    def _call_done(self, call: Call) -> None:
-        if self.on_call_done is None:
-            return
-        now = self.clock()
-        reached = call.first_token_at if call.metric == "ttft" else now
-        self.on_call_done(call, (reached or now) > call.deadline, now)
+    def _on_outcome(self, call: Call, violated: bool, now: float) -> None:
+        if self.on_call_done is not None:
+            self.on_call_done(call, violated, now)
 
     async def _stream(
         self,

@@ -39,11 +39,13 @@ class Host:
         self.started: list[tuple[str, str]] = []
         self.batches: list[tuple[str, int]] = []
         self.failed: list[tuple[str, str]] = []
+        self.outcomes: list[tuple[str, bool, float]] = []
         self.core = DispatchCore(
             make_scheduler(scheduler),
             on_start=lambda c, st, now: self.started.append((c.id, st.id)),
             on_fail=lambda c, exc: self.failed.append((c.id, exc.code)),
             on_batch=lambda st, now: self.batches.append((st.id, len(st.in_flight))),
+            on_outcome=lambda c, violated, now: self.outcomes.append((c.id, violated, now)),
         )
 
 
@@ -173,3 +175,44 @@ def test_round_robin_scheduler_is_accepted_directly() -> None:
     c = call()
     core.place(c, 0.0)
     assert c.replica == "a" and c.started_at == 0.0
+
+
+def test_every_call_is_counted_once_for_the_provisioner() -> None:
+    """Met or violated by its metric when it finishes; violated at routing when the
+    route predicts a miss (not again when it finishes, even on time); an unfinished
+    call only once past its deadline."""
+    host = Host()
+    r = replica("r0", limit=1)
+    host.core.add(r, 0.0)
+    on_time, doomed = call(deadline=1.0), call(deadline=0.05)  # 0.11 s of service each
+    host.core.place(on_time, 0.0)
+    host.core.place(doomed, 0.0)  # queued behind on_time: predicted to miss
+    assert host.outcomes == [(doomed.id, True, 0.0)]
+    host.core.first_token(r, on_time.id, 0.2)
+    host.core.finish(r, on_time.id, 0.9)  # a TTFT call: met at 0.2
+    host.core.ended(on_time, 0.9, finished=True)
+    host.core.ended(on_time, 0.9, finished=True)
+    host.core.finish(r, doomed.id, 1.0)
+    host.core.ended(doomed, 1.0, finished=True)
+    assert host.outcomes == [(doomed.id, True, 0.0), (on_time.id, False, 0.9)]
+
+    early, late = call(deadline=5.0), call(deadline=5.0)
+    for c in (early, late):
+        host.core.place(c, 1.0)
+    host.core.release(early, 2.0)
+    host.core.ended(early, 2.0, finished=False)  # cancelled with time to spare
+    host.core.release(late, 6.0)
+    host.core.ended(late, 6.0, finished=False)  # abandoned after its deadline
+    assert host.outcomes[2:] == [(late.id, True, 6.0)]
+
+
+def test_a_shed_call_counts_as_a_violation() -> None:
+    host = Host()
+    r = replica("r0")
+    host.core.add(r, 0.0)
+    c = call(deadline=1.0)
+    c.shed_late = True
+    with pytest.raises(DispatchError):
+        host.core.place(c, 2.0)
+    host.core.ended(c, 2.0, finished=False)
+    assert host.outcomes == [(c.id, True, 2.0)]

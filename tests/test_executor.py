@@ -15,6 +15,7 @@ import contextlib
 import inspect
 import socket
 import textwrap
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
 import pytest
@@ -573,3 +574,32 @@ async def test_calls_wait_for_a_starting_replica(pair: list[RunningEmulator]) ->
         failed = await stuck
     assert events[-1].type == "done"
     assert failed[-1].type == "error" and failed[-1].code == "no_replica"
+
+
+async def test_calls_cancelled_after_their_deadline_count_as_violations(
+    pair: list[RunningEmulator],
+) -> None:
+    """Algorithm 2 hears of a call the user gave up on once its deadline has passed
+    (and not of one cancelled in time): the provisioner sees every miss. The clock is
+    pushed past the deadline instead of waiting for it."""
+    emulator = pair[0]
+    await idle([emulator])
+    code = inspect.getsource(textwrap.dedent)
+    told: list[tuple[str, bool]] = []
+    skew = [0.0]
+    orch = Orchestrator(
+        specs([emulator], limit=1), defaults=DEFAULTS, clock=lambda: time.monotonic() + skew[0]
+    )
+    orch.on_call_done = lambda call, violated, now: told.append((call.kind, violated))
+    try:
+        for late in (False, True):
+            stream = orch.submit(summarize_request(code, 3_000, LAX_E2E))
+            async for event in stream:
+                if event.type == "token":
+                    break
+            assert told == []  # on time so far: nothing to tell yet
+            skew[0] += 1_000.0 if late else 0.0
+            await stream.aclose()
+            assert told == ([("summarize", True)] if late else [])
+    finally:
+        await orch.close()

@@ -121,6 +121,7 @@ class Call:
     first_token_at: float | None = None
     tokens_done: int = 0
     peers_at_start: int = 0
+    outcome_counted: bool = False  # told the provisioner: met or violated (once)
     _token: int = field(default=-1, repr=False)
 
     @property

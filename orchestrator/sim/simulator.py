@@ -100,6 +100,7 @@ class Simulator:
             on_fail=self._on_fail,
             on_batch=self._on_batch,
             admission=admission,
+            on_outcome=self._on_outcome,
         )
         self.provisioner = make_provisioner(config.provisioner, config.provisioner_config)
         priors = {m.name: m.rates or Rates.from_profile(m.profile) for m in config.models}
@@ -324,9 +325,13 @@ class Simulator:
         (late, and its request asked to end rather than answer late): its task ends
         as an error, which never meets its SLA; shed tasks are counted apart."""
         run = self._runs.pop(call.id)
+        self.core.ended(call, self.now, finished=False)
         if exc.code == SLA_UNREACHABLE and not run.task.failed:
             self._counters["shed"] += 1
         self._fail(run.task, self.now)
+
+    def _on_outcome(self, call: Call, violated: bool, now: float) -> None:
+        self.provisioner.observe_task(call.model, violated, now)
 
     def _on_start(self, call: Call, st: ReplicaState, now: float) -> None:
         """The core started ``call`` on ``st``: it joins that replica's engine."""
@@ -457,7 +462,7 @@ class Simulator:
         if not self.core.finish(st, call.id, now, produced):  # else it told the tracker
             self.tracker.running(rep.id, len(st.in_flight), st.concurrency_limit, now)
         reached = first if call.metric == "ttft" else now
-        self.provisioner.observe_task(call.model, reached > call.deadline, now)
+        self.core.ended(call, now, finished=True)
         task = run.task
         self.profiler.observe_planned(task.tpl.plan, run.node, max(reached - started, 0.0))
         if rep.phase == DRAINING and not st.in_flight:
