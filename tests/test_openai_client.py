@@ -28,8 +28,8 @@ from orchestrator.replicas.openai_client import (
     SSEEvent,
     StreamEvent,
     Token,
-    _loads,
 )
+from orchestrator.replicas.progress import loads_json as _loads
 
 Serve = Callable[[web.Application], Awaitable[str]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

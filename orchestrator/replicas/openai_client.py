@@ -19,408 +19,49 @@ without it and leaves it out for that replica from then on.
 from __future__ import annotations
 
 import asyncio
-import codecs
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, Self
 
 import aiohttp
 
-from orchestrator.api import Usage
 from orchestrator.config import PRIORITY_MODES, PriorityMode
+from orchestrator.replicas.errors import (
+    ReplicaError,
+    ReplicaHTTPError,
+    ReplicaProtocolError,
+    ReplicaTimeout,
+    ReplicaUnreachable,
+    error_message,
+)
+from orchestrator.replicas.progress import (
+    Clock,
+    Finished,
+    Progress,
+    StreamEvent,
+    TextOf,
+    Token,
+    chat_text,
+    completion_text,
+)
+from orchestrator.replicas.request_body import (
+    priority_required,
+    refuses_priority,
+    request_body,
+    root_url,
+    without_priority,
+)
+from orchestrator.replicas.sse import SSEDecoder, SSEEvent
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], float]
 Message = Mapping[str, Any]
 
 ERROR_BODY_LIMIT: Final = 64 * 1024
-DONE: Final = "[DONE]"
-# The C scanner that ``json.loads`` runs (set in ``JSONDecoder.__init__``; not in typeshed).
-_scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
-
-
-# --------------------------------------------------------------------------- errors
-
-
-class ReplicaError(Exception):
-    """Any failure talking to a replica.
-
-    ``after_first_token`` is true when the caller had already been given a token from
-    this call, so retrying elsewhere would repeat text the user has seen.
-    """
-
-    def __init__(self, message: str, *, after_first_token: bool = False, url: str = "") -> None:
-        super().__init__(message)
-        self.message = message
-        self.after_first_token = after_first_token
-        self.url = url
-
-
-class ReplicaUnreachable(ReplicaError):
-    """No response at all: refused, reset, DNS failure or connect timeout."""
-
-
-class ReplicaHTTPError(ReplicaError):
-    """The replica answered with a non-2xx status, or sent an error object mid-stream."""
-
-    def __init__(
-        self,
-        status: int,
-        body: str,
-        message: str,
-        *,
-        after_first_token: bool = False,
-        url: str = "",
-    ) -> None:
-        super().__init__(message, after_first_token=after_first_token, url=url)
-        self.status = status
-        self.body = body
-
-
-class ReplicaProtocolError(ReplicaError):
-    """The response was not the stream promised: bad SSE or JSON, or no ``[DONE]``."""
-
-
-class ReplicaTimeout(ReplicaError):
-    """No byte arrived within the read timeout."""
-
-
-# --------------------------------------------------------------------------- events
-
-
-@dataclass(frozen=True, slots=True)
-class Token:
-    """One non-empty text delta; ``first`` marks the call's first token (its TTFT)."""
-
-    text: str
-    t: float
-    first: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Finished:
-    """The call ended normally; ``text`` is every delta joined.
-
-    ``usage`` is what the replica reported (``None`` when it sent no usage chunk).
-    """
-
-    finish_reason: str | None
-    usage: Usage | None
-    t: float
-    text: str = ""
-
-
-StreamEvent = Token | Finished
-
-
-# --------------------------------------------------------------------------- SSE
-
-
-@dataclass(frozen=True, slots=True)
-class SSEEvent:
-    """One dispatched server-sent event (its ``data:`` lines joined by newlines)."""
-
-    data: str
-    event: str | None = None
-
-
-@dataclass
-class SSEDecoder:
-    """Incremental SSE parser: feed it bytes in arbitrary pieces, get whole events.
-
-    Follows the WHATWG rules: CRLF, LF or CR end a line (a CR at the end of a piece
-    waits for the next piece, which may start with its LF), ``:`` lines are comments,
-    one optional space after the field colon, a blank line dispatches. UTF-8 sequences
-    split between pieces are reassembled.
-
-    It runs once per read of every stream, so the common piece (whole UTF-8, LF only)
-    takes a short path: one ``bytes.decode`` and one ``split``.
-    """
-
-    _decoder: codecs.IncrementalDecoder = field(
-        default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="strict")
-    )
-    _buf: str = ""
-    _data: list[str] = field(default_factory=list)
-    _event: str | None = None
-    _started: bool = False
-    _partial: bool = False  # the incremental decoder holds part of a UTF-8 sequence
-
-    def feed(self, chunk: bytes) -> list[SSEEvent]:
-        return self._feed_text(self._decode(chunk, final=False), final=False)
-
-    def close(self) -> list[SSEEvent]:
-        """Flush at end of stream; a last event without its blank line still counts."""
-        events = self._feed_text(self._decode(b"", final=True), final=True)
-        if self._buf:
-            self._line(self._buf, events)
-            self._buf = ""
-        self._dispatch(events)
-        return events
-
-    def _decode(self, chunk: bytes, *, final: bool) -> str:
-        text: str | None = None
-        if not self._partial and not final:
-            try:
-                text = chunk.decode()
-            except UnicodeDecodeError:
-                text = None  # maybe a sequence split at the end: the slow path knows
-        if text is None:
-            try:
-                text = self._decoder.decode(chunk, final)
-            except UnicodeDecodeError as exc:
-                raise ValueError(f"invalid UTF-8 in event stream: {exc}") from exc
-            self._partial = bool(self._decoder.getstate()[0])
-        if not self._started and text:
-            self._started = True
-            text = text.removeprefix("\ufeff")
-        return text
-
-    def _feed_text(self, text: str, *, final: bool) -> list[SSEEvent]:
-        buf = self._buf + text if self._buf else text
-        held = ""
-        if "\r" in buf:
-            if buf.endswith("\r") and not final:
-                buf, held = buf[:-1], "\r"
-            buf = buf.replace("\r\n", "\n").replace("\r", "\n")
-        lines = buf.split("\n")
-        self._buf = lines.pop() + held
-        events: list[SSEEvent] = []
-        for line in lines:
-            if line.startswith("data:"):  # nearly every line: no method call for it
-                self._data.append(line[6:] if line[5:6] == " " else line[5:])
-            elif line:
-                self._line(line, events)
-            elif self._data:
-                events.append(SSEEvent("\n".join(self._data), self._event))
-                self._data = []
-                self._event = None
-            else:
-                self._event = None
-        return events
-
-    def _line(self, line: str, events: list[SSEEvent]) -> None:
-        if not line:
-            self._dispatch(events)
-            return
-        if line[0] == ":":
-            return
-        name, _, value = line.partition(":")
-        if value[:1] == " ":
-            value = value[1:]
-        if name == "data":
-            self._data.append(value)
-        elif name == "event":
-            self._event = value
-
-    def _dispatch(self, events: list[SSEEvent]) -> None:
-        if self._data:
-            events.append(SSEEvent("\n".join(self._data), self._event))
-        self._data = []
-        self._event = None
-
-
-# --------------------------------------------------------------------------- chunks
-
-
-def _error_message(payload: Any) -> str | None:
-    """The message of an OpenAI (``{"error": {...}}``) or vLLM (``object: error``) body."""
-    if not isinstance(payload, dict):
-        return None
-    err = payload.get("error")
-    if isinstance(err, dict) and isinstance(err.get("message"), str):
-        return str(err["message"])
-    if isinstance(err, str):
-        return err
-    if payload.get("object") == "error" and isinstance(payload.get("message"), str):
-        return str(payload["message"])
-    return None
-
-
-def _error_status(payload: Mapping[str, Any]) -> int:
-    err = payload.get("error")
-    source = err if isinstance(err, dict) else payload
-    code = source.get("code")
-    return code if isinstance(code, int) and 400 <= code <= 599 else 500
-
-
-def _loads(data: str) -> Any:
-    """``json.loads`` without its wrapper frames and whitespace scans when ``data`` is
-    one bare JSON value (every chunk a replica sends); anything else, including every
-    error, goes through ``json.loads`` itself."""
-    try:
-        value, end = _scan_json(data, 0)
-    except (StopIteration, ValueError):
-        return json.loads(data)
-    return value if end == len(data) else json.loads(data)
-
-
-def _parse_usage(raw: Any) -> Usage | None:
-    if not isinstance(raw, dict):
-        return None
-    prompt, completion = raw.get("prompt_tokens"), raw.get("completion_tokens")
-    if not isinstance(prompt, int) or not isinstance(completion, int):
-        return None
-    return Usage(prompt_tokens=prompt, completion_tokens=completion)
-
-
-def completion_text(choice: Mapping[str, Any]) -> str | None:
-    """Text delta of a ``/v1/completions`` chunk choice."""
-    text = choice.get("text")
-    return text if isinstance(text, str) else None
-
-
-def chat_text(choice: Mapping[str, Any]) -> str | None:
-    """Text delta of a ``/v1/chat/completions`` chunk choice (``delta.content``)."""
-    delta = choice.get("delta")
-    if not isinstance(delta, dict):
-        return None
-    content = delta.get("content")
-    return content if isinstance(content, str) else None
-
-
-TextOf = Callable[[Mapping[str, Any]], str | None]
-
-
-@dataclass
-class _Progress:
-    """What one stream has produced so far."""
-
-    url: str
-    clock: Clock
-    parts: list[str] = field(default_factory=list)
-    finish_reason: str | None = None
-    usage: Usage | None = None
-    done: bool = False
-
-    @property
-    def after_first_token(self) -> bool:
-        return bool(self.parts)
-
-    def protocol_error(self, message: str) -> ReplicaProtocolError:
-        return ReplicaProtocolError(message, after_first_token=self.after_first_token, url=self.url)
-
-    def tokens(
-        self, decoder: SSEDecoder, chunk: bytes, text_of: TextOf
-    ) -> tuple[list[StreamEvent], ReplicaError | None]:
-        """Tokens of the events ``chunk`` completes, up to ``[DONE]``; ``b""`` ends it.
-
-        An error after some of them is returned, not raised, so that the caller can
-        hand those tokens on first (as a token-by-token stream would have).
-        """
-        try:
-            events = decoder.feed(chunk) if chunk else decoder.close()
-        except ValueError as exc:
-            raise self.protocol_error(str(exc)) from exc
-        tokens: list[StreamEvent] = []
-        for event in events:
-            try:
-                token = self.handle(event, text_of)
-            except ReplicaError as exc:
-                if not tokens:
-                    raise
-                return tokens, exc
-            if token is not None:
-                tokens.append(token)
-            if self.done:
-                break
-        return tokens, None
-
-    def handle(self, event: SSEEvent, text_of: TextOf) -> Token | None:
-        """Fold one SSE event in; return the token it carries, if any."""
-        if event.data[:1] != "{" and event.data.strip() == DONE:
-            self.done = True
-            return None
-        try:
-            payload = _loads(event.data)
-        except json.JSONDecodeError as exc:
-            raise self.protocol_error(f"invalid JSON in stream: {exc}") from exc
-        if not isinstance(payload, dict):
-            raise self.protocol_error("stream chunk is not a JSON object")
-        message = _error_message(payload)
-        if message is not None:
-            raise ReplicaHTTPError(
-                _error_status(payload),
-                event.data,
-                message,
-                after_first_token=self.after_first_token,
-                url=self.url,
-            )
-        return self._chunk(payload, text_of)
-
-    def _chunk(self, payload: Mapping[str, Any], text_of: TextOf) -> Token | None:
-        usage = _parse_usage(payload.get("usage"))
-        if usage is not None:
-            self.usage = usage
-        choices = payload.get("choices")
-        if choices is None:
-            return None
-        if not isinstance(choices, list):
-            raise self.protocol_error("'choices' is not a list")
-        text = ""
-        for choice in choices:
-            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                continue
-            text += text_of(choice) or ""
-            reason = choice.get("finish_reason")
-            if isinstance(reason, str):
-                self.finish_reason = reason
-        if not text:
-            return None
-        token = Token(text=text, t=self.clock(), first=not self.parts)
-        self.parts.append(text)
-        return token
-
-    def finished(self) -> Finished:
-        return Finished(
-            finish_reason=self.finish_reason,
-            usage=self.usage,
-            t=self.clock(),
-            text="".join(self.parts),
-        )
-
-
-# --------------------------------------------------------------------------- client
-
-
-def _root_url(base_url: str) -> str:
-    """Accept ``http://host:port`` as well as the OpenAI-style ``http://host:port/v1``."""
-    root = base_url.rstrip("/")
-    return root.removesuffix("/v1")
-
-
-def _request_body(
-    model: str,
-    *,
-    max_tokens: int,
-    stop: Sequence[str],
-    temperature: float,
-    seed: int | None,
-    priority: int | None,
-    extra: Mapping[str, Any] | None,
-) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "model": model,
-        "max_tokens": max_tokens,
-        "temperature": temperature,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    if stop:
-        body["stop"] = list(stop)
-    if seed is not None:
-        body["seed"] = seed
-    if priority is not None:
-        body["priority"] = priority
-    if extra:
-        body.update(extra)
-    return body
 
 
 class ReplicaClient:
@@ -452,7 +93,7 @@ class ReplicaClient:
             raise ValueError(
                 f"priority must be one of {', '.join(PRIORITY_MODES)}, not {priority!r}"
             )
-        self.base_url = _root_url(base_url)
+        self.base_url = root_url(base_url)
         self.clock = clock
         self.priority_mode: PriorityMode = priority
         self.sends_priority = priority != "off"
@@ -506,7 +147,7 @@ class ReplicaClient:
         extra: Mapping[str, Any] | None = None,
     ) -> AsyncGenerator[StreamEvent, None]:
         """Stream ``POST /v1/completions``: ``Token`` events, then one ``Finished``."""
-        body = _request_body(
+        body = request_body(
             model,
             max_tokens=max_tokens,
             stop=stop,
@@ -532,7 +173,7 @@ class ReplicaClient:
     ) -> AsyncGenerator[list[StreamEvent], None]:
         """``stream_completion`` one read at a time: the tokens that arrived together
         as one list, then ``[Finished]``; a busy service saves a hand-off per token."""
-        body = _request_body(
+        body = request_body(
             model,
             max_tokens=max_tokens,
             stop=stop,
@@ -557,7 +198,7 @@ class ReplicaClient:
         extra: Mapping[str, Any] | None = None,
     ) -> AsyncGenerator[StreamEvent, None]:
         """Stream ``POST /v1/chat/completions``; the same events as ``stream_completion``."""
-        body = _request_body(
+        body = request_body(
             model,
             max_tokens=max_tokens,
             stop=stop,
@@ -582,7 +223,7 @@ class ReplicaClient:
     ) -> AsyncGenerator[list[StreamEvent], None]:
         """The tokens of each read as one list (never empty), then ``[Finished]``."""
         url = self.base_url + path
-        progress = _Progress(url=url, clock=self.clock)
+        progress = Progress(url=url, clock=self.clock)
         resp = await self._open(url, body)
         decoder = SSEDecoder()
         content = resp.content
@@ -630,15 +271,15 @@ class ReplicaClient:
         if "priority" not in body:
             return await self._post(url, body)
         if not self.sends_priority:
-            return await self._post(url, _without_priority(body))
+            return await self._post(url, without_priority(body))
         try:
             return await self._post(url, body)
         except ReplicaHTTPError as exc:
-            if not _refuses_priority(exc):
+            if not refuses_priority(exc):
                 raise
             if self.priority_mode == "on":
-                raise _priority_required(exc) from exc
-            resp = await self._post(url, _without_priority(body))
+                raise priority_required(exc) from exc
+            resp = await self._post(url, without_priority(body))
             self._stop_priority(exc)
             return resp
 
@@ -780,32 +421,11 @@ async def _read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def _without_priority(body: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in body.items() if k != "priority"}
-
-
-def _refuses_priority(exc: ReplicaHTTPError) -> bool:
-    """A 400 (or 422) whose message is about ``priority``, as vLLM's FCFS engine says
-    "Got priority 1 but Priority scheduling is not enabled."; servers that reject the
-    unknown field name it too. A false match costs one retry, never the setting: the
-    setting changes only when the call then goes through without the field."""
-    return exc.status in (400, 422) and "priority" in exc.message.lower()
-
-
-def _priority_required(exc: ReplicaHTTPError) -> ReplicaHTTPError:
-    message = (
-        f'{exc.message} (this model has priority = "on" but the replica refuses '
-        "priorities: start vLLM with --scheduling-policy priority, or set priority = "
-        '"auto" or "off" for the model in cato.toml)'
-    )
-    return ReplicaHTTPError(exc.status, exc.body, message, url=exc.url)
-
-
 async def _http_error(resp: aiohttp.ClientResponse, url: str) -> ReplicaHTTPError:
     """Build the error for a non-2xx response, with the OpenAI error message if any."""
     body = (await _read_limited(resp, ERROR_BODY_LIMIT)).decode("utf-8", errors="replace")
     try:
-        message = _error_message(json.loads(body))
+        message = error_message(json.loads(body))
     except json.JSONDecodeError:
         message = None
     if message is None:
