@@ -18,16 +18,16 @@ from orchestrator.engine_model import EngineModel, load_profile, sped_up
 from orchestrator.graphs import DEFAULTS, build_graph, split_code
 from orchestrator.policy.state import Call, ReplicaState
 from orchestrator.sim import (
+    ClairvoyantScheduler,
     ModelSpec,
-    OracleScheduler,
     SimConfig,
     SimResult,
     SimTask,
     Simulator,
     simulate,
 )
+from orchestrator.sim.clairvoyant import HOPELESS
 from orchestrator.sim.engine import DecodeRun
-from orchestrator.sim.oracle import HOPELESS
 
 A100 = load_profile("codellama-7b@a100")
 TINY = load_profile("tiny@cpu")
@@ -191,7 +191,7 @@ def test_same_seed_same_run_and_another_seed_another() -> None:
     assert signature(first) != signature(other)
 
 
-@pytest.mark.parametrize("scheduler", ["cato", "round_robin", "least_loaded", "oracle"])
+@pytest.mark.parametrize("scheduler", ["cato", "round_robin", "least_loaded", "clairvoyant"])
 def test_more_replicas_never_lower_goodput(scheduler: str) -> None:
     tasks = pool()
     rates = []
@@ -275,23 +275,23 @@ def test_fixed_provisioning_never_changes_the_replicas() -> None:
     assert result.replica_series["tiny"] == [(0.0, 2, 0)]
 
 
-# --------------------------------------------------------------------------- oracle
+# --------------------------------------------------------------------------- clairvoyant
 
 
-def test_the_oracle_sends_hopeless_calls_to_the_back() -> None:
+def test_the_clairvoyant_heuristic_sends_hopeless_calls_to_the_back() -> None:
     replicas = [ReplicaState(id=f"r{i}", model="m", concurrency_limit=1) for i in range(2)]
     for i, replica in enumerate(replicas):
         busy = Call(id=f"busy{i}", model="m", deadline=99, prompt_tokens=10,
                     expected_output_tokens=10_000 * (i + 1), arrival=0.0)  # fmt: skip
         replica.start(busy, 0.0)
-    oracle = OracleScheduler(profiles={"m": A100})
+    clairvoyant = ClairvoyantScheduler(profiles={"m": A100})
     call = Call(id="c", model="m", deadline=1.0, prompt_tokens=100,
                 expected_output_tokens=50, arrival=0.0, metric="ttft")  # fmt: skip
-    route = oracle.route(call, replicas, 0.0)
+    route = clairvoyant.route(call, replicas, 0.0)
     assert route.replica_id == "r0"  # the one that frees up first
     assert route.priority == HOPELESS
     relaxed = dataclasses.replace(call, id="d", deadline=10_000.0)
-    assert oracle.route(relaxed, replicas, 0.0).priority < HOPELESS
+    assert clairvoyant.route(relaxed, replicas, 0.0).priority < HOPELESS
 
 
 # --------------------------------------------------------------------------- scenarios

@@ -37,7 +37,7 @@ from orchestrator.bench.scenarios import SCENARIOS, Scenario, capacity_rps
 from orchestrator.bench.workloads import Workload, build_workload
 from orchestrator.config import SchedulerConfig
 from orchestrator.policy.provisioner import PROVISIONERS
-from orchestrator.sim.oracle import SIM_SCHEDULERS
+from orchestrator.sim.clairvoyant import SIM_SCHEDULERS
 from orchestrator.sim.results import SimResult
 from orchestrator.sim.simulator import SimTask, Simulator
 

@@ -47,7 +47,7 @@ from orchestrator.bench.scenarios import (
     scenario,
 )
 from orchestrator.policy.provisioner import PROVISIONERS
-from orchestrator.sim.oracle import SIM_SCHEDULERS
+from orchestrator.sim.clairvoyant import SIM_SCHEDULERS
 
 
 def _names(text: str, known: tuple[str, ...] | list[str], what: str) -> list[str]:

@@ -51,7 +51,7 @@ from orchestrator.sim.simulator import OutputModel, SimTask, Simulator
 
 log = logging.getLogger(__name__)
 
-LIVE_POLICIES: tuple[str, ...] = tuple(SCHEDULERS)  # every live router (no oracle)
+LIVE_POLICIES: tuple[str, ...] = tuple(SCHEDULERS)  # every live router (no clairvoyant)
 _KEEP_ALL_S = 1e12  # the recorder's window: keep every task of a run
 
 

@@ -20,7 +20,7 @@ from orchestrator.bench.workloads import KINDS, Workload, WorkloadUnavailable, b
 from orchestrator.config import TASK_DEFAULTS
 from orchestrator.engine_model import EngineProfile, load_profile
 from orchestrator.graphs import BUILTIN_KINDS, KindDefaults, TaskDefaults
-from orchestrator.sim.oracle import SIM_SCHEDULERS
+from orchestrator.sim.clairvoyant import SIM_SCHEDULERS
 from orchestrator.sim.results import SimResult
 from orchestrator.sim.simulator import ModelSpec, SimConfig, simulate
 

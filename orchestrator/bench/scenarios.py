@@ -31,7 +31,7 @@ from orchestrator.sim.simulator import ModelSpec, SimConfig, SimTask, Simulator
 PAPER_RATES: tuple[float, ...] = (0.67, 1.33, 2.0, 2.67, 3.33)
 QUICK_PAPER_RATES: tuple[float, ...] = (0.67, 3.33)
 OVERLOAD = 1.0
-POLICIES: tuple[str, ...] = ("cato", "round_robin", "pow2", "least_loaded", "oracle")
+POLICIES: tuple[str, ...] = ("cato", "round_robin", "pow2", "least_loaded", "clairvoyant")
 
 
 @dataclass(frozen=True)

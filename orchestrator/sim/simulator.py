@@ -46,6 +46,7 @@ from orchestrator.policy.provisioner import (
 )
 from orchestrator.policy.state import Call, Rates, ReplicaState
 from orchestrator.profiler import Profiler
+from orchestrator.sim.clairvoyant import is_clairvoyant, make_sim_scheduler
 from orchestrator.sim.config import ModelSpec, OutputModel, SimConfig, SimTask
 from orchestrator.sim.engine import DecodeRun, FusedEngine
 from orchestrator.sim.entities import (
@@ -60,7 +61,6 @@ from orchestrator.sim.entities import (
     replica_view,
     snapshot,
 )
-from orchestrator.sim.oracle import is_clairvoyant, make_sim_scheduler
 from orchestrator.sim.results import RecordStore, ScaleEvent, SimResult
 from orchestrator.sim.templates import Template, Templates
 

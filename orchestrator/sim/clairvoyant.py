@@ -1,13 +1,15 @@
-"""A clairvoyant reference scheduler, and the scheduler registry of the simulator.
+"""A clairvoyant heuristic scheduler, and the scheduler registry of the simulator.
 
-``oracle`` knows every call's true output length (the simulator stamps it on the call
+``clairvoyant`` knows every call's true output length (the simulator stamps it on the call
 as ``expected_output_tokens``), so the replicas' expected waits and the call's own
 service time are computed from exact lengths and the replicas' measured rates. It
 routes each call to the replica where it completes earliest, orders queues by deadline
 (EDF, no promotion) and sends calls that cannot meet their deadline anywhere to the back
 of the queue, where they no longer delay calls that can. Only a simulation knows output
-lengths in advance, so it exists only here: it is the reference the real policies are
-measured against, not something to deploy.
+lengths in advance, so it exists only here, as a point of comparison, not something to
+deploy. It is a heuristic, not an upper bound: it never moves a queued call, never holds a
+call back from a batch, and routes greedily one call at a time, so the real policies beat
+it in some cells (it was called ``oracle`` before it was found not to bound them).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from orchestrator.policy.state import INF, Call, ReplicaState
 HOPELESS = SAFE + 1
 
 
-class OracleScheduler(Scheduler):
+class ClairvoyantScheduler(Scheduler):
     """Clairvoyant earliest-deadline-first: earliest completion, exact output lengths.
 
     A call's time on a replica is its prefill plus, for an ``e2e`` call, its true output
@@ -39,7 +41,7 @@ class OracleScheduler(Scheduler):
     replica's measured rates).
     """
 
-    name = "oracle"
+    name = "clairvoyant"
     clairvoyant: ClassVar[bool] = True
 
     def __init__(self, *, seed: int = 0, profiles: Mapping[str, EngineProfile] | None = None):
@@ -74,7 +76,7 @@ class OracleScheduler(Scheduler):
         return t
 
 
-SIM_SCHEDULERS: tuple[str, ...] = (*SCHEDULERS, OracleScheduler.name)
+SIM_SCHEDULERS: tuple[str, ...] = (*SCHEDULERS, ClairvoyantScheduler.name)
 
 
 def is_clairvoyant(scheduler: Scheduler) -> bool:
@@ -85,8 +87,8 @@ def is_clairvoyant(scheduler: Scheduler) -> bool:
 def make_sim_scheduler(
     name: str, *, seed: int = 0, profiles: Mapping[str, EngineProfile] | None = None
 ) -> Scheduler:
-    """A live scheduler by name (see ``make_scheduler``), or ``oracle`` (which alone
+    """A live scheduler by name (see ``make_scheduler``), or ``clairvoyant`` (which alone
     uses the engine ``profiles`` of the models)."""
-    if name == OracleScheduler.name:
-        return OracleScheduler(seed=seed, profiles=profiles)
+    if name == ClairvoyantScheduler.name:
+        return ClairvoyantScheduler(seed=seed, profiles=profiles)
     return make_scheduler(name, seed=seed)
