@@ -39,6 +39,8 @@ SchedulerPolicy = Literal[
 ]
 SLA_MS_MAX = 3_600_000
 ProvisionerPolicy = Literal["cato", "queue_length", "fixed"]
+# Engine admission (``policy/admission.py``): "auto" is the scheduler's own default.
+AdmissionPolicy = Literal["auto", "none", "slack", "slack_net"]
 
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "complete": {"sla_metric": "ttft", "sla_ms": 500.0, "max_tokens": 64},
@@ -448,7 +450,9 @@ class SchedulerConfig(_Section):
     work for at most this many budgets past its deadline (``inf``: no bound);
     ``best_fit``: among replicas that meet a deadline with ``fit_margin`` of its budget
     to spare, prefer the busiest, so that others go idle and can be released. They apply
-    to ``cato`` and ``cato_triage`` only.
+    to ``cato`` and ``cato_triage`` only. ``admission``: whether a replica's batch may
+    take one more call now (``policy/admission.py``); ``auto`` is ``slack_net`` for
+    ``cato`` and ``none`` (fill up to the replica's limit) for the others.
     """
 
     policy: SchedulerPolicy = "cato"
@@ -457,6 +461,7 @@ class SchedulerConfig(_Section):
     late_bound: float | None = Field(default=None, gt=0)
     best_fit: bool | None = None
     fit_margin: float | None = Field(default=None, ge=0, lt=1)
+    admission: AdmissionPolicy = "auto"
 
     @model_validator(mode="after")
     def _options_for_cato(self) -> SchedulerConfig:

@@ -21,6 +21,7 @@ from orchestrator.config import CatoConfig, ConfigError, ModelConfig, load_confi
 from orchestrator.engine_model import load_profile, sped_up
 from orchestrator.executor import Orchestrator
 from orchestrator.graphs import BUILTIN_KINDS, KindDefaults, TaskDefaults
+from orchestrator.policy.admission import Admission, make_admission, resolve_admission
 from orchestrator.policy.provisioner import ClusterView, ModelView, ReplicaView, make_provisioner
 from orchestrator.policy.scheduler import make_scheduler
 from orchestrator.policy.state import Call, Rates
@@ -85,6 +86,23 @@ def launch_spec(model: ModelConfig, environ: Mapping[str, str] | None = None) ->
     )
 
 
+def admission_policy(config: CatoConfig) -> Admission | None:
+    """``[scheduler] admission`` resolved for the scheduler, with the engine profiles of
+    the models that have one (emulated ones always): step costs the slack admission
+    uses until it can learn them from the replicas' rates."""
+    name = resolve_admission(config.scheduler.admission, config.scheduler.policy)
+    if name == "none":
+        return None
+    profiles = {
+        m.name: sped_up(load_profile(m.profile), m.speed)
+        if m.engine == "emulated"
+        else load_profile(m.profile)
+        for m in config.models
+        if m.engine == "emulated" or "profile" in m.model_fields_set
+    }
+    return make_admission(name, profiles=profiles)
+
+
 def prior_rates(model: ModelConfig) -> Rates:
     """The scheduler's starting point for a model before it has measured anything: its
     engine profile where one applies (always for emulated replicas, which run it), else
@@ -118,6 +136,7 @@ class Runtime:
                 config.scheduler.policy, seed=config.scheduler.seed, **config.scheduler.options()
             ),
             clock=clock,
+            admission=admission_policy(config),
         )
         for model in config.models:
             self.orchestrator.set_prior(model.name, prior_rates(model))

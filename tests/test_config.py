@@ -21,7 +21,8 @@ from orchestrator.config import (
 from orchestrator.graphs import build_graph, make_call
 from orchestrator.policy.provisioner import PROVISIONERS
 from orchestrator.policy.scheduler import SCHEDULERS, CatoScheduler, make_scheduler
-from orchestrator.runtime import task_defaults
+from orchestrator.policy.admission import NetSlackAdmission, SlackAdmission
+from orchestrator.runtime import admission_policy, task_defaults
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -491,3 +492,17 @@ def test_scheduler_knobs_are_for_cato_only_and_reach_the_scheduler() -> None:
     ]
     problem = one_problem(VLLM_MODEL + "[scheduler]\nurgent_margin = 1.5\n")
     assert problem.startswith("cato.toml: scheduler.urgent_margin: Input should be less than 1")
+
+
+def test_admission_is_chosen_in_the_scheduler_section() -> None:
+    emulated = "[[models]]\nname = 'm'\nengine = 'emulated'\nprofile = 'tiny@cpu'\n"
+    default = admission_policy(parse_config(emulated))
+    assert isinstance(default, NetSlackAdmission)  # auto, next to cato
+    assert "m" in default._costs  # the emulated engine's own step costs
+    assert admission_policy(parse_config(emulated + "[scheduler]\npolicy = 'pow2'\n")) is None
+    off = emulated + "[scheduler]\nadmission = 'none'\n"
+    assert admission_policy(parse_config(off)) is None
+    plain = admission_policy(parse_config(emulated + "[scheduler]\nadmission = 'slack'\n"))
+    assert type(plain) is SlackAdmission
+    problem = one_problem(emulated + "[scheduler]\nadmission = 'greedy'\n")
+    assert problem.startswith("cato.toml: scheduler.admission: Input should be 'auto'")
