@@ -25,7 +25,7 @@ import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Protocol, Self, TypeVar
 
 import aiohttp
 
@@ -48,6 +48,7 @@ from orchestrator.replicas.progress import (
     chat_text,
     completion_text,
 )
+from orchestrator.replicas.relay import Relay, RelayOptions
 from orchestrator.replicas.request_body import (
     priority_required,
     refuses_priority,
@@ -58,6 +59,23 @@ from orchestrator.replicas.request_body import (
 from orchestrator.replicas.sse import SSEDecoder, SSEEvent
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T", covariant=True)
+
+
+class _Fold(Protocol[_T]):
+    """What ``ReplicaClient._reads`` folds a response into (``Progress`` or ``Relay``)."""
+
+    url: str
+    done: bool
+
+    @property
+    def after_first_token(self) -> bool: ...
+
+    def protocol_error(self, message: str) -> ReplicaProtocolError: ...
+
+    def take(self, chunk: bytes) -> tuple[_T | None, ReplicaError | None]: ...
+
 
 Message = Mapping[str, Any]
 
@@ -222,10 +240,48 @@ class ReplicaClient:
         self, path: str, body: Mapping[str, Any], text_of: TextOf
     ) -> AsyncGenerator[list[StreamEvent], None]:
         """The tokens of each read as one list (never empty), then ``[Finished]``."""
-        url = self.base_url + path
-        progress = Progress(url=url, clock=self.clock)
+        progress = Progress(url=self.base_url + path, clock=self.clock, text_of=text_of)
+        async with aclosing(self._reads(body, progress)) as reads:
+            async for tokens in reads:
+                yield tokens
+        yield [progress.finished()]
+
+    def relay_completion(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        max_tokens: int,
+        options: RelayOptions | None = None,
+        stop: Sequence[str] = (),
+        temperature: float = 0.0,
+        seed: int | None = None,
+        priority: int | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> tuple[Relay, AsyncGenerator[tuple[bytes, int], None]]:
+        """``POST /v1/completions`` handed on as bytes: per read, the whole events it
+        completed (vLLM's framing, ``[DONE]`` left out) and how many token chunks they
+        hold. The ``Relay`` tells the rest: usage, whether it ended, the chunk count.
+        Errors are the ones ``stream_completion`` raises; nothing is yielded after one."""
+        body = request_body(
+            model,
+            max_tokens=max_tokens,
+            stop=stop,
+            temperature=temperature,
+            seed=seed,
+            priority=priority,
+            extra=extra,
+        )
+        body["prompt"] = prompt
+        relay = Relay(self.base_url + "/v1/completions", options)
+        return relay, self._reads(body, relay)
+
+    async def _reads(self, body: Mapping[str, Any], fold: _Fold[_T]) -> AsyncGenerator[_T, None]:
+        """Send ``body`` to ``fold.url`` and fold each read of the response in; yield what
+        a read gives, until ``fold.done``. A stream that ends without ``[DONE]``, a broken
+        connection or a read timeout raise, with ``after_first_token`` from ``fold``."""
+        url = fold.url
         resp = await self._open(url, body)
-        decoder = SSEDecoder()
         content = resp.content
         watch = _ReadWatch.start(resp, self._read_timeout_s)
         try:
@@ -240,24 +296,23 @@ class ReplicaClient:
                 except TimeoutError as exc:
                     raise ReplicaTimeout(
                         "no data from replica within the read timeout",
-                        after_first_token=progress.after_first_token,
+                        after_first_token=fold.after_first_token,
                         url=url,
                     ) from exc
                 except (aiohttp.ClientError, OSError) as exc:
-                    raise progress.protocol_error(
+                    raise fold.protocol_error(
                         f"stream broken: {type(exc).__name__}: {exc}"
                     ) from exc
-                tokens, error = progress.tokens(decoder, chunk, text_of)
-                if tokens:
-                    yield tokens
+                item, error = fold.take(chunk)
+                if item is not None:
+                    yield item
                 if error is not None:
                     raise error
-                if progress.done:
+                if fold.done:
                     break
                 if not chunk:
-                    raise progress.protocol_error("stream ended without [DONE]")
+                    raise fold.protocol_error("stream ended without [DONE]")
             resp.release()
-            yield [progress.finished()]
         finally:
             if watch is not None:
                 watch.stop()

@@ -98,6 +98,8 @@ class Progress:
 
     url: str
     clock: Clock
+    text_of: TextOf
+    decoder: SSEDecoder = field(default_factory=SSEDecoder)
     parts: list[str] = field(default_factory=list)
     finish_reason: str | None = None
     usage: Usage | None = None
@@ -109,6 +111,11 @@ class Progress:
 
     def protocol_error(self, message: str) -> ReplicaProtocolError:
         return ReplicaProtocolError(message, after_first_token=self.after_first_token, url=self.url)
+
+    def take(self, chunk: bytes) -> tuple[list[StreamEvent] | None, ReplicaError | None]:
+        """``tokens`` of one read, None for none."""
+        tokens, error = self.tokens(self.decoder, chunk, self.text_of)
+        return tokens or None, error
 
     def tokens(
         self, decoder: SSEDecoder, chunk: bytes, text_of: TextOf
