@@ -40,6 +40,7 @@ from orchestrator.policy.provisioner import PROVISIONERS
 from orchestrator.sim.clairvoyant import SIM_SCHEDULERS
 from orchestrator.sim.results import SimResult
 from orchestrator.sim.simulator import SimTask, Simulator
+from orchestrator.sim.variants import parse_variant
 
 OVERLOAD = 1.2  # load (x C) of the overload figures
 TUNING_SEEDS = tuple(range(5))
@@ -390,9 +391,10 @@ def run_capacity(
     for name in cases:
         if name not in CASES:
             raise ValueError(f"unknown case {name!r}; known: {', '.join(CASES)}")
-    unknown = [s for s in schedulers if s not in SIM_SCHEDULERS]
-    if unknown or not schedulers:
-        raise ValueError(f"unknown schedulers {unknown}; known: {', '.join(SIM_SCHEDULERS)}")
+    if not schedulers:
+        raise ValueError(f"no schedulers given; known: {', '.join(SIM_SCHEDULERS)}")
+    for name in schedulers:
+        parse_variant(name)  # VariantError (a ValueError) names what is wrong
     if not seeds:
         raise ValueError("no seeds given")
     if jobs < 1:

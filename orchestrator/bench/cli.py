@@ -48,6 +48,7 @@ from orchestrator.bench.scenarios import (
 )
 from orchestrator.policy.provisioner import PROVISIONERS
 from orchestrator.sim.clairvoyant import SIM_SCHEDULERS
+from orchestrator.sim.variants import VariantError, parse_variant
 
 
 def _names(text: str, known: tuple[str, ...] | list[str], what: str) -> list[str]:
@@ -180,6 +181,16 @@ def _seeds(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _variants(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("no policy given")
+    try:
+        return [parse_variant(n).name for n in names]
+    except VariantError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _configure_capacity(cap: argparse.ArgumentParser) -> None:
     cases = list(capacity.CASES)
     autoscalers = [p for p in PROVISIONERS if p != "fixed"]
@@ -191,9 +202,10 @@ def _configure_capacity(cap: argparse.ArgumentParser) -> None:
     )
     cap.add_argument(
         "--policies",
-        type=lambda s: _names(s, SIM_SCHEDULERS, "policy"),
+        type=_variants,
         default=list(SIM_SCHEDULERS),
-        help=f"comma list of {', '.join(SIM_SCHEDULERS)} (default: all)",
+        help=f"comma list of {', '.join(SIM_SCHEDULERS)} (default: all); a policy may "
+        "change one lever for an ablation, e.g. cato/admission=none or cato/late_bound=inf",
     )
     cap.add_argument(
         "--provisioners",

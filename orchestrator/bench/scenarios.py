@@ -27,6 +27,7 @@ from orchestrator.engine_model import EngineProfile, load_profile
 from orchestrator.graphs import BUILTIN_KINDS, KindDefaults, TaskDefaults
 from orchestrator.sim.results import SimResult
 from orchestrator.sim.simulator import ModelSpec, SimConfig, SimTask, Simulator
+from orchestrator.sim.variants import parse_variant
 
 PAPER_RATES: tuple[float, ...] = (0.67, 1.33, 2.0, 2.67, 3.33)
 QUICK_PAPER_RATES: tuple[float, ...] = (0.67, 3.33)
@@ -94,10 +95,13 @@ class Scenario:
         return TaskDefaults(kinds=kinds)
 
     def config(self, policy: str, provisioner: str, seed: int) -> SimConfig:
+        """The run of ``policy`` (a scheduler, or a variant: see ``sim.variants``)."""
+        return parse_variant(policy).apply(self._config(provisioner, seed))
+
+    def _config(self, provisioner: str, seed: int) -> SimConfig:
         return SimConfig(
             models=tuple(m.spec(provisioner, self.concurrency_limit) for m in self.models),
             defaults=self.defaults(),
-            scheduler=policy,
             provisioner=provisioner,
             provisioner_config=self.provisioner_config.model_copy(update={"policy": provisioner}),
             gpus=self.gpus,

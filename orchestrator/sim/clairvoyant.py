@@ -15,7 +15,7 @@ it in some cells (it was called ``oracle`` before it was found not to bound them
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from orchestrator.engine_model import EngineProfile
 from orchestrator.policy.scheduler import (
@@ -24,6 +24,7 @@ from orchestrator.policy.scheduler import (
     NoReplicaError,
     Route,
     Scheduler,
+    SchedulerConfigError,
     make_scheduler,
     service_s,
 )
@@ -85,10 +86,16 @@ def is_clairvoyant(scheduler: Scheduler) -> bool:
 
 
 def make_sim_scheduler(
-    name: str, *, seed: int = 0, profiles: Mapping[str, EngineProfile] | None = None
+    name: str,
+    *,
+    seed: int = 0,
+    profiles: Mapping[str, EngineProfile] | None = None,
+    **options: Any,
 ) -> Scheduler:
-    """A live scheduler by name (see ``make_scheduler``), or ``clairvoyant`` (which alone
-    uses the engine ``profiles`` of the models)."""
+    """A live scheduler by name with ``options`` (see ``make_scheduler``), or
+    ``clairvoyant`` (which alone uses the engine ``profiles`` of the models)."""
     if name == ClairvoyantScheduler.name:
+        if options:
+            raise SchedulerConfigError(f"clairvoyant takes no options, got {sorted(options)}")
         return ClairvoyantScheduler(seed=seed, profiles=profiles)
-    return make_scheduler(name, seed=seed)
+    return make_scheduler(name, seed=seed, **options)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from orchestrator.api import TaskRequest
 from orchestrator.config import ProvisionerConfig
@@ -56,6 +56,8 @@ class SimConfig:
     models: tuple[ModelSpec, ...]
     defaults: TaskDefaults = DEFAULTS
     scheduler: str = "cato"
+    # Keywords of ``make_scheduler`` beyond ``seed`` (see ``sim.variants``).
+    scheduler_options: Mapping[str, Any] = field(default_factory=dict)
     provisioner: str = "fixed"
     provisioner_config: ProvisionerConfig = field(default_factory=ProvisionerConfig)
     gpus: int | None = None

@@ -82,6 +82,7 @@ class Simulator:
             config.scheduler,
             seed=config.seed,
             profiles={m.name: m.profile for m in config.models},
+            **config.scheduler_options,
         )
         self.clairvoyant = is_clairvoyant(self.scheduler)
         self.admission = resolve_admission(config.admission, self.scheduler.name)

@@ -1,0 +1,53 @@
+"""Policy variants (``sim.variants``): one lever changed, for the ablation table."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from orchestrator.bench.capacity import run_capacity
+from orchestrator.bench.scenarios import SCENARIOS
+from orchestrator.policy.scheduler import CatoScheduler
+from orchestrator.sim.simulator import Simulator
+from orchestrator.sim.variants import VariantError, parse_variant
+
+
+def test_a_variant_changes_only_its_lever() -> None:
+    rq2 = SCENARIOS["rq2"]
+    plain = Simulator(rq2.config("cato", "fixed", 3))
+    assert plain.admission == "slack_net" and isinstance(plain.scheduler, CatoScheduler)
+    assert plain.scheduler.late_bound == 1.0
+    varied = Simulator(rq2.config("cato/admission=none/late_bound=inf/best_fit=true", "fixed", 3))
+    assert varied.admission == "none"
+    assert isinstance(varied.scheduler, CatoScheduler)
+    assert varied.scheduler.late_bound == math.inf and varied.scheduler.best_fit
+    assert varied.scheduler.urgent_margin == plain.scheduler.urgent_margin
+    assert varied.config.seed == plain.config.seed == 3
+    assert varied.config.models == plain.config.models
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("fifo", "unknown policy 'fifo'"),
+        ("cato/admission", "expected key=value"),
+        ("cato/speed=2", "expected key=value"),
+        ("cato/admission=greedy", "unknown admission policy 'greedy'"),
+        ("cato/urgent_margin=high", "urgent_margin must be a number"),
+        ("cato/urgent_margin=nan", "urgent_margin must be a number"),
+        ("cato/urgent_margin=1.5", "urgent_margin must be in [0, 1)"),
+        ("cato/best_fit=yes", "best_fit must be true or false"),
+        ("pow2/late_bound=2", "bad options for scheduler 'pow2'"),
+        ("clairvoyant/late_bound=2", "clairvoyant takes no options"),
+    ],
+)
+def test_bad_variants_say_what_is_wrong(text: str, problem: str) -> None:
+    with pytest.raises(VariantError) as err:
+        parse_variant(text)
+    assert problem in str(err.value)
+
+
+def test_capacity_runs_take_variants_and_refuse_bad_ones() -> None:
+    with pytest.raises(ValueError, match="unknown policy 'fifo'"):
+        run_capacity(["rq2"], ["cato", "fifo"], [0], quick=True)
