@@ -139,3 +139,15 @@ def test_sigterm_stops_the_service_a_live_run_started(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.parametrize("loads", ["x", "0", "1.0,-1", ","])
+def test_bad_loads_are_refused_before_anything_runs(
+    loads: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from orchestrator.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "live", "--loads", loads])
+    assert exit_.value.code == 2
+    assert "--loads" in capsys.readouterr().err

@@ -38,6 +38,8 @@ from orchestrator.bench.live import LIVE_POLICIES, LiveOptions, run_live_sweep, 
 from orchestrator.bench.live_serve import run_serve_sweep
 from orchestrator.bench.report import markdown, write_report
 from orchestrator.bench.scenarios import (
+    OVERLOAD,
+    PAPER_RATES,
     POLICIES,
     SCENARIOS,
     Scenario,
@@ -132,6 +134,12 @@ def _configure_live(live: argparse.ArgumentParser) -> None:
     )
     live.add_argument("--quick", action="store_true", help="two rates, short runs")
     live.add_argument(
+        "--loads",
+        type=_loads,
+        default=None,
+        help="comma list of loads in x C (e.g. 1.0,1.2) instead of the paper's rates",
+    )
+    live.add_argument(
         "--policies",
         type=lambda s: _names(s, LIVE_POLICIES, "policy"),
         default=list(LIVE_POLICIES),
@@ -179,6 +187,16 @@ def _seeds(text: str) -> list[int]:
         return capacity.parse_seeds(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _loads(text: str) -> list[float]:
+    try:
+        loads = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers, got {text!r}") from None
+    if not loads or not all(0 < x <= 10 for x in loads):
+        raise argparse.ArgumentTypeError(f"loads must be in (0, 10] x C, got {text!r}")
+    return loads
 
 
 def _variants(text: str) -> list[str]:
@@ -339,6 +357,11 @@ def _run_live(args: argparse.Namespace) -> int:
         chosen = _scenario(name, args.concurrency)
         via_serve = {"provisioners": args.provisioners} if args.via == "serve" else {}
         sweep = run_serve_sweep if args.via == "serve" else run_live_sweep
+        rates = None
+        if args.loads is not None:  # a load of x C is the paper rate x * 3.33 / OVERLOAD
+            capacity = capacity_rps(chosen, workload)
+            top = PAPER_RATES[-1] / OVERLOAD
+            rates = [(round(x * top, 3), round(x * capacity, 3)) for x in args.loads]
         with _progress(err) as on_run:
             live = sweep(
                 chosen,
@@ -347,6 +370,7 @@ def _run_live(args: argparse.Namespace) -> int:
                 quick=args.quick,
                 seed=args.seed,
                 duration_s=args.duration,
+                rates=rates,
                 options=options,
                 on_run=on_run,
                 **via_serve,
