@@ -44,7 +44,9 @@ from orchestrator.replicas.openai_client import (
     ReplicaHTTPError,
     Token,
 )
+from orchestrator.replicas.relay import RelayOptions
 from orchestrator.task_run import (
+    ByteSink,
     OnDispatch,
     OnToken,
     RunItem,
@@ -235,7 +237,7 @@ class Orchestrator:
         return TaskRun(self, request, next(self._run_ids)).events()
 
     def submit_batches(
-        self, request: TaskRequest, sink: TextSink | None = None
+        self, request: TaskRequest, sink: TextSink | None = None, relay: ByteSink | None = None
     ) -> AsyncGenerator[list[RunItem], None]:
         """``submit`` for a service: the events that are ready together come as one
         list, tokens as ``TokenDelta``; closing the iterator cancels the same way.
@@ -244,7 +246,7 @@ class Orchestrator:
         awaits ``sink(texts)`` with those of each read, which saves a hand-off between
         tasks per token (a sink that waits holds back reading from the replica).
         """
-        return TaskRun(self, request, next(self._run_ids), sink).batches()
+        return TaskRun(self, request, next(self._run_ids), sink, relay).batches()
 
     def status(self) -> Status:
         now = self.clock()
@@ -315,12 +317,15 @@ class Orchestrator:
         on_token: OnToken,
         on_dispatch: OnDispatch | None = None,
         on_texts: TextSink | None = None,
+        relay: ByteSink | None = None,
     ) -> tuple[str, Usage]:
         """Route, wait for a slot, stream the call; retry elsewhere while that is safe.
 
         ``on_dispatch`` is told each time the call gets a slot on a replica (again
         after a retry); ``on_token`` gets every text delta with its time, then
-        ``on_texts`` (awaited) those of each read.
+        ``on_texts`` (awaited) those of each read. With ``relay`` the replica's stream
+        goes to it as bytes instead, ``on_token`` gets ``""`` once per read that held
+        tokens, and the text returned is empty.
         """
         excluded: set[str] = set()
         try:
@@ -330,7 +335,10 @@ class Orchestrator:
                     on_dispatch(call)
                 failure: ReplicaError | None = None
                 try:
-                    result = await self._stream(rep, call, node, on_token, on_texts)
+                    if relay is None:
+                        result = await self._stream(rep, call, node, on_token, on_texts)
+                    else:
+                        result = await self._relay(rep, call, node, on_token, relay)
                 except ReplicaError as exc:
                     failure = exc
                     self._suspect(rep, exc)
@@ -450,16 +458,58 @@ class Orchestrator:
                     for ev in batch:
                         if isinstance(ev, Finished) and ev.usage is not None:
                             usage = ev.usage
+        self._observe(st, call, usage, started, first_at)
+        return "".join(parts), usage
+
+    async def _relay(
+        self, rep: _Replica, call: Call, node: Node, on_token: OnToken, sink: ByteSink
+    ) -> tuple[str, Usage]:
+        """``_stream`` for a call whose stream goes to ``sink`` as the replica sent it:
+        the scheduler counts chunks (a token each) and reads the usage chunk alone."""
+        st = rep.state
+        served = rep.spec.served_name or call.model
+        started = self.clock()
+        first_at: float | None = None
+        options = RelayOptions.for_client(
+            keep_usage=sink.keep_usage, served=served, client=sink.model
+        )
+        relay, stream = rep.client.relay_completion(
+            served,
+            node.prompt or "",
+            max_tokens=node.max_tokens,
+            options=options,
+            stop=list(node.stop),
+            temperature=0.0,
+            priority=call.priority,
+        )
+        async with contextlib.aclosing(stream) as reads:
+            async for data, count in reads:
+                if count:
+                    now = self.clock()
+                    if first_at is None:
+                        first_at = now
+                        self._core.first_token(st, call.id, now)
+                    st.tokens(call.id, count)
+                    on_token("", now)
+                await sink.forward(data)
+        usage = relay.usage or Usage(
+            prompt_tokens=call.prompt_tokens, completion_tokens=relay.chunks
+        )
+        self._observe(st, call, usage, started, first_at)
+        return "", usage
+
+    def _observe(
+        self, st: ReplicaState, call: Call, usage: Usage, started: float, first_at: float | None
+    ) -> None:
+        """Teach the replica's rates what one finished call took."""
         done = self.clock()
-        ttft = (first_at or done) - started
         st.observe(
             usage.prompt_tokens,
-            ttft,
+            (first_at or done) - started,
             usage.completion_tokens,
             done - (first_at or done),
             contended=call.peers_at_start > 0,
         )
-        return "".join(parts), usage
 
 
 def _rejects_request(exc: ReplicaError) -> bool:

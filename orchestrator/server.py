@@ -57,6 +57,7 @@ from orchestrator.openai_api import (
 from orchestrator.openapi import openapi_document
 from orchestrator.prometheus import ServiceMetrics
 from orchestrator.service_limits import QueueBound, Rejected, Users, bad_request, error
+from orchestrator.task_run import ByteSink
 
 log = logging.getLogger(__name__)
 
@@ -222,14 +223,20 @@ class Service:
         return self.users.reserve(user, tokens)
 
     async def _run(
-        self, req: TaskRequest, user: User | None, reserved: int, sink: TextSink | None = None
+        self,
+        req: TaskRequest,
+        user: User | None,
+        reserved: int,
+        sink: TextSink | None = None,
+        relay: ByteSink | None = None,
     ) -> AsyncGenerator[list[RunItem], None]:
         """Submit with metrics, a log line and the user's token bill; closing it cancels
         the task. Events come in batches (what was ready together), tokens as
-        ``TokenDelta`` (or to ``sink``: see ``Orchestrator.submit_batches``)."""
+        ``TokenDelta`` (or to ``sink`` or ``relay``: see ``Orchestrator.submit_batches``)."""
         last: TaskEvent | None = None
+        submitted = self.orch.submit_batches(req, sink, relay)
         try:
-            async with contextlib.aclosing(self.orch.submit_batches(req, sink)) as batches:
+            async with contextlib.aclosing(submitted) as batches:
                 async for batch in batches:
                     last = _last_event(batch, last)
                     yield batch
@@ -312,10 +319,15 @@ class Service:
     ) -> web.StreamResponse:
         """SSE chunks; the response starts with the first token, so a task that fails
         before any output still gets a plain HTTP error. The task's model call writes
-        the text chunks itself (``_TextStream``); this waits for the end."""
-        out = _TextStream(request, writer)
+        the chunks itself (``_TextStream``); this waits for the end.
+
+        A completion's chunks are the replica's own (its ``id``, its ``finish_reason``,
+        its usage chunk), forwarded as bytes; a chat's are framed here from the text,
+        since the replica is asked for a completion of the chat's prompt."""
+        out = _TextStream(request, writer, keep_usage=include_usage)
+        relay = None if writer.chat else out
         last: TaskEvent | None = None
-        async with contextlib.aclosing(self._run(req, *bill, out.write)) as batches:
+        async with contextlib.aclosing(self._run(req, *bill, out.write, relay)) as batches:
             async for batch in batches:
                 last = _last_event(batch, last)
         resp = out.resp
@@ -326,7 +338,7 @@ class Service:
         if last is not None and last.type == "error":
             err = {"error": {"message": last.error, "type": "InternalServerError", "code": 500}}
             await resp.write(sse(json.dumps(err)))
-        else:
+        elif not out.forwarded:  # forwarded chunks had the finish reason and usage
             await resp.write(writer.final(last))
             if include_usage and last is not None and last.usage is not None:
                 await resp.write(writer.usage(last))
@@ -457,8 +469,9 @@ def _last_event(batch: list[RunItem], last: TaskEvent | None) -> TaskEvent | Non
 
 
 def _task_event_json(item: RunItem) -> str:
-    event = item.event() if isinstance(item, TokenDelta) else item
-    return event.model_dump_json(exclude_none=True)
+    if isinstance(item, TokenDelta):
+        return item.json()  # per token: no pydantic model on the way out
+    return item.model_dump_json(exclude_none=True)
 
 
 def _task_error(last: TaskEvent | None) -> web.Response:
@@ -501,22 +514,32 @@ SERVICE = web.AppKey("service", Service)  # the app's handlers and their state
 
 class _TextStream:
     """The SSE response of one streamed OpenAI request, written by the task's final
-    model call as its text arrives (one write per read from the replica), so a token
-    is not handed from task to task on its way out. The response starts with the
-    first text."""
+    model call as its output arrives (one write per read from the replica), so a token
+    is not handed from task to task on its way out: text deltas framed here
+    (``write``), or the replica's chunks as they are (``forward``, a ``ByteSink``). The
+    response starts with the first output."""
 
-    def __init__(self, request: web.Request, writer: OpenAIWriter) -> None:
+    def __init__(
+        self, request: web.Request, writer: OpenAIWriter, *, keep_usage: bool = False
+    ) -> None:
         self.request = request
         self.writer = writer
+        self.model = writer.model
+        self.keep_usage = keep_usage
         self.resp: web.StreamResponse | None = None
         self.gone = False
+        self.forwarded = False  # the replica's chunks went out, not chunks framed here
         self._handler = asyncio.current_task()
 
     async def write(self, texts: list[str]) -> None:
-        if self.gone:
-            return
-        data = b"".join([self.writer.chunk(text) for text in texts if text])
-        if not data:
+        await self._send(b"".join([self.writer.chunk(text) for text in texts if text]))
+
+    async def forward(self, data: bytes) -> None:
+        self.forwarded = True
+        await self._send(data)
+
+    async def _send(self, data: bytes) -> None:
+        if self.gone or not data:
             return
         try:
             if self.resp is None:

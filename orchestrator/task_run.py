@@ -4,7 +4,8 @@ The ``Orchestrator`` (``orchestrator.executor``) starts a ``TaskRun`` per submit
 task; each ``llm`` node's call goes back to it (``run_call``) to be placed, streamed and
 retried. Tokens are the hot path: they travel as plain ``TokenDelta`` objects, a read's
 worth at a time, and become pydantic ``TaskEvent`` models only for the callers that
-want those.
+want those. A service can take them sooner: a ``TextSink`` gets the final call's text
+deltas, and a ``ByteSink`` its replica's stream as bytes, when no later step reads it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import logging
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from json.encoder import encode_basestring as _json_str
+from typing import TYPE_CHECKING, Protocol
 
 from orchestrator import graphs
 from orchestrator.api import TaskEvent, TaskRequest, Usage
@@ -34,6 +36,17 @@ TextSink = Callable[[list[str]], Awaitable[None]]
 OnDispatch = Callable[[Call], None]
 
 
+class ByteSink(Protocol):
+    """Takes a final model call's stream as the replica framed it (vLLM's SSE events,
+    ``[DONE]`` left out), one write per read; ``model`` is the name the client asked
+    for, ``keep_usage`` whether it wants the usage chunk."""
+
+    model: str
+    keep_usage: bool
+
+    async def forward(self, data: bytes) -> None: ...
+
+
 @dataclass(slots=True)
 class TokenDelta:
     """A ``token`` event of a task, before (if ever) it becomes a ``TaskEvent``."""
@@ -47,6 +60,17 @@ class TokenDelta:
         return TaskEvent(
             type="token", task_id=self.task_id, t_ms=self.t_ms, node=self.node, text=self.text
         )
+
+    def json(self) -> str:
+        """The JSON of ``event()`` (as ``model_dump_json(exclude_none=True)`` has it, up
+        to how a float and a non-ASCII character are spelt), without the model."""
+        return (
+            '{"type":"token","task_id":' + _json_str(self.task_id)
+            + ',"t_ms":' + repr(self.t_ms)
+            + ',"node":' + _json_str(self.node)
+            + ',"text":' + _json_str(self.text)
+            + ',"diagnostics":[]}'
+        )  # fmt: skip
 
 
 RunItem = TaskEvent | TokenDelta
@@ -90,11 +114,13 @@ class TaskRun:
         request: TaskRequest,
         run_id: int,
         sink: TextSink | None = None,
+        relay: ByteSink | None = None,
     ) -> None:
         self.orch = orch
         self.request = request
         self.run_id = run_id
         self.sink = sink
+        self.relay = relay
         self.arrival = orch.clock()
         self.pending: deque[RunItem] = deque()
         self._ended = False  # nothing more will be queued
@@ -285,14 +311,17 @@ class TaskRun:
     async def _llm(self, graph: TaskGraph, node: Node, deadline: float) -> str:
         call = self._call(graph, node, deadline)
         task_id, node_id, arrival, put = self.request.id, node.id, self.arrival, self._put
-        sink = self.sink if node.final else None
+        # The replica's bytes go straight out only when no later step reads the text.
+        relay = self.relay if node.final and node.id == graph.result_node else None
+        sink = self.sink if node.final and relay is None else None
+        queued = sink is None and relay is None
 
         def on_token(text: str, t: float) -> None:
             if not node.final:
                 return
             if self.first_token_at is None:
                 self.first_token_at = t
-            if sink is None:
+            if queued:
                 put(TokenDelta(task_id, node_id, text, (t - arrival) * 1000.0))
 
         def on_dispatch(c: Call) -> None:
@@ -301,7 +330,7 @@ class TaskRun:
             )
 
         try:
-            text, usage = await self.orch.run_call(call, node, on_token, on_dispatch, sink)
+            text, usage = await self.orch.run_call(call, node, on_token, on_dispatch, sink, relay)
         except TaskFailed:
             self._emit(
                 type="node", node=node.id, state="failed", replica=call.replica,

@@ -32,7 +32,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.api import TaskEvent
 from orchestrator.config import User, hash_token, load_config
-from orchestrator.emulator.process import RunningEmulator, health_status, launch_emulator
+from orchestrator.emulator.process import (
+    RunningEmulator,
+    StartEmulator,
+    health_status,
+    launch_emulator,
+)
 from orchestrator.executor import Orchestrator, ReplicaSpec
 from orchestrator.runtime import task_defaults
 from orchestrator.server import (
@@ -44,6 +49,7 @@ from orchestrator.server import (
     create_app,
     serve_app,
 )
+from orchestrator.task_run import TokenDelta
 
 MODEL = "tiny"
 PROMPT = "def fibonacci(n):"
@@ -154,6 +160,77 @@ async def test_openai_completions_streamed_and_whole_agree(serve: Serve) -> None
     assert len([p for p in pieces if p]) > 1  # really streamed, token by token
     assert "".join(pieces) == choice.text  # deterministic replicas: same prompt, same text
     assert usage is not None and usage.completion_tokens == 16
+
+
+async def raw_sse(url: str, body: dict[str, Any]) -> list[bytes]:
+    """The ``data:`` payloads of one streamed request, as sent."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(url, json=body) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+        raw = await resp.read()
+    assert raw.endswith(b"\n\n") and raw.count(b"data: [DONE]\n\n") == 1
+    return [e.removeprefix(b"data: ") for e in raw.split(b"\n\n") if e]
+
+
+async def test_a_streamed_completion_forwards_the_replicas_chunks(
+    emulators: list[RunningEmulator],
+) -> None:
+    """The replica's own chunks (its id, its finish reason), under the client's model
+    name; its usage chunk only when asked for; one [DONE]."""
+    alias = "tiny-alias"  # the replicas serve it as "tiny"
+    spec = ReplicaSpec(id="r0", url=emulators[0].url, model=alias, served_name=MODEL)
+    orch = Orchestrator([spec], defaults=task_defaults(load_config(None)))
+    runner = await serve_app(create_app(orch, ServiceOptions(models=[alias])), "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/completions"
+    body = {"model": alias, "prompt": PROMPT, "max_tokens": 6, "stream": True}
+    payloads_of = []
+    try:
+        for with_usage in (False, True):
+            options = {"stream_options": {"include_usage": True}} if with_usage else {}
+            payloads_of.append(await raw_sse(url, body | options))
+    finally:
+        await runner.cleanup()
+        await orch.close()
+    for with_usage, payloads in zip((False, True), payloads_of, strict=True):
+        assert payloads[-1] == b"[DONE]"
+        chunks = [json.loads(p) for p in payloads[:-1]]
+        assert len({c["id"] for c in chunks}) == 1 and chunks[0]["id"].startswith("cmpl-")
+        assert {c["model"] for c in chunks} == {alias}
+        texts = [c["choices"][0]["text"] for c in chunks if c["choices"]]
+        assert len(texts) == 6 and all(texts)
+        assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "length"
+        usage = [c["usage"] for c in chunks if c.get("usage")]
+        assert usage == ([{"prompt_tokens": 5, "total_tokens": 11, "completion_tokens": 6}]
+                         if with_usage else [])  # fmt: skip
+    records = list(orch.recorder.records())
+    assert [r.outcome for r in records] == ["ok", "ok"] and all(r.first_token for r in records)
+
+
+async def test_a_replica_killed_mid_forward_ends_the_stream_with_an_error(
+    start_emulator: StartEmulator,
+) -> None:
+    doomed = start_emulator(model=MODEL, speed=1.0, extra_args=("--mean-output-tokens", "1000000"))
+    spec = ReplicaSpec(id="r0", url=doomed.url, model=MODEL, engine="emulated")
+    orch = Orchestrator([spec], defaults=task_defaults(load_config(None)))
+    runner = await serve_app(create_app(orch, ServiceOptions(models=[MODEL])), "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/completions"
+    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 3000, "stream": True}
+    try:
+        async with aiohttp.ClientSession() as http, http.post(url, json=body) as resp:
+            first = await resp.content.readuntil(b"\n\n")
+            doomed.proc.kill()
+            rest = await asyncio.wait_for(resp.content.read(), 60)
+    finally:
+        await runner.cleanup()
+        await orch.close()
+    assert json.loads(first.removeprefix(b"data: "))["choices"][0]["text"]
+    events = [e.removeprefix(b"data: ") for e in rest.split(b"\n\n") if e]
+    assert events[-1] == b"[DONE]"
+    error = json.loads(events[-2])["error"]
+    assert error["code"] == 500 and "failed" in error["message"]
+    assert [r.outcome for r in orch.recorder.records()] == ["error"]
 
 
 async def test_openai_chat_with_and_without_the_cato_extension(serve: Serve) -> None:
@@ -548,6 +625,12 @@ def test_openai_chunks_are_the_frames_byte_for_byte(text: str, model: str, chat:
     slow.id, slow.created = fast.id, fast.created
     for piece in ("first", text, text + '\u2192\n"', text):
         assert fast.chunk(piece) == slow._frame([slow._choice(piece, None)])
+
+
+@given(st.text(), st.text(min_size=1), st.floats(min_value=0, max_value=1e7))
+def test_token_events_are_written_without_their_model(text: str, task: str, t_ms: float) -> None:
+    delta = TokenDelta(task, "llm", text, t_ms)
+    assert json.loads(delta.json()) == json.loads(delta.event().model_dump_json(exclude_none=True))
 
 
 async def test_a_write_to_a_client_that_left_ends_the_request() -> None:

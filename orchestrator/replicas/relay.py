@@ -9,8 +9,9 @@ three things are looked at in the bytes, each with one C-level search per read:
 - ``"error"``: JSON escapes every quote inside a string, so these seven bytes occur only
   as a key or as a whole string value. A read that has them is parsed event by event,
   and an error object ends the stream as the parsing path would end it.
-- ``"usage":{`` (or ``"usage": {``): the usage chunk (asked for with ``stream_options.include_usage``) is
-  the one event decoded; a usage-only chunk is held back unless the client asked for it.
+- ``"usage":{`` (or ``"usage": {``): the usage chunk (asked for with
+  ``stream_options.include_usage``) is the one event decoded; a usage-only chunk is held
+  back unless the client asked for it.
 - ``data: [DONE]`` at an event start: the end; it is not forwarded (the service writes
   its own once the task is over).
 
