@@ -43,6 +43,11 @@ class Orchestrator(Protocol):
 
     async def status(self) -> Status: ...
 
+    async def warm(self) -> None:
+        """Get ready for the first task now (embedded: start the replicas), so that the
+        first suggestion does not pay for the start."""
+        ...
+
     def fim_family(self, model: str | None) -> str | None: ...
 
     def describe(self) -> str: ...
@@ -51,7 +56,8 @@ class Orchestrator(Protocol):
 
 
 class EmbeddedOrchestrator:
-    """The orchestrator in-process, built on first use; its replicas start once, shared.
+    """The orchestrator in-process; its replicas start once, shared, at `warm` (the
+    server calls it at initialize) or on first use, whichever comes first.
 
     A request cancelled while the replicas start does not cancel the start; a start
     that fails is undone (its replicas stopped) so that the next request tries again.
@@ -98,6 +104,9 @@ class EmbeddedOrchestrator:
             self._starting = asyncio.create_task(self._start(self._build()), name="cato runtime")
         return await asyncio.shield(self._starting)
 
+    async def warm(self) -> None:
+        await self.runtime()
+
     async def submit(self, request: TaskRequest) -> AsyncGenerator[TaskEvent, None]:
         runtime = await self.runtime()
         async with contextlib.aclosing(runtime.orchestrator.submit(request)) as events:
@@ -105,10 +114,10 @@ class EmbeddedOrchestrator:
                 yield event
 
     async def status(self) -> Status:
-        """The runtime's status; before the first request it says the replicas are idle."""
+        """The runtime's status; until it is started, whether the replicas are starting."""
         if not self._started or self._runtime is None:
             starting = self._starting is not None and not self._starting.done()
-            message = "starting replicas" if starting else "not started (starts on first use)"
+            message = "starting replicas" if starting else "not started"
             return Status(ok=False, message=message)
         return self._runtime.status()
 
@@ -180,6 +189,11 @@ class RemoteOrchestrator:
             raise BackendError(f"lost the connection to {self.url}: {exc}") from exc
         finally:
             resp.close()  # before the end of the stream: the service cancels the task
+
+    async def warm(self) -> None:
+        """Nothing to start (the service runs its replicas), but a wrong URL or token is
+        reported now rather than at the first keystroke."""
+        await self.status()
 
     async def status(self) -> Status:
         try:

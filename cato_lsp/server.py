@@ -133,6 +133,8 @@ class CatoLanguageServer(LanguageServer):
         self._backend_key: tuple[object, ...] | None = None
         self._closing: set[asyncio.Task[None]] = set()
         self._status_task: asyncio.Task[dict[str, Any]] | None = None
+        self._warm_task: asyncio.Task[None] | None = None
+        self._warmed: Orchestrator | None = None
         self.reporter = StatusReporter(
             notify=self.protocol.notify,
             show=self._show,
@@ -190,6 +192,7 @@ class CatoLanguageServer(LanguageServer):
     def _replace_backend(self) -> None:
         old, self._backend = self._backend, None
         self._backend_key = None
+        self._stop_warming()
         if old is not None:
             task = asyncio.ensure_future(old.close())
             self._closing.add(task)
@@ -230,7 +233,41 @@ class CatoLanguageServer(LanguageServer):
         else:
             self.configure(pushed)
 
+    def warm_up(self) -> None:
+        """Start the current backend's replicas now, once per backend, in the background:
+        the status says `starting` until they are ready, and the first suggestion does not
+        wait for them."""
+        if self.settings_problem is not None:
+            return
+        backend = self.backend()
+        if self._warmed is backend:
+            return
+        self._stop_warming()
+        self._warmed = backend
+        self._warm_task = asyncio.ensure_future(self._warm(backend))
+
+    def _stop_warming(self) -> None:
+        task, self._warm_task, self._warmed = self._warm_task, None, None
+        if task is not None and not task.done():
+            task.cancel()  # stops the wait only: the start itself is shared and shielded
+
+    async def _warm(self, backend: Orchestrator) -> None:
+        if self.reporter.starting() and self.reporter.due(force=True):
+            self._schedule_status()
+        try:
+            await backend.warm()
+        except BackendError as exc:
+            self.task_failed(exc.code, str(exc))
+            return
+        except Exception as exc:
+            log.exception("starting the orchestrator failed")
+            self.task_failed("unavailable", f"the replicas did not start: {exc}")
+            return
+        if self.reporter.ready() and self.reporter.due(force=True):
+            self._schedule_status()
+
     async def close_backend(self) -> None:
+        self._stop_warming()
         backend, self._backend = self._backend, None
         self._backend_key = None
         if backend is not None:
@@ -289,12 +326,14 @@ def on_initialize(ls: CatoLanguageServer, params: types.InitializeParams) -> Non
 
 async def on_initialized(ls: CatoLanguageServer, params: types.InitializedParams) -> None:
     await ls.pull_configuration()
+    ls.warm_up()
 
 
 async def on_configuration(
     ls: CatoLanguageServer, params: types.DidChangeConfigurationParams
 ) -> None:
     await ls.pull_configuration(params.settings)
+    ls.warm_up()
 
 
 def on_close(ls: CatoLanguageServer, params: types.DidCloseTextDocumentParams) -> None:

@@ -69,9 +69,16 @@ class StatusReporter:
         return changed
 
     def starting(self) -> bool:
-        changed = self.state in ("idle",)
-        if changed:
-            self.state = "starting"
+        """The replicas are being started; True when the state changed."""
+        changed = self.state != "starting"
+        self.state, self.detail = "starting", None
+        return changed
+
+    def ready(self) -> bool:
+        """The replicas are up (no task yet); True when the state changed."""
+        changed = self.state != "ready"
+        self.state, self.detail = "ready", None
+        self._shown.clear()
         return changed
 
     def failure(self, code: str, message: str) -> bool:

@@ -106,6 +106,13 @@ async def busy(url: str) -> bool:
     )
 
 
+async def wait_for_state(editor: Editor, state: str, timeout_s: float = WAIT_S) -> None:
+    """Until a `cato/status` notification says `state`."""
+    async with asyncio.timeout(timeout_s):
+        while not any(s["state"] == state for s in editor.statuses):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+
 def texts(result: Any) -> list[str]:
     assert isinstance(result, types.InlineCompletionList)
     return [str(item.insert_text) for item in result.items]
@@ -173,7 +180,7 @@ async def test_a_completion_no_replica_can_serve_in_time_is_shed_not_shown_late(
     status = await editor.command("cato.status")
     assert status["completions"]["shed"] == 1 and status["completions"]["errors"] == 0
     assert status["completions"]["shown"] == 0
-    assert status["state"] == "idle"  # no failure state: a shed is not an error
+    assert status["state"] == "ready"  # no failure state: a shed is not an error
 
 
 async def test_block_completion_stays_in_the_block(
@@ -486,12 +493,15 @@ async def test_unreachable_orchestrator_gives_empty_results(
     assert len([m for m in editor.client.messages if "reached" in m.message]) == 1
 
 
-async def test_embedded_built_in_default_starts_replicas_on_first_use(
+async def test_embedded_built_in_default_starts_replicas_at_initialize(
     start: EditorFactory, tmp_path: Path
 ) -> None:
     editor = await start({"debounceMs": 0})
-    status = await editor.command("cato.status")
-    assert status["replicasTotal"] == 0  # nothing runs before it is needed
+    # No request yet: the replicas start with the server, and the status says so.
+    await wait_for_state(editor, "ready", 120)
+    states = [s["state"] for s in editor.statuses]
+    assert states[0] == "starting", states
+    assert editor.statuses[-1]["replicasReady"] == 2
     uri = (tmp_path / "d.py").as_uri()
     editor.open(uri, SOURCE)
 
