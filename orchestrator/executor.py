@@ -262,6 +262,11 @@ class Orchestrator:
             ok=any(i.state == "ready" for i in infos),
         )
 
+    def queued(self) -> int:
+        """Calls waiting for a replica: ``status().queued`` without building the rest
+        of the status (its per-kind statistics walk every recent task)."""
+        return sum(len(r.state.queue) for r in self._replicas.values()) + self._core.parked_count
+
     def _info(self, rep: _Replica) -> ReplicaInfo:
         st = rep.state
         return ReplicaInfo(

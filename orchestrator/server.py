@@ -135,9 +135,7 @@ class Service:
         self.metrics = metrics or ServiceMetrics()
         self.users = Users(options.users, options.retry_after_s, clock)
         self._openapi: str | None = None
-        self.queue = QueueBound(
-            options.max_queued, lambda: orch.status().queued, options.retry_after_s, clock
-        )
+        self.queue = QueueBound(options.max_queued, orch.queued, options.retry_after_s, clock)
 
     # -- admission ----------------------------------------------------------------
 
