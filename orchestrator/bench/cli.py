@@ -30,6 +30,7 @@ from orchestrator.bench import (
     capacity_report,
     chaos,
     fairness,
+    overhead,
     peers,
     soak,
     workloads,
@@ -104,6 +105,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     chaos.configure(sub.add_parser("chaos", help="stream through cato serve, killing replicas"))
     soak.configure(sub.add_parser("soak", help="steady load; memory and fds over time"))
     fairness.configure(sub.add_parser("fairness", help="light users beside a heavy one"))
+    overhead.configure(
+        sub.add_parser("overhead", help="router CPU per streamed request, beside its peers")
+    )
     shape = sub.add_parser("workloads", help="print per-kind prompt and output lengths")
     workloads.configure(shape)
     calibrate.configure(
@@ -287,6 +291,8 @@ def _run(args: argparse.Namespace) -> int:
         return soak.run(args)
     if args.bench_command == "fairness":
         return fairness.run(args)
+    if args.bench_command == "overhead":
+        return overhead.run(args)
     if args.bench_command == "capacity":
         return _run_capacity(args)
     return _run_sim(args)
