@@ -508,6 +508,7 @@ async def smollm2_replica(tmp_path: Path) -> AsyncIterator[tuple[str, str]]:
 
 
 @real_engine
+@pytest.mark.timeout(2 * START_TIMEOUT_S)  # setup included: vLLM may load for minutes
 async def test_language_server_completes_a_function_with_real_smollm2(
     tmp_path: Path, smollm2_replica: tuple[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
