@@ -50,6 +50,10 @@ class Orchestrator(Protocol):
 
     def fim_family(self, model: str | None) -> str | None: ...
 
+    def default_max_tokens(self, kind: TaskKind) -> int | None:
+        """The output budget a task of `kind` gets when it names none (None: unknown)."""
+        ...
+
     def describe(self) -> str: ...
 
     async def close(self) -> None: ...
@@ -130,6 +134,9 @@ class EmbeddedOrchestrator:
         except KeyError:
             return None
 
+    def default_max_tokens(self, kind: TaskKind) -> int | None:
+        return self._build().config.task(kind).max_tokens
+
     def describe(self) -> str:
         return f"embedded ({self.config_path or 'built-in default'})"
 
@@ -205,6 +212,9 @@ class RemoteOrchestrator:
 
     def fim_family(self, model: str | None) -> str | None:
         return None
+
+    def default_max_tokens(self, kind: TaskKind) -> int | None:
+        return None  # the service's config is its own
 
     def describe(self) -> str:
         return f"remote ({self.url})"

@@ -25,6 +25,9 @@ _CLOSING_LINE: Final = re.compile(r"^(?:[)\]}]+|end|fi|done|esac)[;,]?$")
 _BLOCK_OPENER_CHARS: Final = (":", "{", "(", "[", "=>", "->")
 _BLOCK_OPENER_WORDS: Final = frozenset({"do", "then", "else", "begin", "repeat"})
 _BRACKETS: Final = {"(": 1, "[": 1, "{": 1, ")": -1, "]": -1, "}": -1}
+# Line ends after which a suggestion belongs on the next line (a bracket or an arrow at
+# the end of a line usually continues the same expression instead).
+_NEXT_LINE_OPENER_CHARS: Final = (":", "{")
 _SCAN_CHARS: Final = 20_000
 
 
@@ -89,6 +92,44 @@ def completion_mode(prefix: str, suffix: str) -> Mode:
     if _current_line_before(prefix).strip() or _current_line_after(suffix).strip():
         return "line"
     return "block" if _opens_block(_previous_code_line(prefix)) else "line"
+
+
+def _is_word_char(char: str) -> bool:
+    return char.isalnum() or char == "_"
+
+
+def inside_identifier(text: str, offset: int) -> bool:
+    """Whether the cursor splits a word (`de|f`): a suggestion there would land inside it."""
+    if offset <= 0 or offset >= len(text):
+        return False
+    return _is_word_char(text[offset - 1]) and _is_word_char(text[offset])
+
+
+def next_line_lead(prefix: str, suffix: str, indent_unit: str | None = None) -> str | None:
+    """The line break and indentation a suggestion needs at the end of a block opener.
+
+    At the end of `def f(n):` or `if (x) {` (nothing but blanks after the cursor on that
+    line) the body belongs on the next line, one level deeper; None elsewhere. A `:` inside
+    open brackets (`f(a:`, `{"k":`) opens no block.
+    """
+    if _current_line_after(suffix).strip():
+        return None
+    line = _current_line_before(prefix)
+    code = _BLOCK_PARAMETERS.sub("", _TRAILING_COMMENT.sub("", line).rstrip())
+    words = code.split()
+    if not words:
+        return None
+    opens = code.endswith(_NEXT_LINE_OPENER_CHARS) or words[-1] in _BLOCK_OPENER_WORDS
+    if not opens or (code.endswith(":") and _bracket_depth(code) != 0):
+        return None
+    unit = indent_unit or detect_indent(prefix[-_SCAN_CHARS:] + suffix[:_SCAN_CHARS])
+    return _line_ending(prefix, suffix) + _leading_ws(line) + unit
+
+
+def complete_lines(code: str) -> str:
+    """`code` up to its last line break: what is left of output cut at `max_tokens`."""
+    found = [m.start() for m in _LINE_BREAK.finditer(code)]
+    return code[: found[-1]].rstrip() if found else ""
 
 
 # --------------------------------------------------------------------------- indentation

@@ -190,6 +190,31 @@ async def test_generate_inserts_code_below_the_comment(
     assert result["code"].strip().split("\n")[0].strip() in edit.new_text
 
 
+async def test_generate_cut_at_its_token_limit_keeps_whole_lines_and_warns(
+    start: EditorFactory, emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    config = external_config(tmp_path / "cato.toml", emulator)
+    uri = (tmp_path / "calc.py").as_uri()
+    results = {}
+    for limit in (2048, 24):
+        editor = await start(
+            {"config": str(config), "debounceMs": 0, "tasks": {"generate": {"maxTokens": limit}}}
+        )
+        editor.open(uri, PYTHON)
+        results[limit] = (await editor.command("cato.generate", where(uri, 9, 10)), editor)
+
+    whole, _ = results[2048]
+    cut, editor = results[24]
+    assert whole["truncated"] is False and cut["truncated"] is True
+    # the same output, ended at the last line break before the limit
+    assert cut["code"] and whole["code"].startswith(cut["code"]), (cut, whole)
+    assert whole["code"][len(cut["code"])] == "\n"
+    warnings = [m for m in editor.client.messages if m.type == types.MessageType.Warning]
+    assert len(warnings) == 1 and "24-token limit" in warnings[0].message
+    _, edit = single_edit(editor)
+    assert edit.new_text.rstrip("\n").endswith(cut["code"].rstrip().split("\n")[-1])
+
+
 async def test_generate_without_a_comment_is_invalid_params(
     start: EditorFactory, emulator: RunningEmulator, tmp_path: Path
 ) -> None:

@@ -31,7 +31,6 @@ from pygls.protocol import LanguageServerProtocol
 from cato_lsp.context import offset_at
 from cato_lsp.features.documents import DocumentView
 from cato_lsp.features.inline_completion import choose_family, prepare
-from cato_lsp.postprocess import postprocess
 from cato_lsp.settings import parse_settings
 from orchestrator.emulator.process import RunningEmulator, launch_emulator
 from orchestrator.emulator.textgen import TextGenerator
@@ -69,9 +68,7 @@ def expected(text: str, line: int, character: int, uri: str) -> str | None:
     plan = TextGenerator(0, profile.output_mean_tokens, profile.output_sigma).plan(
         request.prompt or "", request.max_tokens or 64, stop=request.stop
     )
-    return postprocess(
-        plan.text, prepared.prefix, prepared.suffix, prepared.mode, None, prepared.family
-    )
+    return prepared.finish(plan.text)
 
 
 def texts(result: Any) -> list[str]:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from cato_lsp.postprocess import completion_mode, detect_indent, postprocess
+from cato_lsp.postprocess import (
+    complete_lines,
+    completion_mode,
+    detect_indent,
+    inside_identifier,
+    next_line_lead,
+    postprocess,
+)
 from cato_lsp.prompts import FimFamily, get_template
 
 # --------------------------------------------------------------------------- modes
@@ -222,3 +229,57 @@ def test_tokens_of_every_family_are_cut_without_a_family() -> None:
         for token in get_template(family).special_tokens:
             result = postprocess(f"value{token}junk", "x = ", "\n", "line")
             assert result == "value", token
+
+
+# --------------------------------------------------------------------------- cursor shape
+
+
+@pytest.mark.parametrize(
+    ("text", "offset", "inside"),
+    [
+        ("def", 2, True),  # de|f
+        ("x_1 = 2", 2, True),
+        ("def", 3, False),  # end of the word
+        ("def", 0, False),  # before it
+        ("f(x)", 2, False),  # f(|x)
+        ("a b", 1, False),
+        ("", 0, False),
+    ],
+)
+def test_inside_identifier(text: str, offset: int, inside: bool) -> None:
+    assert inside_identifier(text, offset) is inside
+
+
+@pytest.mark.parametrize(
+    ("prefix", "suffix", "lead"),
+    [
+        ("def fibonacci(n):", "\n", "\n    "),
+        ("class A:\n    def f(self):  # the method", "\n", "\n        "),
+        ("if (x) {", "", "\n    "),
+        ("\tif (x) {", "\r\n}\r\n", "\r\n\t\t"),
+        ("items.each do |item|", "\nend\n", "\n    "),
+        ("def f(a:", "\n", None),  # a `:` inside brackets
+        ('data = {"key":', "\n", None),
+        ("print(", "\n", None),  # continues the expression
+        ("def f(n):", ")\n", None),  # text after the cursor on the line
+        ("total = compute(x)", "\n", None),
+        ("", "", None),
+    ],
+)
+def test_next_line_lead_at_the_end_of_a_block_opener(
+    prefix: str, suffix: str, lead: str | None
+) -> None:
+    assert next_line_lead(prefix, suffix) == lead
+
+
+@pytest.mark.parametrize(
+    ("code", "kept"),
+    [
+        ("a = 1\nb = compu", "a = 1"),
+        ("a = 1\r\nb = 2\r\nc", "a = 1\r\nb = 2"),
+        ("def f():\n    return 1\n", "def f():\n    return 1"),
+        ("one line only", ""),
+    ],
+)
+def test_complete_lines_keeps_whole_lines(code: str, kept: str) -> None:
+    assert complete_lines(code) == kept

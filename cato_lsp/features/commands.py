@@ -41,6 +41,7 @@ from cato_lsp.features.documents import (
     view,
 )
 from cato_lsp.features.inline_completion import TaskObserver
+from cato_lsp.postprocess import complete_lines
 from cato_lsp.settings import Settings
 from orchestrator.api import TaskEvent, TaskKind, TaskRequest
 
@@ -114,6 +115,12 @@ def _failed(message: str) -> JsonRpcException:
 def _cancelling() -> bool:
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+def _reached(done: TaskEvent, limit: int | None) -> bool:
+    """Whether the output stopped at its token limit (so its last line may be cut)."""
+    usage = done.usage
+    return limit is not None and usage is not None and usage.completion_tokens >= limit
 
 
 def target_path(source: str, target_language: str, exists: Callable[[str], bool]) -> str:
@@ -252,6 +259,14 @@ class Commands:
             self._end(run.token, outcome)
         return run
 
+    def _output_limit(self, request: TaskRequest) -> int | None:
+        if request.max_tokens is not None:
+            return request.max_tokens
+        try:
+            return self.host.backend().default_max_tokens(request.kind)
+        except BackendError:
+            return None
+
     def cancel_progress(self, token: str) -> bool:
         task = self._by_token.get(token)
         if task is None or task.done():
@@ -347,12 +362,31 @@ class Commands:
             raise JsonRpcInvalidParams(
                 "nothing to generate from: no comment or docstring at the cursor"
             )
-        run = await self._run(self._request(TaskKind.GENERATE, doc, region.text), "CATO: generate")
+        request = self._request(TaskKind.GENERATE, doc, region.text)
+        run = await self._run(request, "CATO: generate")
         if run.cancelled or run.done is None:
             return {"cancelled": True, "applied": False}
         code = actions.clean_model_text(run.done.result or "")
+        limit = self._output_limit(request)
+        truncated = _reached(run.done, limit)
+        if truncated:
+            code = complete_lines(code)  # the last line was cut mid-way
         if not code.strip():
-            raise _failed("the model returned no code")
+            raise _failed(
+                f"the model's code was cut at {limit} tokens before its first line ended;"
+                " raise tasks.generate.maxTokens"
+                if truncated
+                else "the model returned no code"
+            )
+        if truncated:
+            self.host.ls.window_show_message(
+                types.ShowMessageParams(
+                    type=types.MessageType.Warning,
+                    message=f"CATO: the generated code reached its {limit}-token limit; "
+                    "kept up to its last complete line (raise tasks.generate.maxTokens "
+                    "for more)",
+                )
+            )
         text = actions.code_text(code, region.indent, doc.line_ending())
         edit = self._insert_at_line(doc, region.last + 1, text)
         applied = await self._apply("CATO: generate", self._document_edit(doc, [edit]))
@@ -361,6 +395,7 @@ class Commands:
             "code": code,
             "line": edit.range.start.line,
             "diagnostics": list(run.done.diagnostics),
+            "truncated": truncated,
         }
 
     async def translate_file(self, arguments: Sequence[Any]) -> dict[str, Any]:

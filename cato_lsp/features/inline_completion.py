@@ -45,7 +45,13 @@ from cato_lsp.features.documents import (
     valid_unicode,
     view,
 )
-from cato_lsp.postprocess import Mode, completion_mode, postprocess
+from cato_lsp.postprocess import (
+    Mode,
+    completion_mode,
+    inside_identifier,
+    next_line_lead,
+    postprocess,
+)
 from cato_lsp.prompts import FimFamily, FimTemplate, get_template, guess_family
 from cato_lsp.settings import DEFAULT_FIM_FAMILY, Settings
 from orchestrator.api import SLA_UNREACHABLE, TaskKind, TaskRequest
@@ -84,13 +90,23 @@ class Suggestion:
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """A completion request ready to go upstream, with what post-processing needs."""
+    """A completion request ready to go upstream, with what post-processing needs.
+
+    `lead` is text the suggestion starts with that the model was given as part of the
+    prefix (the line break and indentation after a block opener); `prefix` includes it.
+    """
 
     prefix: str
     suffix: str
     mode: Mode
     family: str
     request: TaskRequest
+    lead: str = ""
+
+    def finish(self, raw: str) -> str | None:
+        """The suggestion for the model's raw text, or None if none is worth showing."""
+        text = postprocess(raw, self.prefix, self.suffix, self.mode, None, self.family)
+        return None if text is None else self.lead + text
 
 
 @dataclass
@@ -104,6 +120,7 @@ class CompletionStats:
     cancelled: int = 0
     errors: int = 0
     shed: int = 0  # ended at once: no replica could answer within the SLA any more
+    skipped: int = 0  # nothing asked: inside a word, a binary file, a language left out
     empty: int = 0
     shown: int = 0
     accepted: int = 0
@@ -266,14 +283,18 @@ def prepare(
         doc.text[max(0, offset - _BINARY_PROBE) : offset + _BINARY_PROBE]
     ):
         return None
+    if inside_identifier(doc.text, offset):
+        return None  # `de|f`: whatever comes would split the word
     ctx = settings.context
     prefix, suffix = prefix_suffix_window(doc.text, offset, ctx.budget_tokens, ctx.prefix_share)
+    lead = next_line_lead(prefix, suffix) or ""
+    prefix += lead  # at the end of `def f(n):` the body starts on the next line
     template = get_template(family)
     snippets = _snippets(prefix, suffix, doc, others, settings, root)
     prompt = valid_unicode(_render(template, prefix, suffix, snippets, doc, root))
     if not prompt.strip():
         return None
-    mode = completion_mode(prefix, suffix)
+    mode: Mode = "block" if lead else completion_mode(prefix, suffix)
     task = settings.task(TaskKind.COMPLETE)
     max_tokens = task.max_tokens
     stop = list(template.stop)
@@ -292,7 +313,7 @@ def prepare(
         user=settings.user,
         on_late="shed",
     )
-    return Prepared(prefix, suffix, mode, template.family.value, request)
+    return Prepared(prefix, suffix, mode, template.family.value, request, lead)
 
 
 # --------------------------------------------------------------------------- service
@@ -340,6 +361,7 @@ class InlineCompletion:
             return None
         prepared = prepare(doc, offset, others, settings, family, root)
         if prepared is None:
+            self.stats.skipped += 1
             return None
         task = asyncio.create_task(self._fetch(prepared, settings))
         self._inflight[doc.uri] = task
@@ -400,11 +422,7 @@ class InlineCompletion:
         if settings.debounce_ms > 0:
             await asyncio.sleep(settings.debounce_ms / 1000.0)
         raw = await self._collect(prepared, settings.request_timeout_s)
-        if raw is None:
-            return None
-        return postprocess(
-            raw, prepared.prefix, prepared.suffix, prepared.mode, None, prepared.family
-        )
+        return None if raw is None else prepared.finish(raw)
 
     async def _collect(self, prepared: Prepared, timeout_s: float) -> str | None:
         """The model's text; in line mode the stream is closed once the line is complete."""
