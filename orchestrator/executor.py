@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from orchestrator.api import ReplicaInfo, Status, TaskEvent, TaskRequest, Usage
 from orchestrator.config import PriorityMode
 from orchestrator.dispatch import DispatchCore, DispatchError
-from orchestrator.graphs import Node, TaskDefaults
+from orchestrator.graphs import Node, TaskDefaults, TaskGraph
 from orchestrator.metrics import Recorder
 from orchestrator.policy.admission import Admission, make_admission, resolve_admission
 from orchestrator.policy.scheduler import Scheduler, make_scheduler
@@ -237,16 +237,28 @@ class Orchestrator:
         return TaskRun(self, request, next(self._run_ids)).events()
 
     def submit_batches(
-        self, request: TaskRequest, sink: TextSink | None = None, relay: ByteSink | None = None
+        self,
+        request: TaskRequest,
+        sink: TextSink | None = None,
+        relay: ByteSink | None = None,
+        *,
+        graph: TaskGraph | None = None,
+        progress: bool = True,
     ) -> AsyncGenerator[list[RunItem], None]:
         """``submit`` for a service: the events that are ready together come as one
         list, tokens as ``TokenDelta``; closing the iterator cancels the same way.
 
         With a ``sink``, the final node's text deltas are not queued: its model call
         awaits ``sink(texts)`` with those of each read, which saves a hand-off between
-        tasks per token (a sink that waits holds back reading from the replica).
+        tasks per token (a sink that waits holds back reading from the replica). With a
+        ``relay``, a final node whose text no later step reads sends the replica's
+        stream there as bytes. ``graph``: the request's, when the caller built it
+        already; ``progress=False`` leaves out the ``node`` events.
         """
-        return TaskRun(self, request, next(self._run_ids), sink, relay).batches()
+        run = TaskRun(
+            self, request, next(self._run_ids), sink, relay, graph=graph, progress=progress
+        )
+        return run.batches()
 
     def status(self) -> Status:
         now = self.clock()

@@ -227,12 +227,15 @@ class Service:
         reserved: int,
         sink: TextSink | None = None,
         relay: ByteSink | None = None,
+        *,
+        graph: TaskGraph | None = None,
+        progress: bool = True,
     ) -> AsyncGenerator[list[RunItem], None]:
         """Submit with metrics, a log line and the user's token bill; closing it cancels
         the task. Events come in batches (what was ready together), tokens as
         ``TokenDelta`` (or to ``sink`` or ``relay``: see ``Orchestrator.submit_batches``)."""
         last: TaskEvent | None = None
-        submitted = self.orch.submit_batches(req, sink, relay)
+        submitted = self.orch.submit_batches(req, sink, relay, graph=graph, progress=progress)
         try:
             async with contextlib.aclosing(submitted) as batches:
                 async for batch in batches:
@@ -256,13 +259,14 @@ class Service:
         if user is not None:
             req = req.model_copy(update={"user": user.name})
         req = self.options.with_floor(req, user)
-        reserved = self._reserve(self._check(req), user)
+        graph = self._check(req)
+        reserved = self._reserve(graph, user)
         try:
             resp = await _open_sse(request)
         except BaseException:
             self.users.settle(user, reserved, 0)  # the client left before the task began
             raise
-        async with contextlib.aclosing(self._run(req, user, reserved)) as batches:
+        async with contextlib.aclosing(self._run(req, user, reserved, graph=graph)) as batches:
             async for batch in batches:
                 await resp.write(b"".join(sse(_task_event_json(item)) for item in batch))
         await resp.write(b"data: [DONE]\n\n")
@@ -304,13 +308,16 @@ class Service:
         writer = OpenAIWriter(chat=chat, model=body.model or graph.model)
         if body.stream:
             include_usage = bool((body.stream_options or {}).get("include_usage"))
-            return await self._openai_stream(request, req, (user, reserved), writer, include_usage)
-        return await self._openai_whole(req, (user, reserved), writer)
+            return await self._openai_stream(
+                request, req, graph, (user, reserved), writer, include_usage
+            )
+        return await self._openai_whole(req, graph, (user, reserved), writer)
 
     async def _openai_stream(
         self,
         request: web.Request,
         req: TaskRequest,
+        graph: TaskGraph,
         bill: tuple[User | None, int],
         writer: OpenAIWriter,
         include_usage: bool,
@@ -325,7 +332,8 @@ class Service:
         out = _TextStream(request, writer, keep_usage=include_usage)
         relay = None if writer.chat else out
         last: TaskEvent | None = None
-        async with contextlib.aclosing(self._run(req, *bill, out.write, relay)) as batches:
+        run = self._run(req, *bill, out.write, relay, graph=graph, progress=False)
+        async with contextlib.aclosing(run) as batches:
             async for batch in batches:
                 last = _last_event(batch, last)
         resp = out.resp
@@ -345,10 +353,15 @@ class Service:
         return resp
 
     async def _openai_whole(
-        self, req: TaskRequest, bill: tuple[User | None, int], writer: OpenAIWriter
+        self,
+        req: TaskRequest,
+        graph: TaskGraph,
+        bill: tuple[User | None, int],
+        writer: OpenAIWriter,
     ) -> web.Response:
         last: TaskEvent | None = None
-        async with contextlib.aclosing(self._run(req, *bill)) as batches:
+        run = self._run(req, *bill, graph=graph, progress=False)
+        async with contextlib.aclosing(run) as batches:
             async for batch in batches:
                 last = _last_event(batch, last)
         if last is None or last.type != "done":

@@ -115,17 +115,21 @@ class TaskRun:
         run_id: int,
         sink: TextSink | None = None,
         relay: ByteSink | None = None,
+        *,
+        graph: TaskGraph | None = None,
+        progress: bool = True,
     ) -> None:
         self.orch = orch
         self.request = request
         self.run_id = run_id
         self.sink = sink
         self.relay = relay
+        self.progress = progress  # whether ``node`` events are wanted
         self.arrival = orch.clock()
         self.pending: deque[RunItem] = deque()
         self._ended = False  # nothing more will be queued
         self._wakeup: asyncio.Future[None] | None = None
-        self._graph: TaskGraph | None = None
+        self._graph: TaskGraph | None = graph
         self._runner: asyncio.Task[None] | None = None
         self._outcome: Outcome = "cancelled"
         self.first_token_at: float | None = None
@@ -142,6 +146,10 @@ class TaskRun:
 
     def _emit(self, **fields: object) -> None:
         self._put(self._event(**fields))
+
+    def _node_event(self, **fields: object) -> None:
+        if self.progress:
+            self._put(self._event(type="node", **fields))
 
     def _put(self, item: RunItem) -> None:
         self.pending.append(item)
@@ -176,7 +184,8 @@ class TaskRun:
         """Build the graph and start running it; return the first event (``started``,
         or the ``error`` of a request whose graph cannot be built)."""
         try:
-            self._graph = graphs.build_graph(self.request, self.orch.defaults)
+            if self._graph is None:
+                self._graph = graphs.build_graph(self.request, self.orch.defaults)
         except ValueError as exc:
             self._outcome = "error"
             return self._error_event(str(exc), "bad_request")
@@ -284,12 +293,12 @@ class TaskRun:
         return self.llm_done / self.llm_total if self.llm_total else None
 
     def _local(self, graph: TaskGraph, node: Node, inputs: list[str]) -> str:
-        self._emit(type="node", node=node.id, state="running")
+        self._node_event(node=node.id, state="running")
         started = self.orch.clock()
         out = graphs.run_local(node, inputs, self.request)
         self.diagnostics.extend(out.diagnostics)
         self.orch.profiler.observe(node, graph.model, self.orch.clock() - started)
-        self._emit(type="node", node=node.id, state="finished", progress=self._progress())
+        self._node_event(node=node.id, state="finished", progress=self._progress())
         return out.text
 
     def _call(self, graph: TaskGraph, node: Node, deadline: float) -> Call:
@@ -325,17 +334,14 @@ class TaskRun:
                 put(TokenDelta(task_id, node_id, text, (t - arrival) * 1000.0))
 
         def on_dispatch(c: Call) -> None:
-            self._emit(
-                type="node", node=node.id, state="running", replica=c.replica, priority=c.priority
-            )
+            self._node_event(node=node.id, state="running", replica=c.replica, priority=c.priority)
 
         try:
             text, usage = await self.orch.run_call(call, node, on_token, on_dispatch, sink, relay)
         except TaskFailed:
-            self._emit(
-                type="node", node=node.id, state="failed", replica=call.replica,
-                priority=call.priority,
-            )  # fmt: skip
+            self._node_event(
+                node=node.id, state="failed", replica=call.replica, priority=call.priority
+            )
             raise
         self.orch.profiler.observe(node, graph.model, _service_time(call, self.orch.clock()))
         if node.final and self.first_token_at is None:
@@ -345,9 +351,9 @@ class TaskRun:
             completion_tokens=self.usage.completion_tokens + usage.completion_tokens,
         )
         self.llm_done += 1
-        self._emit(
-            type="node", node=node.id, state="finished", replica=call.replica,
-            priority=call.priority, progress=self._progress(),
+        self._node_event(
+            node=node.id, state="finished", replica=call.replica, priority=call.priority,
+            progress=self._progress(),
         )  # fmt: skip
         return text
 
