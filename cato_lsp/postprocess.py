@@ -321,6 +321,26 @@ def _is_trivial(text: str) -> bool:
 # --------------------------------------------------------------------------- entry point
 
 
+def block_ended(raw: str, prefix: str, suffix: str, family: str | None = None) -> bool:
+    """Whether a block-mode output is already whole, so the stream may stop now.
+
+    True once a complete line (the last line may still grow) leaves the block or starts
+    repeating the code after the cursor: `postprocess` would cut there whatever follows.
+    """
+    lines = _LINE_BREAK.split(strip_special_tokens(raw, family))[:-1]
+    if len(lines) < 2:
+        return False
+    line_before = _current_line_before(prefix)
+    cursor_ws = line_before if not line_before.strip() else None
+    doc_unit = detect_indent(prefix[-_SCAN_CHARS:] + suffix[:_SCAN_CHARS])
+    lines = _normalize_indent(lines, cursor_ws, doc_unit)
+    kept = _drop_suffix_lines(lines, line_before, suffix, doc_unit)
+    if len(kept) < len(lines):
+        return True
+    opener_ws = _leading_ws(_previous_code_line(prefix))
+    return len(_limit_to_block(kept, line_before, opener_ws, suffix, doc_unit)) < len(kept)
+
+
 def postprocess(
     raw: str,
     prefix: str,

@@ -18,6 +18,7 @@ import signal
 import stat
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable, Generator
 from concurrent.futures import Executor, Future
 from typing import Any, BinaryIO, Final
@@ -341,25 +342,31 @@ def on_close(ls: CatoLanguageServer, params: types.DidCloseTextDocumentParams) -
     ls.commands.forget(params.text_document.uri)
 
 
+async def _suggest(
+    ls: CatoLanguageServer, uri: str, position: types.Position
+) -> tuple[inline.Suggestion, types.Position] | None:
+    """The suggestion, timed from the request's arrival to its answer (what the user
+    waits for) when there is one."""
+    if ls.settings_problem is not None:
+        return None
+    started = time.perf_counter()
+    found = await inline.suggest_at(ls.completion, ls.workspace, uri, position)
+    if found is not None:
+        ls.reporter.suggested((time.perf_counter() - started) * 1000.0)
+    return found
+
+
 async def on_inline_completion(
     ls: CatoLanguageServer, params: types.InlineCompletionParams
 ) -> types.InlineCompletionList:
-    if ls.settings_problem is not None:
-        return inline.inline_items(None, ACCEPT)
-    found = await inline.suggest_at(
-        ls.completion, ls.workspace, params.text_document.uri, params.position
-    )
+    found = await _suggest(ls, params.text_document.uri, params.position)
     return inline.inline_items(found, ACCEPT)
 
 
 async def on_completion(
     ls: CatoLanguageServer, params: types.CompletionParams
 ) -> types.CompletionList:
-    if ls.settings_problem is not None:
-        return inline.completion_items(None, ACCEPT)
-    found = await inline.suggest_at(
-        ls.completion, ls.workspace, params.text_document.uri, params.position
-    )
+    found = await _suggest(ls, params.text_document.uri, params.position)
     return inline.completion_items(found, ACCEPT)
 
 

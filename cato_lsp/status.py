@@ -8,7 +8,9 @@ are built from error texts that do not hold it, and the token is scrubbed regard
 
 from __future__ import annotations
 
+import math
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -26,6 +28,15 @@ _USER_MESSAGES: Final = {
     "unavailable": "CATO: the orchestrator has no replica available",
     "settings": "CATO: invalid settings",
 }
+
+
+_SUGGEST_WINDOW: Final = 200  # the most recent suggestions the percentiles cover
+
+
+def percentile(values: list[float], share: float) -> float:
+    """The nearest-rank percentile of non-empty `values` (share in 0..1)."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
 
 
 @dataclass
@@ -50,6 +61,7 @@ class StatusReporter:
     _tallies: dict[str, _KindTally] = field(default_factory=dict)
     _shown: set[str] = field(default_factory=set)
     _last_publish: float | None = None
+    _suggest_ms: deque[float] = field(default_factory=lambda: deque(maxlen=_SUGGEST_WINDOW))
 
     def _scrub(self, text: str) -> str:
         token = self.secret()
@@ -93,11 +105,30 @@ class StatusReporter:
         self.state, self.detail = code, message
         return changed
 
+    def suggested(self, elapsed_ms: float) -> None:
+        """A suggestion went back to the editor `elapsed_ms` after its request arrived."""
+        self._suggest_ms.append(elapsed_ms)
+
+    def suggest_latency(self) -> dict[str, float | int | None]:
+        """Keystroke to suggestion (request in to items out) over the recent suggestions."""
+        values = list(self._suggest_ms)
+        if not values:
+            return {"p50": None, "p90": None, "p99": None, "last": None, "count": 0}
+        return {
+            "p50": round(percentile(values, 0.50), 1),
+            "p90": round(percentile(values, 0.90), 1),
+            "p99": round(percentile(values, 0.99), 1),
+            "last": round(values[-1], 1),
+            "count": len(values),
+        }
+
     def attainment(self) -> dict[str, float]:
         return {k: t.met / t.total for k, t in self._tallies.items() if t.total}
 
     def payload(self, status: Status | None, extra: dict[str, Any]) -> dict[str, Any]:
-        """The `cato/status` params: state, replicas, last TTFT, SLA attainment, more."""
+        """The `cato/status` params: state, replicas, last TTFT, keystroke-to-suggestion
+        percentiles (what the user waits for, where TTFT is what the replica took), SLA
+        attainment, more."""
         replicas = [] if status is None else status.replicas
         ready = sum(1 for r in replicas if r.state == "ready")
         last_ttft = self.last_ttft_ms
@@ -110,6 +141,7 @@ class StatusReporter:
             "replicasReady": ready,
             "replicasTotal": len(replicas),
             "lastTtftMs": last_ttft,
+            "suggestMs": self.suggest_latency(),
             "slaAttainment": self.attainment(),
             **extra,
         }

@@ -167,6 +167,9 @@ async def test_inline_completion_embedded_matches_the_emulator_output(
     assert status["replicasReady"] == 1
     assert status["slaAttainment"]["complete"] in (0.0, 1.0)
     assert status["lastTtftMs"] is not None
+    waited = status["suggestMs"]  # keystroke to suggestion, as the editor waited for it
+    assert waited["count"] == 1 and waited["last"] == waited["p50"] == waited["p99"]
+    assert waited["p50"] > 0
     assert status["settings"]["token"] is None
     notified = editor.statuses[-1]  # `cato/status` went out as well
     assert notified["state"] == "ready" and notified["replicasReady"] == 1
@@ -211,6 +214,29 @@ async def test_block_completion_stays_in_the_block(
     assert texts(result) == ([want] if want else [])
     for line in (want or "").splitlines()[1:]:
         assert not line.strip() or line.startswith(" " * 8)  # never leaves the loop body
+
+
+async def test_a_block_stream_stops_once_the_block_is_whole(
+    start: EditorFactory, slow_emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    options = options_for(tmp_path, slow_emulator)
+    editor = await start(options)
+    uri = (tmp_path / "early.py").as_uri()
+    editor.open(uri, SOURCE)
+    before = await wait_idle(slow_emulator.url)
+
+    result = await asyncio.wait_for(editor.inline(uri, *BLOCK), 120)
+
+    want = expected(SOURCE, BLOCK, options, uri)
+    assert want and texts(result) == [want]
+    after = await wait_idle(slow_emulator.url)
+    # the model's next line left the loop body: the stream was closed, not read to its end
+    aborted = after.get("cato_emulator_aborted_total", 0) - before.get(
+        "cato_emulator_aborted_total", 0
+    )
+    assert aborted == 1
+    status = await editor.command("cato.status")
+    assert status["completions"]["stopped_early"] == 1
 
 
 async def test_snippets_of_other_open_files_reach_the_prompt(

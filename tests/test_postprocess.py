@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cato_lsp.postprocess import (
+    block_ended,
     complete_lines,
     completion_mode,
     detect_indent,
@@ -283,3 +284,29 @@ def test_next_line_lead_at_the_end_of_a_block_opener(
 )
 def test_complete_lines_keeps_whole_lines(code: str, kept: str) -> None:
     assert complete_lines(code) == kept
+
+
+# --------------------------------------------------------------------------- early stop
+
+
+@pytest.mark.parametrize(
+    ("raw", "ended"),
+    [
+        ("total += x\n        count += 1\n", False),  # still inside the block
+        ("total += x\n    return total", False),  # the dedent's line is not complete yet
+        ("total += x\n    return total\n", True),  # a complete line left the block
+        ("total += x\n", False),
+        ("total += x\n\n    print(total)\n", True),
+    ],
+)
+def test_block_ended_once_a_whole_line_leaves_the_block(raw: str, ended: bool) -> None:
+    prefix = "def f(xs):\n    total = 0\n    for x in xs:\n        "
+    assert block_ended(raw, prefix, "\n") is ended
+
+
+def test_block_ended_when_the_output_repeats_the_code_after_the_cursor() -> None:
+    prefix = "def f(xs):\n    "
+    suffix = "\n    return total\n\n\nprint(f([1]))\n"
+    raw = "total = sum(xs)\n    return total\n\n\nprint(f([1]))\n"
+    assert block_ended(raw, prefix, suffix)
+    assert not block_ended("total = sum(xs)\n", prefix, suffix)

@@ -47,6 +47,7 @@ from cato_lsp.features.documents import (
 )
 from cato_lsp.postprocess import (
     Mode,
+    block_ended,
     completion_mode,
     inside_identifier,
     next_line_lead,
@@ -103,6 +104,12 @@ class Prepared:
     request: TaskRequest
     lead: str = ""
 
+    def whole(self, raw: str) -> bool:
+        """Whether the output so far already holds the whole suggestion (stop the stream)."""
+        if self.mode == "line":
+            return _ends_line(raw)
+        return block_ended(raw, self.prefix, self.suffix, self.family)
+
     def finish(self, raw: str) -> str | None:
         """The suggestion for the model's raw text, or None if none is worth showing."""
         text = postprocess(raw, self.prefix, self.suffix, self.mode, None, self.family)
@@ -122,6 +129,7 @@ class CompletionStats:
     shed: int = 0  # ended at once: no replica could answer within the SLA any more
     skipped: int = 0  # nothing asked: inside a word, a binary file, a language left out
     empty: int = 0
+    stopped_early: int = 0  # the stream was closed once the suggestion was whole
     shown: int = 0
     accepted: int = 0
 
@@ -302,6 +310,8 @@ def prepare(
         # Only the first line is kept: the replica may stop there by itself.
         max_tokens = min(max_tokens or settings.line_max_tokens, settings.line_max_tokens)
         stop = ["\n", *stop]
+    else:
+        stop = [*_block_stops(doc.language), *stop]
     request = TaskRequest(
         kind=TaskKind.COMPLETE,
         prompt=prompt,
@@ -314,6 +324,20 @@ def prepare(
         on_late="shed",
     )
     return Prepared(prefix, suffix, mode, template.family.value, request, lead)
+
+
+# A new top-level definition ends any block a suggestion fills.
+_TOP_LEVEL_STOPS: Final[dict[str, tuple[str, ...]]] = {
+    "python": ("\ndef ", "\nclass ", "\nasync def ", "\n@", "\nif __name__"),
+    "javascript": ("\nfunction ", "\nexport ", "\nclass "),
+    "typescript": ("\nfunction ", "\nexport ", "\nclass ", "\ninterface "),
+    "go": ("\nfunc ", "\ntype "),
+    "rust": ("\nfn ", "\npub fn ", "\nimpl ", "\nstruct "),
+}
+
+
+def _block_stops(language: str) -> tuple[str, ...]:
+    return _TOP_LEVEL_STOPS.get(language.lower(), ())
 
 
 # --------------------------------------------------------------------------- service
@@ -425,7 +449,8 @@ class InlineCompletion:
         return None if raw is None else prepared.finish(raw)
 
     async def _collect(self, prepared: Prepared, timeout_s: float) -> str | None:
-        """The model's text; in line mode the stream is closed once the line is complete."""
+        """The model's text; the stream is closed as soon as the suggestion is whole (its
+        line is complete, or its block has ended), which frees the replica sooner."""
         parts: list[str] = []
         first_token_ms: float | None = None
         try:
@@ -439,7 +464,8 @@ class InlineCompletion:
                             if first_token_ms is None:
                                 first_token_ms = event.t_ms
                             parts.append(event.text)
-                            if prepared.mode == "line" and _ends_line(event.text):
+                            if _ends_line(event.text) and prepared.whole("".join(parts)):
+                                self.stats.stopped_early += 1
                                 break
                         elif event.type == "done":
                             self._observer.task_done(KIND, event.ttft_ms, event.sla_met)
@@ -457,7 +483,7 @@ class InlineCompletion:
         except TimeoutError:
             self._failed("unavailable", f"no answer within {timeout_s:g} s")
             return None
-        self._observer.task_done(KIND, first_token_ms, None)  # closed early: the line was complete
+        self._observer.task_done(KIND, first_token_ms, None)  # closed early: it was whole
         return "".join(parts)
 
 
