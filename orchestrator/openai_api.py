@@ -125,11 +125,22 @@ class OpenAIWriter:
     def __init__(self, *, chat: bool, model: str) -> None:
         self.chat = chat
         self.model = model
-        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        self._id: str | None = None
         self.created = int(time.time())
         self.object = "chat.completion.chunk" if chat else "text_completion"
         self._role_sent = False
         self._template: tuple[bytes, bytes] | None = None
+
+    @property
+    def id(self) -> str:
+        """Made on first use: a forwarded stream never needs one of its own."""
+        if self._id is None:
+            self._id = ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex
+        return self._id
+
+    @id.setter
+    def id(self, value: str) -> None:
+        self._id = value
 
     def _chunk_template(self) -> tuple[bytes, bytes] | None:
         """The bytes of a text chunk around its JSON-encoded text: ``chunk`` runs per

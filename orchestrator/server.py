@@ -438,6 +438,8 @@ async def read_body(request: web.Request, max_bytes: int, limits: HttpLimits) ->
     """The request's body: 413 over ``max_bytes``, 408 (and the connection closed)
     when it does not arrive within ``limits.body_timeout_s``."""
     try:
+        if request.content.is_eof():  # all of it came with the head: nothing to wait for
+            return await request.read()
         async with asyncio.timeout(limits.body_timeout_s):
             return await request.read()
     except web.HTTPRequestEntityTooLarge:
