@@ -6,6 +6,12 @@ new sequences are admitted while ``max_num_seqs`` and the KV cache allow, and se
 are preempted (by recompute) when the KV cache runs out. The emulator (real time) and
 the simulator (virtual clock) both drive this class, so live and simulated runs agree.
 
+With ``prefix_caching`` (vLLM's ``--enable-prefix-caching``), full KV blocks of a
+prompt are identified by a chained hash of their content (``block_hashes``): a block is
+reused by any later request whose prompt starts with the same blocks while it is
+resident, and blocks no sequence holds stay resident until the allocator needs them,
+least recently freed first. A request's prefill computes only what the cache lacks.
+
 The model is PURE: the caller passes ``now`` and arrivals in, advances its own clock by
 ``StepResult.duration_s`` and then delivers the outputs. Nothing here sleeps, reads a
 clock or does I/O.
@@ -14,9 +20,12 @@ clock or does I/O.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import heapq
 import itertools
 import tomllib
+from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -27,6 +36,34 @@ Policy = Literal["fcfs", "priority"]
 POLICIES: tuple[Policy, ...] = ("fcfs", "priority")
 
 _WAITING, _RUNNING, _DONE = 0, 1, 2
+# Characters per token of the prompts hashed by ``block_hashes`` (as ``count_tokens``).
+CHARS_PER_TOKEN = 4
+
+
+def block_hashes(text: str, block_size: int) -> tuple[int, ...]:
+    """The chained hashes of ``text``'s full KV blocks, as vLLM keys its prefix cache.
+
+    Block ``i`` covers ``block_size`` tokens (``CHARS_PER_TOKEN`` characters each) and
+    its hash covers the hash of block ``i - 1`` too, so two prompts share block ``i``
+    only if they agree on everything up to its end. A stable digest (not ``hash``),
+    so runs and processes agree.
+    """
+    if block_size < 1:
+        raise ValueError("block_size must be >= 1")
+    span = block_size * CHARS_PER_TOKEN
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) != len(text):  # multi-byte characters: cut the text, then encode
+        pieces = [
+            text[i : i + span].encode("utf-8", "surrogatepass") for i in range(0, len(text), span)
+        ]
+    else:
+        pieces = [data[i : i + span] for i in range(0, len(data), span)]
+    found: list[int] = []
+    parent = b""
+    for piece in pieces[: len(text) // span]:
+        parent = hashlib.blake2b(parent + piece, digest_size=8).digest()
+        found.append(int.from_bytes(parent, "big"))
+    return tuple(found)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,9 +199,15 @@ class _Seq:
     key: tuple[int, float, int]  # waiting order; the largest running key is the victim
     output_tokens: int = 0
     computed_tokens: int = 0  # tokens whose KV is in the cache
-    blocks: int = 0
+    blocks: int = 0  # KV blocks the sequence uses, ``held`` ones included
     state: int = _WAITING
     preemptions: int = 0
+    # Prefix caching: the prompt's block hashes, the cached blocks the sequence holds a
+    # reference on (hits and the blocks it registered), and how many of ``hashes`` it
+    # has looked at for registration.
+    hashes: tuple[int, ...] = ()
+    held: list[int] | None = None
+    hashed: int = 0
 
     @property
     def num_tokens(self) -> int:
@@ -215,7 +258,12 @@ class EngineModel:
     """
 
     def __init__(
-        self, profile: EngineProfile, policy: Policy = "fcfs", *, every_token: bool = True
+        self,
+        profile: EngineProfile,
+        policy: Policy = "fcfs",
+        *,
+        every_token: bool = True,
+        prefix_caching: bool = False,
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown scheduling policy {policy!r}; use one of {POLICIES}")
@@ -231,6 +279,13 @@ class EngineModel:
         self.busy_until = 0.0
         self.num_preemptions = 0
         self.num_steps = 0
+        self.prefix_caching = prefix_caching
+        # Resident cached blocks: hash -> sequences holding it (0: free, evictable, in
+        # ``_evictable`` in the order they were freed, the oldest evicted first).
+        self._refs: dict[int, int] = {}
+        self._evictable: OrderedDict[int, None] = OrderedDict()
+        self.prefix_cache_queries = 0  # prompt tokens looked up (vLLM's counter)
+        self.prefix_cache_hits = 0  # of which found in the cache
 
     # -- read-only counters -------------------------------------------------------------
 
@@ -251,6 +306,21 @@ class EngineModel:
     @property
     def free_blocks(self) -> int:
         return self._free_blocks
+
+    @property
+    def cached_blocks(self) -> int:
+        """Blocks whose content the prefix cache can hand out (held or evictable)."""
+        return len(self._refs)
+
+    def cached_prefix_tokens(self, hashes: Sequence[int]) -> int:
+        """Tokens of a prompt with these block hashes the cache holds now."""
+        refs = self._refs
+        n = 0
+        for h in hashes:
+            if h not in refs:
+                break
+            n += 1
+        return n * self.profile.block_size
 
     @property
     def idle(self) -> bool:
@@ -275,8 +345,14 @@ class EngineModel:
         max_output_tokens: int,
         priority: int = 0,
         now: float = 0.0,
+        block_hashes: Sequence[int] = (),
     ) -> None:
-        """Queue a sequence that will generate exactly ``max_output_tokens`` tokens."""
+        """Queue a sequence that will generate exactly ``max_output_tokens`` tokens.
+
+        ``block_hashes`` (see ``block_hashes``) name the prompt's full blocks for the
+        prefix cache; ignored without ``prefix_caching``, and cut to the blocks the
+        prompt fills.
+        """
         if seq_id in self._seqs:
             raise ValueError(f"sequence {seq_id!r} is already in the engine")
         if prompt_tokens < 1 or max_output_tokens < 1:
@@ -288,6 +364,8 @@ class EngineModel:
             )
         rank = priority if self.policy == "priority" else 0
         seq = _Seq(seq_id, prompt_tokens, max_output_tokens, (rank, now, next(self._order)))
+        if block_hashes and self.prefix_caching:
+            seq.hashes = tuple(block_hashes[: prompt_tokens // self.profile.block_size])
         self._seqs[seq_id] = seq
         self._push_waiting(seq)
 
@@ -298,8 +376,7 @@ class EngineModel:
             return False
         if seq.state == _RUNNING:
             del self._running[seq_id]
-            self._free_blocks += seq.blocks
-            seq.blocks = 0
+            self._release(seq)
         else:
             self._num_waiting -= 1
             if len(self._waiting) > 64 and len(self._waiting) > 2 * self._num_waiting:
@@ -371,7 +448,7 @@ class EngineModel:
             preempted.append(victim.seq_id)
             if victim is seq:
                 return budget
-        self._free_blocks -= needed
+        self._take(needed)
         seq.blocks += needed
         scheduled[seq] = tokens
         return budget - tokens
@@ -382,15 +459,29 @@ class EngineModel:
             seq = self._peek_waiting()
             if seq is None:
                 return
-            chunk = min(seq.num_tokens, budget)
-            needed = self._blocks_for(chunk)
-            if needed > self._free_blocks:
-                return
+            if seq.hashes:
+                hit, revived = self._hits(seq)
+                start = hit * self.profile.block_size
+                chunk = min(seq.num_tokens - start, budget)
+                needed = self._blocks_for(start + chunk) - hit
+                if needed + revived > self._free_blocks:
+                    return
+                self._hold_hits(seq, hit)
+                seq.computed_tokens = start
+            else:
+                hit = 0
+                chunk = min(seq.num_tokens, budget)
+                needed = self._blocks_for(chunk)
+                if needed > self._free_blocks:
+                    return
+            if self.prefix_caching:
+                self.prefix_cache_queries += seq.num_tokens
+                self.prefix_cache_hits += hit * self.profile.block_size
             heapq.heappop(self._waiting)
             self._num_waiting -= 1
             seq.state = _RUNNING
-            seq.blocks = needed
-            self._free_blocks -= needed
+            seq.blocks = hit + needed
+            self._take(needed)
             self._running[seq.seq_id] = seq
             scheduled[seq] = chunk
             budget -= chunk
@@ -405,6 +496,8 @@ class EngineModel:
             computed = seq.computed_tokens + tokens
             seq.computed_tokens = computed
             context += computed
+            if seq.hashes and seq.hashed < len(seq.hashes):
+                self._register(seq)
             if tokens == 1 and seq.output_tokens > 0 and computed == total:
                 decodes += 1
             else:
@@ -431,18 +524,93 @@ class EngineModel:
     def _finish(self, seq: _Seq) -> None:
         del self._running[seq.seq_id]
         del self._seqs[seq.seq_id]
-        self._free_blocks += seq.blocks
-        seq.blocks = 0
+        self._release(seq)
         seq.state = _DONE
 
     def _preempt(self, seq: _Seq) -> None:
         del self._running[seq.seq_id]
-        self._free_blocks += seq.blocks
-        seq.blocks = 0
+        self._release(seq)
         seq.computed_tokens = 0
         seq.preemptions += 1
         self.num_preemptions += 1
         self._push_waiting(seq)
+
+    # -- the prefix cache ---------------------------------------------------------------
+
+    def _take(self, blocks: int) -> None:
+        """Allocate ``blocks`` free blocks, evicting the oldest cached free ones if the
+        never-cached free blocks run out."""
+        self._free_blocks -= blocks
+        evictable = self._evictable
+        if len(evictable) > self._free_blocks:
+            refs = self._refs
+            while len(evictable) > self._free_blocks:
+                del refs[evictable.popitem(last=False)[0]]
+
+    def _hits(self, seq: _Seq) -> tuple[int, int]:
+        """(leading prompt blocks the cache holds, how many of them are free now). At
+        least the prompt's last token is computed, as vLLM does, to sample from it."""
+        refs = self._refs
+        hashes = seq.hashes
+        limit = min(len(hashes), (seq.num_tokens - 1) // self.profile.block_size)
+        hit = revived = 0
+        while hit < limit:
+            count = refs.get(hashes[hit])
+            if count is None:
+                break
+            hit += 1
+            if count == 0:
+                revived += 1
+        return hit, revived
+
+    def _hold_hits(self, seq: _Seq, hit: int) -> None:
+        """Take a reference on the first ``hit`` blocks of ``seq``'s prompt."""
+        refs = self._refs
+        held = seq.held = list(seq.hashes[:hit])
+        for h in held:
+            count = refs[h]
+            if count == 0:
+                del self._evictable[h]
+                self._free_blocks -= 1
+            refs[h] = count + 1
+        seq.hashed = hit
+
+    def _register(self, seq: _Seq) -> None:
+        """Offer the prompt blocks ``seq`` has filled to the cache. A block another
+        sequence cached meanwhile stays private (vLLM keeps such duplicates too)."""
+        full = min(seq.computed_tokens // self.profile.block_size, len(seq.hashes))
+        if full <= seq.hashed:
+            return
+        refs = self._refs
+        held = seq.held
+        if held is None:
+            held = seq.held = []
+        for h in seq.hashes[seq.hashed : full]:
+            if h not in refs:
+                refs[h] = 1
+                held.append(h)
+        seq.hashed = full
+
+    def _release(self, seq: _Seq) -> None:
+        """Free ``seq``'s blocks; cached ones stay resident while nothing needs them,
+        its last blocks first in line for eviction (freed in reverse, as vLLM does)."""
+        held = seq.held
+        if held:
+            refs = self._refs
+            evictable = self._evictable
+            freed = seq.blocks - len(held)
+            for h in reversed(held):
+                count = refs[h] - 1
+                refs[h] = count
+                if count == 0:
+                    evictable[h] = None
+                    freed += 1
+            self._free_blocks += freed
+            seq.held = None
+        else:
+            self._free_blocks += seq.blocks
+        seq.blocks = 0
+        seq.hashed = 0
 
     def _push_waiting(self, seq: _Seq) -> None:
         seq.state = _WAITING

@@ -70,6 +70,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="as vLLM's: /v1 paths want this bearer token (default: $VLLM_API_KEY)",
     )
     parser.add_argument(
+        "--enable-prefix-caching",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="as vLLM's: reuse the KV blocks of prompts that share a prefix "
+        "(default: off, unlike vLLM V1, so live runs match their simulated twins)",
+    )
+    parser.add_argument(
         "--exit-with-stdin",
         action="store_true",
         help="exit when stdin reaches end of file (a launcher holding a pipe dies with it)",
@@ -94,6 +101,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         cold_start_s=cold,
         lengths=lengths,
         api_key=args.api_key,
+        prefix_caching=args.enable_prefix_caching,
     )
 
 

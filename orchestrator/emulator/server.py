@@ -15,7 +15,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -27,6 +27,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from orchestrator.emulator.lengths import LengthTable
 from orchestrator.emulator.protocol import (
@@ -41,7 +43,13 @@ from orchestrator.emulator.protocol import (
     usage_json,
 )
 from orchestrator.emulator.textgen import Completion, TextGenerator
-from orchestrator.engine_model import EngineModel, EngineProfile, Policy, StepResult
+from orchestrator.engine_model import (
+    EngineModel,
+    EngineProfile,
+    Policy,
+    StepResult,
+    block_hashes,
+)
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -74,6 +82,9 @@ class EmulatorConfig:
     lengths: LengthTable | None = None
     # As vLLM's --api-key (or VLLM_API_KEY): every /v1 path wants this bearer token.
     api_key: str | None = None
+    # As vLLM's --enable-prefix-caching. Off unless asked: vLLM V1 turns it on by
+    # default, but the simulated twins of rq1-rq3 run without it (see engine_model).
+    prefix_caching: bool = False
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -158,6 +169,33 @@ class _Metrics:
             registry=reg,
         )
         self.fixed_lengths = {r: fixed.labels(model, r) for r in ("hit", "miss")}
+        reg.register(_PrefixCacheCounters(model, engine))
+
+
+class _PrefixCacheCounters(Collector):
+    """vLLM's prefix-cache counters, read from the engine when scraped (in tokens:
+    prompt tokens looked up at admission, and those found in the cache)."""
+
+    def __init__(self, model: str, engine: EngineModel) -> None:
+        self.model = model
+        self.engine = engine
+
+    def collect(self) -> Iterable[Metric]:
+        for name, doc, value in (
+            (
+                "vllm:prefix_cache_queries",
+                "Prefix cache queries, in terms of number of queried tokens.",
+                self.engine.prefix_cache_queries,
+            ),
+            (
+                "vllm:prefix_cache_hits",
+                "Prefix cache hits, in terms of number of cached tokens.",
+                self.engine.prefix_cache_hits,
+            ),
+        ):
+            family = CounterMetricFamily(name, doc, labels=["model_name"])
+            family.add_metric([self.model], value)
+            yield family
 
 
 class Emulator:
@@ -166,7 +204,9 @@ class Emulator:
     def __init__(self, config: EmulatorConfig) -> None:
         self.config = config
         self.profile = config.profile
-        self.engine = EngineModel(config.profile, config.policy)
+        self.engine = EngineModel(
+            config.profile, config.policy, prefix_caching=config.prefix_caching
+        )
         self.textgen = TextGenerator(
             config.seed, config.profile.output_mean_tokens, config.profile.output_sigma
         )
@@ -317,8 +357,16 @@ class Emulator:
         live = _Live(
             prefix + uuid.uuid4().hex, asyncio.get_running_loop().time(), req.prompt_tokens, plan
         )
+        hashes = (
+            block_hashes(req.prompt, self.profile.block_size) if self.config.prefix_caching else ()
+        )
         self.engine.add(
-            live.request_id, req.prompt_tokens, plan.num_tokens, req.priority, self._virtual_now()
+            live.request_id,
+            req.prompt_tokens,
+            plan.num_tokens,
+            req.priority,
+            self._virtual_now(),
+            block_hashes=hashes,
         )
         self._live[live.request_id] = live
         self.metrics.prompt_tokens.inc(req.prompt_tokens)

@@ -119,7 +119,13 @@ class FusedEngine(EngineModel):
         head = self._peek_waiting()
         if head is None or budget <= 0:
             return False
-        needed = self._blocks_for(min(head.num_tokens, budget))
+        if head.hashes:  # as ``_admit_waiting`` counts a prefix-cache hit
+            hit, revived = self._hits(head)
+            start = hit * self.profile.block_size
+            needed = self._blocks_for(start + min(head.num_tokens - start, budget)) - hit
+            needed += revived
+        else:
+            needed = self._blocks_for(min(head.num_tokens, budget))
         if needed <= self._free_blocks - batch:
             return True  # fits even if every running sequence takes a block first
         return needed <= self._free_blocks - self._first_new_blocks().count(0)
@@ -162,7 +168,7 @@ class FusedEngine(EngineModel):
                     outputs.append(TokenOutput(seq.seq_id, m, made, False, True))
                 elif not finished_only:
                     outputs.append(TokenOutput(seq.seq_id, m, made, False, False))
-            self._free_blocks -= grown
+            self._take(grown)
             for seq in finished:
                 self._finish(seq)
         end = run.end(m)
