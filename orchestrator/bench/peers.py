@@ -3,7 +3,8 @@
 One set of emulator processes (the rq2 scenario's replicas, real time) serves every
 system in turn: ``cato serve`` over HTTP, plain round robin from the client
 (``direct``, the floor), ``vllm-router`` (power of two, round robin), ``sglang-router``
-and a Ray Serve app (Ray's defaults, and tuned autoscaling). Each system gets the same
+and a Ray Serve app (one fixed replica per engine, and Ray's autoscaling tuned; both with
+CPUs for every replica and the engine's concurrency per replica). Each system gets the same
 arrivals and the same prompts through ``/v1/completions`` (peers get the prompt CATO's
 graph would build, and a fixed per-kind ``priority``), so the emulators generate the same
 outputs. Router overhead is the CPU time of the router's process tree per request
@@ -508,7 +509,11 @@ def _argv(
     if name.startswith("ray-serve"):
         _require_module("ray.serve", "ray[serve]")
         tuned = ["--tuned"] if name.endswith("tuned") else []
-        return [py, "-m", "orchestrator.bench.peers", "serve-ray", str(port), *urls, *tuned]
+        ongoing = load_profile(setup.profile).max_num_seqs if setup is not None else 256
+        return [
+            py, "-m", "orchestrator.bench.peers", "serve-ray", str(port), *urls, *tuned,
+            "--max-ongoing", str(ongoing),
+        ]  # fmt: skip
     raise ValueError(f"unknown system {name!r}")
 
 
@@ -581,24 +586,42 @@ def serve_cato(config_path: str, port: int, urls: Sequence[str]) -> None:
     asyncio.run(serve(load_config(config_path), "127.0.0.1", port, None))
 
 
-def serve_ray(port: int, urls: Sequence[str], tuned: bool) -> None:  # pragma: no cover
-    """A Ray Serve app: one deployment replica per emulator (by replica rank), Ray's
-    power-of-two router and ongoing-requests autoscaling; runs until SIGTERM."""
+def serve_ray(
+    port: int, urls: Sequence[str], tuned: bool, max_ongoing: int = 256
+) -> None:  # pragma: no cover
+    """A Ray Serve app: one deployment replica per emulator (by replica rank) behind
+    Ray's power-of-two router; runs until SIGTERM.
+
+    Set up so that the comparison measures Ray's routing, not its defaults: every
+    replica fits on the machine's CPUs at once (a fractional ``num_cpus`` each; with
+    the default of one CPU a replica past the CPU count waits unplaced), and a replica
+    takes as many requests at a time as the engine behind it (``max_ongoing_requests``;
+    Ray's default of 5 queues the rest in its router). Without ``tuned`` the replica
+    count is fixed, one per engine; ``tuned`` compares Ray's autoscaling on top
+    (ongoing-requests target 2, fast up- and downscaling)."""
     import ray
     from ray import serve
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    autoscaling: dict[str, Any] = {
-        "min_replicas": 1,
-        "max_replicas": len(urls),
-        "initial_replicas": len(urls),
+    cpus = max(os.cpu_count() or 2, 2)
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    options: dict[str, Any] = {
+        "ray_actor_options": {"num_cpus": round(cpus / len(urls), 3)},
+        "max_ongoing_requests": max_ongoing,
     }
     if tuned:
-        autoscaling.update(
-            target_ongoing_requests=2, upscale_delay_s=1, downscale_delay_s=4, look_back_period_s=2
-        )
+        options["autoscaling_config"] = {
+            "min_replicas": 1,
+            "max_replicas": len(urls),
+            "initial_replicas": len(urls),
+            "target_ongoing_requests": 2,
+            "upscale_delay_s": 1,
+            "downscale_delay_s": 4,
+            "look_back_period_s": 2,
+        }
+    else:
+        options["num_replicas"] = len(urls)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    app = _ray_proxy().options(autoscaling_config=autoscaling).bind(list(urls))
+    app = _ray_proxy().options(**options).bind(list(urls))
     serve.run(app, route_prefix="/")
     stop = False
 
@@ -852,11 +875,12 @@ def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover
     ray_.add_argument("port", type=int)
     ray_.add_argument("urls", nargs="+")
     ray_.add_argument("--tuned", action="store_true")
+    ray_.add_argument("--max-ongoing", type=int, default=256)
     args = parser.parse_args(argv)
     if args.what == "serve-cato":
         serve_cato(args.config, args.port, args.urls)
     else:
-        serve_ray(args.port, args.urls, args.tuned)
+        serve_ray(args.port, args.urls, args.tuned, args.max_ongoing)
     return 0
 
 
