@@ -87,6 +87,7 @@ class Cell:
     round: int
     requests: int
     errors: int
+    error_kinds: dict[str, int]
     wall_s: float
     cpu_s: float | None  # the router tree's CPU over the batch, idle taken off
     ttft_p50_ms: float
@@ -234,7 +235,7 @@ def version_of(name: str) -> str:
 @dataclass
 class _Batch:
     ttfts: list[float] = field(default_factory=list)
-    errors: int = 0
+    errors: Counter[str] = field(default_factory=Counter)  # by what went wrong
 
 
 async def _one(
@@ -247,7 +248,7 @@ async def _one(
     try:
         async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
             if r.status != 200:
-                batch.errors += 1
+                batch.errors[f"HTTP {r.status}"] += 1
                 await r.read()
                 return
             async for chunk in r.content.iter_any():
@@ -255,11 +256,11 @@ async def _one(
                     first = time.perf_counter()
                 received += chunk.count(TOKEN_MARK)
                 data = data[-16:] + chunk
-    except (aiohttp.ClientError, OSError):
-        batch.errors += 1
+    except (aiohttp.ClientError, OSError) as exc:
+        batch.errors[type(exc).__name__] += 1
         return
     if first is None or received != tokens or b"[DONE]" not in data:
-        batch.errors += 1
+        batch.errors["incomplete stream"] += 1
         return
     batch.ttfts.append((first - start) * 1000.0)
 
@@ -305,7 +306,8 @@ def measure(
         concurrency=case.concurrency,
         round=rnd,
         requests=requests,
-        errors=batch.errors,
+        errors=sum(batch.errors.values()),
+        error_kinds=dict(batch.errors),
         wall_s=wall,
         cpu_s=cpu,
         ttft_p50_ms=statistics.median(ttfts),
@@ -429,7 +431,7 @@ def _line(cell: Cell) -> str:
     return (
         f"round {cell.round} {cell.router:<18} {cell.tokens:>4} tok conc {cell.concurrency:>3}: "
         f"{cpu}, {cell.requests_per_s:.0f} req/s, TTFT p50 {cell.ttft_p50_ms:.2f} ms"
-        + (f", {cell.errors} errors" if cell.errors else "")
+        + (f", errors: {cell.error_kinds}" if cell.errors else "")
     )
 
 
@@ -528,9 +530,14 @@ def markdown(run: OverheadRun) -> str:
         notes.append("Straight-line fit of CPU per request: " + "; ".join(fit) + ".")
     for name, why in run.skipped.items():
         notes.append(f"{name} not measured: {why}")
-    errors = sum(c.errors for c in run.cells)
-    if errors:
-        notes.append(f"{errors} requests failed or came back incomplete (not in the TTFTs).")
+    for router in ["direct", *routers]:
+        kinds: Counter[str] = Counter()
+        for c in run.cells:
+            if c.router == router:
+                kinds.update(c.error_kinds)
+        if kinds:
+            what = ", ".join(f"{n} {kind}" for kind, n in kinds.most_common())
+            notes.append(f"{router}: requests that failed (not in the figures' TTFTs): {what}.")
     if run.profile or run.profile_note:
         notes += ["", f"Profile of cato ({run.profile_note}), own time:"]
         notes += [f"- {share * 100:.1f}% {name}" for name, share in run.profile]
