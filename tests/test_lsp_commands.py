@@ -243,14 +243,9 @@ async def test_translate_file_creates_the_file_with_progress(
 
     target = (tmp_path / "calc.js").as_uri()
     assert result["applied"] is True and result["uri"] == target and result["shown"] is True
-    changes = editor.edits[0].document_changes
-    assert changes is not None and len(changes) == 2
-    create, content = changes
-    assert isinstance(create, types.CreateFile) and create.uri == target
-    assert isinstance(content, types.TextDocumentEdit) and content.text_document.uri == target
-    first_edit = content.edits[0]
-    assert isinstance(first_edit, types.TextEdit)
-    new_text = first_edit.new_text
+    # written to disk (saved, as in every editor), then opened; no edit to apply
+    assert editor.edits == []
+    new_text = (tmp_path / "calc.js").read_text(encoding="utf-8")
     assert new_text.strip() and new_text.endswith("\n")
     assert [d.uri for d in editor.client.shown_documents] == [target]
     kinds = progress_kinds(editor)
@@ -275,13 +270,9 @@ async def test_translate_next_to_an_existing_file_picks_a_free_name(
     assert (tmp_path / "calc.js").read_text(encoding="utf-8") == "// already here\n"
 
 
-def created_text(edit: types.WorkspaceEdit) -> str:
-    """The text a translation's `CreateFile` + edit puts into the new file."""
-    changes = edit.document_changes
-    assert changes is not None and isinstance(changes[1], types.TextDocumentEdit)
-    first = changes[1].edits[0]
-    assert isinstance(first, types.TextEdit)
-    return first.new_text
+def created_text(path: Path) -> str:
+    """The text a translation wrote to its new file."""
+    return path.read_text(encoding="utf-8")
 
 
 async def diagnostics_become(editor: Editor, uri: str, expected: list[Any]) -> None:
@@ -308,7 +299,7 @@ async def test_translation_problems_are_published_on_the_new_file_until_it_close
     assert result["applied"] is True and result["uri"] == target and problems
     published = editor.client.diagnostics[target]  # sent before the command's answer
     assert len(published) == len(problems)
-    lines = created_text(editor.edits[0]).split("\n")
+    lines = created_text(tmp_path / "app.py").split("\n")
     for problem, diagnostic in zip(problems, published, strict=True):
         assert diagnostic.source == "cato"
         assert diagnostic.severity == types.DiagnosticSeverity.Warning
@@ -323,7 +314,7 @@ async def test_translation_problems_are_published_on_the_new_file_until_it_close
     assert any("problem(s)" in m.message for m in editor.client.messages)  # as before
     assert uri not in editor.client.diagnostics
 
-    editor.open(target, created_text(editor.edits[0]))
+    editor.open(target, created_text(tmp_path / "app.py"))
     editor.close(target)
 
     await diagnostics_become(editor, target, [])
@@ -347,7 +338,6 @@ async def test_a_clean_translation_clears_the_problems_of_its_file(
         result = await editor.command(
             "cato.translateFile", {"uri": uri, "targetLanguage": "javascript"}
         )
-        # The test client records the new file without writing it: the name is free again.
         assert result["applied"] is True and result["uri"] == target
         return result
 
@@ -358,6 +348,7 @@ async def test_a_clean_translation_clears_the_problems_of_its_file(
     [diagnostic] = editor.client.diagnostics[target]
     assert diagnostic.message == "unclosed '('" and diagnostic.range.start.line == 0
 
+    (tmp_path / "calc.js").unlink()  # the bad translation is thrown away: its name is free
     budget(2048)
     await settings_after(editor, ["tasks", "translate", "max_tokens"], 2048)
     whole = await translate()

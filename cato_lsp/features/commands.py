@@ -4,9 +4,9 @@ Each long command runs its task under a server-created `$/progress` token
 (begin / report / end) when the client supports it, and stops when the client cancels
 that progress (`window/workDoneProgress/cancel`) or the request (`$/cancelRequest`):
 the orchestrator stream is closed, which cancels every model call of the task.
-Edits reach the editor through `workspace/applyEdit`; a new file through `CreateFile`
-plus an edit (or written to disk when the client cannot create files), then opened
-with `window/showDocument`. Problems the orchestrator found in a translation are
+Edits reach the editor through `workspace/applyEdit`; a translation is written to disk
+next to its source (every editor then has the same saved file) and opened with
+`window/showDocument`. Problems the orchestrator found in a translation are
 published as diagnostics on the new file until it is translated again or closed.
 """
 
@@ -18,7 +18,6 @@ import os
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final, TypeVar
 from urllib.parse import unquote
 
@@ -419,7 +418,7 @@ class Commands:
         open_paths = {to_fs_path(uri) for uri in self.host.ls.workspace.text_documents}
         path = target_path(source, target, lambda p: os.path.exists(p) or p in open_paths)
         uri = from_fs_path(path) or path
-        applied = await self._create_file(uri, path, text)
+        applied = await self._create_file(path, text)
         shown = await self._show(uri) if applied else False
         problems = list(run.done.diagnostics)
         if applied:
@@ -455,31 +454,17 @@ class Commands:
                 types.PublishDiagnosticsParams(uri=published, diagnostics=[])
             )
 
-    async def _create_file(self, uri: str, path: str, text: str) -> bool:
-        workspace_caps = self._caps.workspace
-        edit_caps = workspace_caps.workspace_edit if workspace_caps else None
-        operations = (edit_caps.resource_operations or []) if edit_caps else []
-        if edit_caps is not None and edit_caps.document_changes and "create" in operations:
-            start = types.Position(line=0, character=0)
-            edit = types.WorkspaceEdit(
-                document_changes=[
-                    types.CreateFile(
-                        uri=uri,
-                        options=types.CreateFileOptions(overwrite=False, ignore_if_exists=False),
-                    ),
-                    types.TextDocumentEdit(
-                        text_document=types.OptionalVersionedTextDocumentIdentifier(
-                            uri=uri, version=None
-                        ),
-                        edits=[
-                            types.TextEdit(range=types.Range(start=start, end=start), new_text=text)
-                        ],
-                    ),
-                ]
-            )
-            return await self._apply("CATO: translate file", edit)
+    async def _create_file(self, path: str, text: str) -> bool:
+        """Write the new file to disk: in every editor the translation is then a saved
+        file next to its source (a `CreateFile` edit would leave it empty on disk until
+        the user saves). Never overwrites: the path was chosen free."""
+
+        def write() -> None:
+            with open(path, "x", encoding="utf-8", newline="") as out:
+                out.write(text)
+
         try:
-            await asyncio.to_thread(Path(path).write_text, text, encoding="utf-8")
+            await asyncio.to_thread(write)
         except OSError as exc:
             raise _failed(f"cannot write {path}: {exc.strerror or exc}") from exc
         return True
