@@ -8,6 +8,7 @@ local M = {}
 ---@field notifications { method: string, params: table }[]
 ---@field cancelled table<integer, boolean>
 ---@field delay_ms integer Delay before answering inline completion.
+---@field init_delay_ms integer Delay before answering initialize.
 ---@field answer fun(params: table): table? The inlineCompletion result for a request.
 ---@field on_command fun(params: table, dispatchers: table): any Result of executeCommand.
 ---@field cmd fun(dispatchers: table): table The value for `cmd` in the client config.
@@ -20,6 +21,7 @@ function M.new()
     notifications = {},
     cancelled = {},
     delay_ms = 0,
+    init_delay_ms = 0,
     answer = function()
       return nil
     end,
@@ -50,7 +52,7 @@ function M.new()
       end
       pending[id] = reply
       if method == 'initialize' then
-        vim.schedule(function()
+        vim.defer_fn(function()
           reply(nil, {
             capabilities = {
               textDocumentSync = 1,
@@ -66,7 +68,7 @@ function M.new()
               },
             },
           })
-        end)
+        end, server.init_delay_ms)
       elseif method == 'textDocument/inlineCompletion' then
         vim.defer_fn(function()
           if server.cancelled[id] then
@@ -105,6 +107,11 @@ function M.new()
     end
 
     function rpc.terminate()
+      if not closing then
+        vim.schedule(function()
+          dispatchers.on_exit(0, 15)
+        end)
+      end
       closing = true
     end
 

@@ -331,6 +331,14 @@ T.test('cato/status notifications feed the status line and a User event', functi
   }, { client_id = client.id, method = 'cato/status' })
   T.eq(seen.replicasReady, 2)
   T.eq(cato.statusline(), 'CATO 2 ready 183ms SLA 98%')
+  client.handlers['cato/status'](nil, {
+    reachable = true,
+    replicasReady = 2,
+    lastTtftMs = 34,
+    suggestMs = { p50 = 241.6, p90 = 300, p99 = 420, last = 200, count = 12 },
+    slaAttainment = { complete = 1 },
+  }, { client_id = client.id, method = 'cato/status' })
+  T.eq(cato.statusline(), 'CATO 2 ready 34ms wait 242ms SLA 100%')
   T.eq(require('cato.status').format({ b = { c = 1 }, a = true }), { 'a: true', 'b:', '  c: 1' })
   T.eq(
     require('cato.status').summary({
@@ -339,6 +347,7 @@ T.test('cato/status notifications feed the status line and a User event', functi
       replicasReady = 1,
       replicasTotal = 2,
       lastTtftMs = 41.6,
+      suggestMs = { p50 = 240.2, p90 = 310, p99 = 480.6, last = 200, count = 12 },
       slaAttainment = { complete = 1, translate = 0.5 },
       completions = { shown = 4, accepted = 1, acceptance_rate = 0.25, cache_hits = 2 },
       orchestrator = {
@@ -352,10 +361,139 @@ T.test('cato/status notifications feed the status line and a User event', functi
       '  state: ready (embedded (built-in default))',
       '  replicas: 1/2 ready - tiny-1 ready (0 in flight), tiny-2 pending (0 in flight)',
       '  last TTFT: 42 ms',
+      '  keystroke to suggestion: p50 240 ms, p90 310 ms, p99 481 ms (12)',
       '  SLA attainment: complete 100%, translate 50%',
       '  suggestions: 4 shown, 1 accepted (25%), 2 from cache',
     }
   )
+end)
+
+--- Runs `fn` with vim.notify recorded; returns the { message, level } pairs.
+---@param fn fun(got: table[])
+local function with_notify(fn)
+  local got = {}
+  local original = vim.notify
+  vim.notify = function(msg, level)
+    got[#got + 1] = { msg, level }
+  end
+  local ok, err = pcall(fn, got)
+  vim.notify = original
+  assert(ok, err)
+  return got
+end
+
+T.test('server messages wait while typing, come at their level, once per outage', function()
+  local messages = require('cato.messages')
+  messages.reset()
+  answer_with('x')
+  local bufnr = attached_buffer({ 'x = ' })
+  local client = assert(cato.client(bufnr))
+  local show = client.handlers['window/showMessage']
+  local ctx = { client_id = client.id, method = 'window/showMessage' }
+  local outage = { type = 1, message = 'CATO: the orchestrator cannot be reached (refused)' }
+  local got = with_notify(function(got)
+    T.feed('A')
+    T.wait_for('insert mode', function()
+      return api.nvim_get_mode().mode == 'i'
+    end)
+    show(nil, outage, ctx)
+    show(nil, outage, ctx) -- the plugin's or a second copy: dropped
+    T.eq(#got, 0, 'nothing while typing')
+    T.eq(#messages.held(), 1)
+    leave_insert()
+    T.wait_for('the held message', function()
+      return #got > 0
+    end)
+    show(nil, outage, ctx) -- still the same outage
+    -- the service comes back: one line, and the next outage is told again
+    local status = client.handlers['cato/status']
+    status(nil, { reachable = false, state = 'unreachable' }, ctx)
+    status(nil, { reachable = true, state = 'ready' }, ctx)
+    messages.min_interval_ms = 0
+    show(nil, outage, ctx)
+    show(nil, { type = 2, message = 'CATO: the rust translation has 1 problem(s)' }, ctx)
+    messages.min_interval_ms = 5000
+  end)
+  T.eq(got, {
+    { outage.message, vim.log.levels.ERROR },
+    { 'cato: the service is reachable again', vim.log.levels.INFO },
+    { outage.message, vim.log.levels.ERROR },
+    { 'CATO: the rust translation has 1 problem(s)', vim.log.levels.WARN },
+  })
+end)
+
+T.test('a status notification redraws the status line, in insert mode too', function()
+  local status = require('cato.status')
+  local redraws = 0
+  local original = status.redraw
+  status.redraw = function()
+    redraws = redraws + 1
+  end
+  local bufnr = attached_buffer({ 'y = ' })
+  T.feed('A')
+  local client = assert(cato.client(bufnr))
+  client.handlers['cato/status'](nil, { reachable = true, state = 'starting' }, {
+    client_id = client.id,
+    method = 'cato/status',
+  })
+  T.eq(cato.statusline(), 'CATO starting')
+  T.wait_for('a redraw', function()
+    return redraws > 0
+  end)
+  status.redraw = original
+  leave_insert()
+end)
+
+T.test('status(cb) hands the answer over quietly; commands before attach say starting', function()
+  server.on_command = function(params)
+    return params.command == 'cato.status' and { state = 'ready' } or vim.NIL
+  end
+  local bufnr = attached_buffer({ 'z = 1' })
+  local echoed = 0
+  local echo = api.nvim_echo
+  api.nvim_echo = function(...)
+    echoed = echoed + 1
+    return echo(...)
+  end
+  local answer
+  cato.status(function(_, result)
+    answer = result
+  end)
+  T.wait_for('the status answer', function()
+    return answer
+  end)
+  api.nvim_echo = echo
+  T.eq(answer, { state = 'ready' })
+  T.eq(echoed, 0, 'nothing printed')
+  server.on_command = function()
+    return vim.NIL
+  end
+  -- a new server still answering `initialize`: the command says it is starting
+  for _, c in ipairs(vim.lsp.get_clients({ name = 'cato' })) do
+    c:stop(true)
+  end
+  T.wait_for('no client', function()
+    return #vim.lsp.get_clients({ name = 'cato' }) == 0
+  end)
+  server.init_delay_ms = 500
+  local other
+  local got = with_notify(function()
+    other = T.buffer({ 'def f():', '    pass' }, vim.fn.tempname() .. '.py')
+    vim.bo[other].filetype = 'python'
+    local before = #fake.requests(server, 'initialize')
+    T.wait_for('a server being initialized', function()
+      return #fake.requests(server, 'initialize') > before
+    end)
+    T.ok(not cato.client(other), 'not attached yet')
+    cato.summarize()
+  end)
+  server.init_delay_ms = 0
+  T.ok(bufnr ~= other, 'another buffer')
+  T.eq(got, { { 'cato: cato-lsp is starting; try again in a moment', vim.log.levels.WARN } })
+  T.wait_for('the client to attach', function()
+    local c = cato.client(other)
+    return c and c.initialized
+  end)
 end)
 
 T.test(':CatoSummarize sends a range; :CatoGenerate the cursor', function()

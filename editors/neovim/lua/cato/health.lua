@@ -151,7 +151,10 @@ local function check_client()
   end
   local last = require('cato.status').last
   if last then
-    health.info('last status: ' .. table.concat(require('cato.status').format(last), ', '))
+    health.info('last status from the server:')
+    for _, line in ipairs(require('cato.status').summary(last)) do
+      health.info(vim.trim(line))
+    end
   end
 end
 
@@ -183,8 +186,10 @@ local function check_remote(settings, python)
   end
   health.ok(url .. ' is reachable')
   local answer = vim.trim(run({ python, '-c', HTTP_GET, url .. '/v1/status' }, env).stdout or '')
-  if answer == '200' then
+  if answer == '200' and settings.token then
     health.ok('the token is accepted')
+  elseif answer == '200' then
+    health.ok('the service asks for no token (none is set)')
   elseif answer == '401' then
     health.error('the service refused the token (401)', { 'check settings.token' })
   else

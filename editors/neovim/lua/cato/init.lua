@@ -11,6 +11,7 @@ local config = require('cato.config')
 local discovery = require('cato.discovery')
 local ghost = require('cato.ghost')
 local keymaps = require('cato.keymaps')
+local messages = require('cato.messages')
 local status = require('cato.status')
 
 M.name = 'cato'
@@ -118,18 +119,39 @@ end
 
 -- ---------------------------------------------------------------------------- commands
 
+--- Servers started and not yet initialized (vim.lsp lists a client only once it is).
+local initializing = 0
+
+--- Whether a cato client is on its way to this buffer (started, not attached yet).
+---@param bufnr integer
+---@return boolean
+local function starting_for(bufnr)
+  local filetypes = config.options and config.options.filetypes
+  local ft = vim.bo[bufnr].filetype
+  local wanted = ft ~= '' and (filetypes == nil or vim.tbl_contains(filetypes, ft))
+  return wanted and initializing > 0
+end
+
 ---@param bufnr integer
 ---@return vim.lsp.Client?
 local function client_or_warn(bufnr)
   local client = M.client(bufnr)
-  if not client then
+  if client and client.initialized then
+    return client
+  end
+  if client or starting_for(bufnr) then
+    vim.notify('cato: cato-lsp is starting; try again in a moment', vim.log.levels.WARN)
+  else
     vim.notify(
       'cato: cato-lsp is not attached to this buffer (see :checkhealth cato)',
       vim.log.levels.ERROR
     )
   end
-  return client
+  return nil
 end
+
+--- InvalidParams: the request made no sense where it was made ("nothing to summarize").
+local INVALID_PARAMS = -32602
 
 --- Runs a server command for a buffer; `on_result(err, result)` gets the answer.
 ---@param command string
@@ -148,10 +170,9 @@ function M.execute(command, arguments, bufnr, on_result)
     arguments = arguments,
   }, function(err, result)
     if err then
-      vim.notify(
-        ('cato: %s failed: %s'):format(command, err.message or vim.inspect(err)),
-        vim.log.levels.ERROR
-      )
+      -- a user mistake is a warning; a failure of the service an error
+      local level = err.code == INVALID_PARAMS and vim.log.levels.WARN or vim.log.levels.ERROR
+      vim.notify(('cato: %s: %s'):format(command, err.message or vim.inspect(err)), level)
     end
     if on_result then
       on_result(err, result)
@@ -227,11 +248,12 @@ function M.generate(line1, line2, on_result)
   on_range('cato.generate', line1, line2, on_result)
 end
 
---- Shows the service's state (orchestrator, replicas, latency, SLA attainment).
+--- Shows the service's state (orchestrator, replicas, latency, SLA attainment); with
+--- `on_result`, hands the answer over instead of showing it.
 ---@param on_result fun(err: lsp.ResponseError?, result: any)?
 function M.status(on_result)
   M.execute('cato.status', {}, nil, function(err, result)
-    if not err then
+    if not err and not on_result then
       local lines = { 'CATO status' }
       vim.list_extend(
         lines,
@@ -361,7 +383,22 @@ local function register_client(opts)
       textDocument = { inlineCompletion = { dynamicRegistration = false } },
       window = { workDoneProgress = true, showDocument = { support = true } },
     },
-    handlers = { ['cato/status'] = status.on_notification },
+    before_init = function()
+      initializing = initializing + 1
+    end,
+    on_init = function()
+      initializing = math.max(0, initializing - 1)
+    end,
+    on_exit = function(_, _, client_id)
+      local client = vim.lsp.get_client_by_id(client_id)
+      if client and not client.initialized then
+        initializing = math.max(0, initializing - 1)
+      end
+    end,
+    handlers = {
+      ['cato/status'] = status.on_notification,
+      ['window/showMessage'] = messages.on_show_message,
+    },
   }
   -- Running clients pick up new settings without a restart.
   for _, client in ipairs(vim.lsp.get_clients({ name = M.name })) do

@@ -2,6 +2,8 @@
 --- status line, :CatoStatus and `User CatoStatus` autocommands.
 local M = {}
 
+local messages = require('cato.messages')
+
 ---@type table? The last `cato/status` params.
 M.last = nil
 
@@ -28,21 +30,26 @@ local function reachable(status)
   return nil
 end
 
---- Handler of the `cato/status` notification.
+--- Redraws the status lines (Neovim does not while typing unless asked).
+function M.redraw()
+  pcall(vim.cmd, 'redrawstatus!')
+end
+
+--- Handler of the `cato/status` notification. An outage is told by the server's own
+--- message (`window/showMessage`, see cato.messages); the recovery is told here.
 ---@param params table
 function M.on_notification(_, params, _)
   local before = reachable(M.last)
   M.last = params
   local now = reachable(params)
-  local detail = type(params.detail) == 'string' and params.detail
-    or type(params.message) == 'string' and params.message
-    or nil
-  if notify_changes and before ~= nil and now ~= nil and before ~= now then
-    local text = now and 'cato: the service is reachable again'
-      or ('cato: the service is unreachable' .. (detail and (': ' .. detail) or ''))
-    vim.notify(text, now and vim.log.levels.INFO or vim.log.levels.WARN)
+  if before == false and now == true then
+    messages.recovered()
+    if notify_changes then
+      messages.notify('cato: the service is reachable again', vim.log.levels.INFO)
+    end
   end
   vim.api.nvim_exec_autocmds('User', { pattern = 'CatoStatus', modeline = false, data = params })
+  vim.schedule(M.redraw)
 end
 
 ---@param value any
@@ -127,6 +134,15 @@ function M.summary(s)
   if type(s.lastTtftMs) == 'number' then
     lines[#lines + 1] = ('  last TTFT: %d ms'):format(math.floor(s.lastTtftMs + 0.5))
   end
+  local waited = s.suggestMs
+  if type(waited) == 'table' and type(waited.p50) == 'number' then
+    lines[#lines + 1] = ('  keystroke to suggestion: p50 %d ms, p90 %d ms, p99 %d ms (%d)'):format(
+      math.floor(waited.p50 + 0.5),
+      math.floor((tonumber(waited.p90) or 0) + 0.5),
+      math.floor((tonumber(waited.p99) or 0) + 0.5),
+      tonumber(waited.count) or 0
+    )
+  end
   if type(s.slaAttainment) == 'table' and next(s.slaAttainment) then
     local parts = {}
     for kind, share in vim.spairs(s.slaAttainment) do
@@ -181,6 +197,9 @@ function M.statusline()
   if ok == false then
     return 'CATO ✗'
   end
+  if s.state == 'starting' then
+    return 'CATO starting'
+  end
   local parts = { 'CATO' }
   local ready = s.replicasReady or s.replicas_ready
   if type(ready) == 'number' then
@@ -189,6 +208,11 @@ function M.statusline()
   local ttft = s.lastTtftMs or s.last_ttft_ms
   if type(ttft) == 'number' then
     parts[#parts + 1] = ('%dms'):format(math.floor(ttft + 0.5))
+  end
+  -- what the user waits for: keystroke to suggestion, median of the recent ones
+  local waited = type(s.suggestMs) == 'table' and s.suggestMs.p50
+  if type(waited) == 'number' then
+    parts[#parts + 1] = ('wait %dms'):format(math.floor(waited + 0.5))
   end
   local sla = attainment(s.slaAttainment or s.sla_attainment)
   if sla then
