@@ -146,7 +146,8 @@ class SlackAdmission(Admission):
         owed = now + replica.inflight_prefill_tokens * per_token
         # What ``call`` adds: its prefill, and per step that it decodes beside another.
         prompt = call.prompt_tokens
-        extra_prefill = prompt * per_token
+        computed = call.prefill_tokens  # its cached prefix is not computed again
+        extra_prefill = computed * per_token
         extra_step = costs.decode_s_per_seq + (prompt + call.expected_output_tokens // 2) * kv
         its_tokens = max(call.expected_output_tokens, 1)
         margin = self.margin_s
@@ -163,7 +164,7 @@ class SlackAdmission(Admission):
         ahead = 0  # prompt tokens owed by the calls started before ``c`` and by ``c``
         for c in running.values():  # in the order they were started (the engine's)
             if c.first_token_at is None:
-                ahead += c.prompt_tokens
+                ahead += c.prefill_tokens
             if c.metric == "ttft":
                 if c.first_token_at is not None:
                     continue  # its SLA point is behind it
@@ -171,7 +172,7 @@ class SlackAdmission(Admission):
                 # started after it, only gets that step's leftover token budget.
                 done = now + ahead * per_token + step
                 leftover = max(budget - ahead % budget - len(running), 0)
-                later = done + min(prompt, leftover) * per_token + extra_step
+                later = done + min(computed, leftover) * per_token + extra_step
             else:
                 left = max(c.expected_output_tokens - c.tokens_done, 1)
                 done = owed + left * step

@@ -121,6 +121,8 @@ class Scheduler(ABC):
     """Routes calls to replicas; ``replicas`` are those serving the model and accepting."""
 
     name: ClassVar[str]
+    # Whether routing reads ``ReplicaState.prefixes`` (the caller keeps them then).
+    tracks_prefixes: bool = False
 
     def __init__(self, *, seed: int = 0) -> None:
         self.seed = seed

@@ -11,6 +11,8 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -55,7 +57,7 @@ class Rates:
 
     def service_s(self, call: Call) -> float:
         """Expected time on the replica until the call's SLA metric is reached."""
-        t = self.prefill_s(call.prompt_tokens)
+        t = self.prefill_s(call.prompt_tokens - call.cached_tokens)
         if call.metric == "e2e":
             t += self.decode_s(call.expected_output_tokens)
         return t
@@ -98,6 +100,9 @@ class Call:
     ``(time, level)`` pairs, in time order): the routing policy plans every move a
     waiting call will make (its slack nearly gone, gone, its bounded wait over) when it
     routes it. ``shed_late``: the request asked to end at once rather than run late.
+    ``block_hashes``: the prompt's KV blocks as the engine's prefix cache keys them
+    (empty where the engine caches nothing); ``cached_tokens``: how much of the prompt
+    the replica it is queued on is expected to hold (set by ``ReplicaState.enqueue``).
     """
 
     id: str
@@ -117,6 +122,8 @@ class Call:
     promote_to: int = 0
     moves: tuple[tuple[float, int], ...] = ()
     shed_late: bool = False
+    block_hashes: tuple[int, ...] = ()
+    cached_tokens: int = 0
     started_at: float | None = None
     first_token_at: float | None = None
     tokens_done: int = 0
@@ -127,6 +134,55 @@ class Call:
     @property
     def remaining_output_tokens(self) -> int:
         return max(self.expected_output_tokens - self.tokens_done, 0)
+
+    @property
+    def prefill_tokens(self) -> int:
+        """Prompt tokens the replica is expected to compute (its cached prefix aside)."""
+        return self.prompt_tokens - self.cached_tokens
+
+
+class PrefixIndex:
+    """Which prompt blocks a replica probably holds in its prefix cache.
+
+    The block hashes of the calls routed to the replica, most recent last, at most
+    ``capacity`` of them (the engine's KV blocks: it cannot hold more); the oldest go
+    first, as the engine evicts its least recently used free blocks. An estimate: the
+    engine also spends blocks on outputs and on running sequences, so under pressure
+    it holds less than this says.
+    """
+
+    __slots__ = ("_blocks", "block_tokens", "capacity")
+
+    def __init__(self, block_tokens: int, capacity: int) -> None:
+        if block_tokens < 1 or capacity < 1:
+            raise ValueError("block_tokens and capacity must be >= 1")
+        self.block_tokens = block_tokens
+        self.capacity = capacity
+        self._blocks: OrderedDict[int, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+    def match_tokens(self, hashes: Sequence[int]) -> int:
+        """Tokens of the longest leading run of ``hashes`` held here."""
+        blocks = self._blocks
+        n = 0
+        for h in hashes:
+            if h not in blocks:
+                break
+            n += 1
+        return n * self.block_tokens
+
+    def add(self, hashes: Sequence[int]) -> None:
+        """A prompt with these blocks is sent here: they become the most recent."""
+        blocks = self._blocks
+        for h in hashes:
+            if h in blocks:
+                blocks.move_to_end(h)
+            else:
+                blocks[h] = None
+        while len(blocks) > self.capacity:
+            blocks.popitem(last=False)
 
 
 class ReplicaQueue:
@@ -233,6 +289,8 @@ class ReplicaState:
     accepting: bool = True
     queue: ReplicaQueue = field(default_factory=ReplicaQueue)
     in_flight: dict[str, Call] = field(default_factory=dict)
+    # The prompts sent here, for prefix-cache affinity (None: not tracked).
+    prefixes: PrefixIndex | None = None
     # Aggregates over queue and in_flight, kept by the methods below.
     queued_prompt_tokens: int = 0
     queued_output_tokens: int = 0
@@ -313,10 +371,21 @@ class ReplicaState:
         self.rates.observe(prompt_tokens, ttft_s, output_tokens, decode_s, contended=contended)
         self.refresh()
 
+    def cached_tokens(self, call: Call) -> int:
+        """Tokens of ``call``'s prompt this replica is expected to have cached."""
+        if self.prefixes is None or not call.block_hashes:
+            return 0
+        return self.prefixes.match_tokens(call.block_hashes)
+
     def enqueue(self, call: Call) -> None:
         call.replica = self.id
+        if self.prefixes is not None and call.block_hashes:
+            call.cached_tokens = self.prefixes.match_tokens(call.block_hashes)
+            self.prefixes.add(call.block_hashes)
+        else:
+            call.cached_tokens = 0
         self.queue.push(call)
-        self.queued_prompt_tokens += call.prompt_tokens
+        self.queued_prompt_tokens += call.prompt_tokens - call.cached_tokens
         self.queued_output_tokens += call.expected_output_tokens
         self.refresh()
 
@@ -341,7 +410,7 @@ class ReplicaState:
     def _unqueue(self, call_id: str) -> Call | None:
         call = self.queue.remove(call_id)
         if call is not None:
-            self.queued_prompt_tokens -= call.prompt_tokens
+            self.queued_prompt_tokens -= call.prompt_tokens - call.cached_tokens
             self.queued_output_tokens -= call.expected_output_tokens
         return call
 
@@ -351,7 +420,7 @@ class ReplicaState:
         call.peers_at_start = len(self.in_flight)
         self.in_flight[call.id] = call
         if call.first_token_at is None:
-            self.inflight_prefill_tokens += call.prompt_tokens
+            self.inflight_prefill_tokens += call.prompt_tokens - call.cached_tokens
         self.inflight_output_tokens += max(call.expected_output_tokens - call.tokens_done, 0)
         if self.busy_since is None:
             self.busy_since = now
@@ -362,7 +431,7 @@ class ReplicaState:
         if call is None or call.first_token_at is not None:
             return
         call.first_token_at = now
-        self.inflight_prefill_tokens -= call.prompt_tokens
+        self.inflight_prefill_tokens -= call.prompt_tokens - call.cached_tokens
         self.refresh()
 
     def tokens(self, call_id: str, n: int = 1) -> None:
@@ -381,7 +450,7 @@ class ReplicaState:
         if call is None:
             return None
         if call.first_token_at is None:
-            self.inflight_prefill_tokens -= call.prompt_tokens
+            self.inflight_prefill_tokens -= call.prompt_tokens - call.cached_tokens
         self.inflight_output_tokens -= call.remaining_output_tokens
         if output_tokens is not None and output_tokens > call.tokens_done:
             call.tokens_done = output_tokens

@@ -24,6 +24,8 @@ class ModelSpec:
 
     ``replicas`` start READY at time zero; the provisioner keeps the count within
     ``min_replicas`` .. ``max_replicas`` (defaults: ``replicas`` for both).
+    ``prefix_caching``: the engines reuse cached prompt blocks (vLLM's
+    ``--enable-prefix-caching``), and calls carry their prompts' block hashes.
     """
 
     name: str
@@ -34,6 +36,7 @@ class ModelSpec:
     gpus_per_replica: int = 1
     concurrency_limit: int | None = None
     rates: Rates | None = None
+    prefix_caching: bool = False
 
     @property
     def floor(self) -> int:

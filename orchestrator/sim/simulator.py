@@ -44,7 +44,7 @@ from orchestrator.policy.provisioner import (
     ScaleDecision,
     make_provisioner,
 )
-from orchestrator.policy.state import Call, Rates, ReplicaState
+from orchestrator.policy.state import Call, PrefixIndex, Rates, ReplicaState
 from orchestrator.profiler import Profiler
 from orchestrator.sim.clairvoyant import is_clairvoyant, make_sim_scheduler
 from orchestrator.sim.config import ModelSpec, OutputModel, SimConfig, SimTask
@@ -313,6 +313,7 @@ class Simulator:
             task_id=str(task.id),
             kind=tpl.kind,
             shed_late=tpl.shed_late,
+            block_hashes=tpl.hashes[index],
         )
         self._counters["calls"] += 1
         self._runs[call.id] = CallRun(task, index, out, call)
@@ -342,6 +343,7 @@ class Simulator:
             self._runs[call.id].out,
             call.priority if self._send_priority else 0,
             now,
+            call.block_hashes,
         )
 
     def _on_batch(self, st: ReplicaState, now: float) -> None:
@@ -454,7 +456,7 @@ class Simulator:
         # ``tokens``, ``observe`` and ``finish`` of the executor, with the one refresh
         # of the replica's wait estimate (in ``finish``) that the end state needs.
         st.rates.observe(
-            call.prompt_tokens,
+            call.prefill_tokens,
             first - started,
             produced,
             now - first,
@@ -485,7 +487,14 @@ class Simulator:
             accepting=False,
             idle_since=None,
         )
-        engine = FusedEngine(spec.profile, self.config.engine_policy, every_token=False)
+        if spec.prefix_caching and self.scheduler.tracks_prefixes:
+            state.prefixes = PrefixIndex(spec.profile.block_size, spec.profile.num_kv_blocks)
+        engine = FusedEngine(
+            spec.profile,
+            self.config.engine_policy,
+            every_token=False,
+            prefix_caching=spec.prefix_caching,
+        )
         rep = SimReplica(rid, model, state, engine, now)
         self.replicas[rid] = rep
         model.replicas.append(rep)
@@ -580,6 +589,10 @@ class Simulator:
         self._counters["preemptions"] = sum(
             r.engine.num_preemptions for r in self.replicas.values()
         )
+        if any(m.spec.prefix_caching for m in self.models.values()):
+            engines = [r.engine for r in self.replicas.values()]
+            self._counters["prefix_cache_queries"] = sum(e.prefix_cache_queries for e in engines)
+            self._counters["prefix_cache_hits"] = sum(e.prefix_cache_hits for e in engines)
         per_model: dict[str, float] = {m: 0.0 for m in self.models}
         for rid, u in util.replicas.items():
             per_model[self.replicas[rid].model.spec.name] += u.provisioned_s

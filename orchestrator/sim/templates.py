@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping
 
 from orchestrator.emulator.textgen import TextGenerator
-from orchestrator.engine_model import EngineProfile
+from orchestrator.engine_model import EngineProfile, block_hashes
 from orchestrator.graphs import GraphError, Node, TaskGraph, build_graph
 from orchestrator.profiler import DeadlinePlan, Profiler
 from orchestrator.sim.config import SimConfig, SimTask
@@ -25,6 +25,7 @@ class Template:
         "error",
         "final",
         "graph",
+        "hashes",
         "kind",
         "model",
         "nodes",
@@ -62,6 +63,8 @@ class Template:
         self.offsets: list[float] = []
         self.offsets_at = -math.inf
         self.error = error
+        # Block hashes of each node's prompt, where the model's engines cache prefixes.
+        self.hashes: list[tuple[int, ...]] = [() for _ in graph.nodes]
 
 
 class Templates:
@@ -75,6 +78,7 @@ class Templates:
         self.profiler = profiler
         self.cache: dict[str, Template] = {}
         self._textgens: dict[str, TextGenerator] = {}
+        self._caching = {m.name for m in config.models if m.prefix_caching}
 
     def get(self, task: SimTask) -> Template:
         tpl = self.cache.get(task.key)
@@ -98,7 +102,13 @@ class Templates:
         for node in graph.nodes:
             if node.op == "llm" and node.prompt_tokens + node.max_tokens > max_len:
                 error = f"node {node.id}: prompt + max_tokens exceed max_model_len {max_len}"
-        return Template(graph, self.profiler.plan(graph), outputs, error)
+        tpl = Template(graph, self.profiler.plan(graph), outputs, error)
+        if graph.model in self._caching:
+            block = profile.block_size
+            tpl.hashes = [
+                block_hashes(n.prompt, block) if n.op == "llm" else () for n in graph.nodes
+            ]
+        return tpl
 
     def _output(self, task: SimTask, graph: TaskGraph, node: Node, llm_nodes: int) -> int:
         if node.op != "llm":
