@@ -426,6 +426,7 @@ _CODE_ACTION_OPTIONS: Final = types.CodeActionOptions(
         code_actions.KIND_SUMMARIZE,
         code_actions.KIND_GENERATE,
         code_actions.KIND_TRANSLATE,
+        code_actions.KIND_TRANSLATE_REFACTOR,
     ]
 )
 _FEATURES: Final[tuple[tuple[str, Any, Callable[..., Any]], ...]] = (

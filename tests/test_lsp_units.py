@@ -361,8 +361,19 @@ def test_code_actions_follow_the_only_filter() -> None:
     at = types.Position(line=6, character=4)
     everything = actions.code_actions(doc, types.Range(start=at, end=at), Settings())
     sources = actions.code_actions(doc, types.Range(start=at, end=at), Settings(), ["source"])
-    assert {a.kind for a in everything} == {actions.KIND_SUMMARIZE, actions.KIND_TRANSLATE}
+    refactors = actions.code_actions(doc, types.Range(start=at, end=at), Settings(), ["refactor"])
+    # translate: in the lightbulb (refactor) and the Source Action menu, once per request
+    assert {a.kind for a in everything} == {
+        actions.KIND_SUMMARIZE,
+        actions.KIND_TRANSLATE_REFACTOR,
+    }
     assert {a.kind for a in sources} == {actions.KIND_TRANSLATE}
+    assert {a.kind for a in refactors} == {
+        actions.KIND_SUMMARIZE,
+        actions.KIND_TRANSLATE_REFACTOR,
+    }
+    titles = [a.title for a in everything]
+    assert len(titles) == len(set(titles))
 
 
 # --------------------------------------------------------------------------- diagnostics

@@ -28,6 +28,10 @@ TRANSLATE_FILE: Final = "cato.translateFile"
 KIND_SUMMARIZE: Final = "refactor.rewrite.cato.summarize"
 KIND_GENERATE: Final = "refactor.rewrite.cato.generate"
 KIND_TRANSLATE: Final = "source.cato.translate"
+KIND_TRANSLATE_REFACTOR: Final = "refactor.rewrite.cato.translate"
+"""Translate is offered under both kinds: `source` (VS Code's Source Action menu) and
+`refactor` (the lightbulb). A request without `only` gets the refactor ones alone, so a
+client that lists everything shows each target once."""
 
 _LINE_BREAK: Final = re.compile(r"\r\n|\r|\n")
 _HEADER: Final = re.compile(
@@ -314,13 +318,12 @@ def code_actions(
     if _allowed(KIND_GENERATE, only) and (has_selection or comment_at(doc, line) is not None):
         title = "CATO: Generate code from the " + ("selection" if has_selection else "comment")
         actions.append(_action(title, KIND_GENERATE, GENERATE, where))
-    if _allowed(KIND_TRANSLATE, only):
+    kinds = [KIND_TRANSLATE_REFACTOR] if not only else [KIND_TRANSLATE_REFACTOR, KIND_TRANSLATE]
+    for kind in (k for k in kinds if _allowed(k, only)):
         for target in settings.translate_targets:
             if target.lower() != doc.language:
                 args = {"uri": doc.uri, "targetLanguage": target}
                 actions.append(
-                    _action(
-                        f"CATO: Translate file to {target}", KIND_TRANSLATE, TRANSLATE_FILE, args
-                    )
+                    _action(f"CATO: Translate file to {target}", kind, TRANSLATE_FILE, args)
                 )
     return actions

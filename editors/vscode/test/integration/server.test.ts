@@ -1,7 +1,7 @@
 /**
  * The extension's protocol half against the real Python server (`python -m cato_lsp`)
  * in embedded mode with one fast emulated replica: initialize, inline completion and
- * its accept command, translate file (CreateFile + content through applyEdit), and the
+ * its accept command, translate file (written to disk by the server, then shown), and the
  * settings as the extension maps them. `CATO_PYTHON` picks the interpreter.
  */
 import { execFileSync } from "node:child_process";
@@ -10,10 +10,10 @@ import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import * as net from "node:net";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
-import { fileURLToPath, pathToFileURL } from "node:url";
+import { pathToFileURL } from "node:url";
 
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { CreateFile, InlineCompletionList, TextDocumentEdit } from "vscode-languageserver-protocol";
+import type { InlineCompletionList } from "vscode-languageserver-protocol";
 
 import { SERVER_KEYS, serverSettings } from "../../src/settings";
 import { eventually, groupAlive, LspServer } from "./lspClient";
@@ -208,7 +208,7 @@ describe("cato-lsp driven by an LSP client", () => {
   );
 
   it(
-    "translates a file into a new file next to it through CreateFile and an edit",
+    "translates a file into a new file written next to it, then shown",
     async () => {
       const source = path.join(dir, "mathops.py");
       await writeFile(source, TO_TRANSLATE);
@@ -224,21 +224,12 @@ describe("cato-lsp driven by an LSP client", () => {
       const targetUri = pathToFileURL(target).toString();
       expect(result).toMatchObject({ applied: true, uri: targetUri, shown: true });
 
-      const edits = server.recorded.edits.slice(editsBefore);
-      expect(edits.length).toBe(1);
-      const changes = edits[0]!.documentChanges ?? [];
-      const create = changes[0] as CreateFile;
-      const content = changes[1] as TextDocumentEdit;
-      expect(create.kind).toBe("create");
-      expect(fileURLToPath(create.uri)).toBe(target);
-      expect(content.textDocument.uri).toBe(create.uri);
-      const inserted = content.edits.map((e) => ("newText" in e ? e.newText : "")).join("");
-      expect(inserted.trim()).not.toBe("");
-      expect(inserted.endsWith("\n")).toBe(true);
-      expect(inserted).not.toMatch(/<fim_|<\|fim|<PRE>|<SUF>|<MID>|```/);
-
-      // Applied as VS Code would: the new file holds exactly the edit's text.
-      expect(await readFile(target, "utf8")).toBe(inserted);
+      // Saved on disk by the server (no edit to apply): the editor opens a saved file.
+      expect(server.recorded.edits.length).toBe(editsBefore);
+      const written = await readFile(target, "utf8");
+      expect(written.trim()).not.toBe("");
+      expect(written.endsWith("\n")).toBe(true);
+      expect(written).not.toMatch(/<fim_|<\|fim|<PRE>|<SUF>|<MID>|```/);
       expect(server.recorded.shown).toContain(targetUri);
       // The long task reported progress from begin to end.
       const kinds = server.recorded.progress.map((p) => p.kind);
