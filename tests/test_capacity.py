@@ -194,7 +194,7 @@ def test_capacity_command_rejects_bad_input(
     (tmp_path / "other.json").write_text('{"cells": []}')
     assert main(["bench", "capacity", "--from-json", str(tmp_path / "other.json")]) == 2
     assert "not the JSON of a capacity run" in capsys.readouterr().err
-    assert set(CASES) == {"rq1", "rq2", "rq3_fixed", "rq3_auto"}
+    assert set(CASES) == {"rq1", "rq2", "rq3_fixed", "rq3_auto", "sessions"}
 
 
 def test_coupled_bursts_keep_the_rate_and_move_with_it() -> None:

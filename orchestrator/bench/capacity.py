@@ -82,6 +82,7 @@ CASES: dict[str, Case] = {
     "rq2": Case("rq2", "rq2", False, duration_s=40.0, quick_duration_s=15.0),
     "rq3_fixed": Case("rq3_fixed", "rq3", False, duration_s=90.0, quick_duration_s=30.0),
     "rq3_auto": Case("rq3_auto", "rq3", True, duration_s=120.0, quick_duration_s=45.0),
+    "sessions": Case("sessions", "sessions", False, duration_s=40.0, quick_duration_s=15.0),
 }
 
 
@@ -358,7 +359,9 @@ def _workload(seed: int, per_kind: int, kinds: tuple[str, ...]) -> Workload:
 
 
 def _kinds(cases: Sequence[str]) -> tuple[str, ...]:
-    wanted = {k for c in cases for k in SCENARIOS[CASES[c].scenario].mix}
+    # a scenario of editing sessions builds its own tasks (from the workload's seed)
+    scenarios = [SCENARIOS[CASES[c].scenario] for c in cases]
+    wanted = {k for s in scenarios if not s.sessions for k in s.mix}
     return tuple(sorted(wanted))
 
 

@@ -4,6 +4,8 @@
 * ``rq2``: short tasks (``complete`` + ``summarize``) on 6 fixed replicas.
 * ``rq3``: all four kinds at once, bursty arrivals, two models sharing a GPU pool, with
   autoscaling (provisioners ``cato``, ``queue_length``, ``fixed``).
+* ``sessions``: editing sessions (``bench.sessions``) on 6 fixed replicas whose engines
+  cache prompt prefixes, as vLLM does by default: where routing decides cache hits.
 
 The paper swept 0.67-3.33 requests/s on its own replicas. Here the same five points are
 scaled to the simulated replicas: ``C`` is the saturation throughput of the scenario's
@@ -21,6 +23,7 @@ from typing import Any
 
 from orchestrator.api import SLA, SLAMetric, TaskKind
 from orchestrator.bench.arrivals import Mmpp, poisson, with_kinds, with_tasks
+from orchestrator.bench.sessions import SESSIONS, sample_workload, session_arrivals
 from orchestrator.bench.workloads import Workload, profile_workload
 from orchestrator.config import TASK_DEFAULTS, ProvisionerConfig
 from orchestrator.engine_model import EngineProfile, load_profile
@@ -45,11 +48,20 @@ class ModelPlan:
     min_replicas: int | None = None
     max_replicas: int | None = None
 
-    def spec(self, provisioner: str, concurrency_limit: int | None = None) -> ModelSpec:
+    def spec(
+        self,
+        provisioner: str,
+        concurrency_limit: int | None = None,
+        prefix_caching: bool = False,
+    ) -> ModelSpec:
         profile = load_profile(self.profile)
         if provisioner == "fixed":
             return ModelSpec(
-                self.name, profile, replicas=self.replicas, concurrency_limit=concurrency_limit
+                self.name,
+                profile,
+                replicas=self.replicas,
+                concurrency_limit=concurrency_limit,
+                prefix_caching=prefix_caching,
             )
         return ModelSpec(
             self.name,
@@ -58,6 +70,7 @@ class ModelPlan:
             min_replicas=self.min_replicas,
             max_replicas=self.max_replicas,
             concurrency_limit=concurrency_limit,
+            prefix_caching=prefix_caching,
         )
 
 
@@ -78,6 +91,14 @@ class Scenario:
     provisioner_config: ProvisionerConfig = field(default_factory=ProvisionerConfig)
     # Calls in flight per replica (default: the engine's max_num_seqs, as the runtime does).
     concurrency_limit: int | None = None
+    # Engines reuse cached prompt blocks (vLLM's automatic prefix caching). Off for
+    # rq1-rq3: their figures were measured without it, and their tasks come from small
+    # pools drawn with replacement, so the same prompt recurs by the pool's size, not
+    # by anything a user does; a cache would measure that artifact.
+    prefix_caching: bool = False
+    # > 0: the tasks come from this many editing sessions (``bench.sessions``), built
+    # from the workload's seed, not from the workload's pools.
+    sessions: int = 0
 
     def defaults(self) -> TaskDefaults:
         """Per-kind SLAs and budgets of ``cato.toml``'s defaults, with this scenario's models
@@ -100,7 +121,10 @@ class Scenario:
 
     def _config(self, provisioner: str, seed: int) -> SimConfig:
         return SimConfig(
-            models=tuple(m.spec(provisioner, self.concurrency_limit) for m in self.models),
+            models=tuple(
+                m.spec(provisioner, self.concurrency_limit, self.prefix_caching)
+                for m in self.models
+            ),
             defaults=self.defaults(),
             provisioner=provisioner,
             provisioner_config=self.provisioner_config.model_copy(update={"policy": provisioner}),
@@ -108,9 +132,17 @@ class Scenario:
             seed=seed,
         )
 
+    def task_pool(self, workload: Workload) -> Workload:
+        """Tasks that stand for the scenario's mix: the workload's, or its sessions'."""
+        if self.sessions:
+            return sample_workload(workload.seed, tuple(sorted(self.mix.items())))
+        return workload
+
     def arrivals(
         self, rate: float, duration_s: float, workload: Workload, seed: int
     ) -> Iterator[tuple[float, SimTask]]:
+        if self.sessions:
+            return session_arrivals(rate, duration_s, self.mix, workload.seed, seed, self.sessions)
         if self.bursty:
             times = Mmpp.around(rate).times(duration_s, seed)
         else:
@@ -162,6 +194,18 @@ SCENARIOS: dict[str, Scenario] = {
         bursty=True,
         gpus=16,
     ),
+    "sessions": Scenario(
+        name="sessions",
+        title=f"Editing sessions: {SESSIONS} developers typing through modules, "
+        "6 fixed replicas with prefix caching",
+        mix={"complete": 0.85, "summarize": 0.09, "generate": 0.04, "translate": 0.02},
+        models=(ModelPlan(_CODELLAMA, "codellama-7b@a100", replicas=6),),
+        kind_models={},
+        duration_s=180.0,
+        quick_duration_s=20.0,
+        prefix_caching=True,
+        sessions=SESSIONS,
+    ),
 }
 
 
@@ -180,7 +224,7 @@ def call_seconds(profile: EngineProfile, prompt_tokens: float, output_tokens: fl
 def capacity_rps(scenario: Scenario, workload: Workload) -> float:
     """Saturation throughput (tasks/s) of the scenario's replicas for its mix."""
     defaults = scenario.defaults()
-    profiles = {p.kind: p for p in profile_workload(workload, defaults)}
+    profiles = {p.kind: p for p in profile_workload(scenario.task_pool(workload), defaults)}
     total = sum(scenario.mix.values())
     seconds: dict[str, float] = {}
     for kind, weight in scenario.mix.items():
