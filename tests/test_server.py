@@ -31,6 +31,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.api import TaskEvent
+from orchestrator.commands.serve import loop_factory, run_service
 from orchestrator.config import User, hash_token, load_config
 from orchestrator.emulator.process import (
     RunningEmulator,
@@ -599,6 +600,27 @@ def test_cato_serve_sheds_late_calls_of_a_kind_that_defaults_to_it(tmp_path: Pat
         on_time = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4)
         assert on_time.choices[0].text
         assert "sla_unreachable" in log.read_text()
+
+
+def test_the_service_runs_on_uvloop_when_installed_unless_told_not_to(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CATO_UVLOOP", "0")
+    assert loop_factory() is None
+    monkeypatch.delenv("CATO_UVLOOP")
+    try:
+        import uvloop
+    except ImportError:
+        assert loop_factory() is None
+    else:
+        assert loop_factory() is uvloop.new_event_loop
+
+    async def loop_name() -> None:
+        names.append(type(asyncio.get_running_loop()).__module__)
+
+    names: list[str] = []
+    run_service(loop_name())
+    assert names == (["uvloop"] if loop_factory() else ["asyncio.unix_events"])
 
 
 def test_cato_serve_on_a_taken_port_fails_clearly(tmp_path: Path) -> None:

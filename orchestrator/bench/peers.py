@@ -572,7 +572,7 @@ def serve_cato(config_path: str, port: int, urls: Sequence[str]) -> None:
     ``[[models]]`` takes one ``url`` per model; each replica the runtime starts here
     takes the next URL, so one model has one replica per emulator.
     """
-    from orchestrator.commands.serve import serve
+    from orchestrator.commands.serve import run_service, serve
     from orchestrator.config import load_config
     from orchestrator.replicas.manager import ReplicaManager
 
@@ -583,7 +583,7 @@ def serve_cato(config_path: str, port: int, urls: Sequence[str]) -> None:
         return await original(self, replace(spec, url=next(cycle)))
 
     ReplicaManager.start = start  # type: ignore[method-assign]
-    asyncio.run(serve(load_config(config_path), "127.0.0.1", port, None))
+    run_service(serve(load_config(config_path), "127.0.0.1", port, None))
 
 
 def serve_ray(
