@@ -48,13 +48,26 @@ export function registerCommands(ctx: CommandContext): vscode.Disposable[] {
   ];
 }
 
+/** JSON-RPC codes: a request that made no sense where it was made, one cancelled. */
+const INVALID_PARAMS = -32602;
+const REQUEST_CANCELLED = -32800;
+
 async function guarded(controller: CatoController, id: string, run: () => Promise<void>): Promise<void> {
   try {
     await run();
   } catch (error) {
     const message = error instanceof Error ? error.message : String(error);
-    controller.output.error(`${id}: ${message}`);
-    void vscode.window.showErrorMessage(`CATO: ${message}`);
+    const code = (error as { code?: unknown } | undefined)?.code;
+    if (code === REQUEST_CANCELLED) {
+      controller.output.info(`${id}: cancelled`);
+    } else if (code === INVALID_PARAMS) {
+      // A user mistake ("nothing to summarize"): say what to do, no alarm.
+      controller.output.warn(`${id}: ${message}`);
+      void vscode.window.showWarningMessage(`CATO: ${message}`);
+    } else {
+      controller.output.error(`${id}: ${message}`);
+      void vscode.window.showErrorMessage(`CATO: ${message}`);
+    }
   }
 }
 

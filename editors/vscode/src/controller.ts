@@ -16,10 +16,16 @@ import { createClient } from "./client";
 import { STATUS_NOTIFICATION } from "./commandIds";
 import { type Discovery, discoverServer, type Probes } from "./discovery";
 import { nodeProbes } from "./probes";
+import { notifyProgress, type ProgressClient } from "./progress";
 import { pythonInterpreter } from "./python";
 import { type JsonObject, removedKeys, SECTION } from "./settings";
 import { StatusBar } from "./statusBar";
-import { enabledLanguages, readServerSettings, serverCommandSetting } from "./vscodeSettings";
+import {
+  enabledLanguages,
+  readServerSettings,
+  serverCommandNote,
+  serverCommandSetting,
+} from "./vscodeSettings";
 
 const COPY_INSTALL = "Copy Install Command";
 const OPEN_SETTINGS = "Open Settings";
@@ -123,6 +129,7 @@ export class CatoController implements vscode.Disposable {
     const found = await discoverServer(
       {
         configured: serverCommandSetting(),
+        configuredNote: serverCommandNote(),
         interpreter,
         platform: process.platform,
         workspaceFolders: (vscode.workspace.workspaceFolders ?? []).map((f) => f.uri.fsPath),
@@ -164,10 +171,12 @@ export class CatoController implements vscode.Disposable {
       await client.dispose().catch(() => undefined);
       return undefined;
     }
+    // Long tasks as a notification with Cancel (the client's own is a status-bar spinner).
+    notifyProgress(client as unknown as ProgressClient);
     this.client = client;
     if (!heard) {
-      // The server publishes its state after the first task; until then it is idle.
-      this.statusBar.update({ state: "idle" });
+      // The server starts its replicas now and says "starting" until they are ready.
+      this.statusBar.update({ state: "starting" });
     }
     return client;
   }
@@ -181,7 +190,7 @@ export class CatoController implements vscode.Disposable {
         if (choice === COPY_INSTALL) {
           await vscode.env.clipboard.writeText(found.installCommand);
         } else if (choice === OPEN_SETTINGS) {
-          await vscode.commands.executeCommand("workbench.action.openSettings", "cato.server");
+          await vscode.commands.executeCommand("workbench.action.openSettings", "@id:cato.server.command");
         } else if (choice === SHOW_OUTPUT) {
           this.output.show();
         }

@@ -33,6 +33,8 @@ export interface Probes {
 export interface DiscoveryInput {
   /** `cato.server.command`: the executable and its arguments; empty = search. */
   readonly configured: readonly string[];
+  /** What the setting holds when it was not applied (see serverCommandNote). */
+  readonly configuredNote?: string | undefined;
   /** The interpreter chosen in the Python extension, if that extension is present. */
   readonly interpreter: string | undefined;
   readonly platform: NodeJS.Platform;
@@ -52,7 +54,7 @@ export async function discoverServer(input: DiscoveryInput, probes: Probes): Pro
   if (input.configured.length > 0) {
     return fromSetting(input.configured, input, probes);
   }
-  const tried: string[] = ["the cato.server.command setting (empty)"];
+  const tried: string[] = [`the cato.server.command setting (${input.configuredNote ?? "not set"})`];
   if (input.interpreter !== undefined) {
     const server = await fromInterpreter(input.interpreter, input.platform, probes);
     if (server !== undefined) {

@@ -9,10 +9,19 @@ export interface CatoStatus {
   readonly replicasReady: number | undefined;
   readonly replicasTotal: number | undefined;
   readonly lastTtftMs: number | undefined;
+  /** Keystroke to suggestion (request in to answer out) over the recent suggestions. */
+  readonly suggestMs: SuggestLatency | undefined;
   /** SLA attainment per task kind, 0..1. */
   readonly slaAttainment: Readonly<Record<string, number>>;
   readonly detail: string | undefined;
   readonly mode: string | undefined;
+}
+
+export interface SuggestLatency {
+  readonly p50: number;
+  readonly p90: number | undefined;
+  readonly p99: number | undefined;
+  readonly count: number;
 }
 
 export type Severity = "ok" | "warning" | "error";
@@ -49,6 +58,7 @@ export function parseStatus(payload: unknown): CatoStatus {
     replicasReady: num(p["replicasReady"]),
     replicasTotal: num(p["replicasTotal"]),
     lastTtftMs: num(p["lastTtftMs"]),
+    suggestMs: suggestLatency(p["suggestMs"]),
     slaAttainment: attainment(p["slaAttainment"]),
     detail: str(p["detail"]),
     mode: str(p["mode"]),
@@ -85,6 +95,10 @@ function statusText(status: CatoStatus): string {
   if (status.lastTtftMs !== undefined) {
     parts.push(formatMs(status.lastTtftMs));
   }
+  if (status.suggestMs !== undefined) {
+    // what the user waits for, beside what the replica took
+    parts.push(`wait ${formatMs(status.suggestMs.p50)}`);
+  }
   const worst = worstAttainment(status);
   if (worst !== undefined) {
     parts.push(`SLA ${formatPercent(worst)}`);
@@ -104,6 +118,14 @@ function statusTooltip(status: CatoStatus): string {
   }
   if (status.lastTtftMs !== undefined) {
     lines.push(`Last time to first token: ${formatMs(status.lastTtftMs)}`);
+  }
+  const waited = status.suggestMs;
+  if (waited !== undefined) {
+    const tail = [
+      waited.p90 === undefined ? "" : `, p90 ${formatMs(waited.p90)}`,
+      waited.p99 === undefined ? "" : `, p99 ${formatMs(waited.p99)}`,
+    ].join("");
+    lines.push(`Keystroke to suggestion: p50 ${formatMs(waited.p50)}${tail} (last ${waited.count})`);
   }
   for (const [kind, value] of Object.entries(status.slaAttainment).sort()) {
     lines.push(`SLA attainment, ${kind}: ${formatPercent(value)}`);
@@ -147,6 +169,16 @@ function bool(value: unknown): boolean | undefined {
 
 function num(value: unknown): number | undefined {
   return typeof value === "number" && Number.isFinite(value) && value >= 0 ? value : undefined;
+}
+
+function suggestLatency(value: unknown): SuggestLatency | undefined {
+  if (!isRecord(value)) {
+    return undefined;
+  }
+  const p50 = num(value["p50"]);
+  return p50 === undefined
+    ? undefined
+    : { p50, p90: num(value["p90"]), p99: num(value["p99"]), count: num(value["count"]) ?? 0 };
 }
 
 function attainment(value: unknown): Record<string, number> {

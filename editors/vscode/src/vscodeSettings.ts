@@ -48,6 +48,21 @@ export function serverCommandSetting(): string[] {
   return configuredCommand(vscode.workspace.getConfiguration(SECTION).get<unknown>("server.command"));
 }
 
+/**
+ * What `cato.server.command` holds where VS Code did not apply it (e.g. a value in a
+ * scope this window ignores), for the "not found" message; undefined when it is unset.
+ */
+export function serverCommandNote(): string | undefined {
+  const found = vscode.workspace.getConfiguration(SECTION).inspect<unknown>("server.command");
+  const scopes: [string, unknown][] = [
+    ["Folder", found?.workspaceFolderValue],
+    ["Workspace", found?.workspaceValue],
+    ["User", found?.globalValue],
+  ];
+  const [scope, value] = scopes.find(([, v]) => configuredCommand(v).length > 0) ?? [];
+  return scope === undefined ? undefined : `${JSON.stringify(value)} in ${scope} settings, not applied here`;
+}
+
 /** Target languages the user listed for translation (offered first). */
 export function translateTargetsSetting(): string[] {
   const value = vscode.workspace.getConfiguration(SECTION).get<unknown>("translateTargets");

@@ -81,6 +81,33 @@ export class ThemeColor {
   constructor(readonly id: string) {}
 }
 
+export enum ProgressLocation {
+  SourceControl = 1,
+  Window = 10,
+  Notification = 15,
+}
+
+export class CancellationTokenSource {
+  private readonly emitter = new EventEmitter<void>();
+  isCancellationRequested = false;
+  readonly token = {
+    isCancellationRequested: false,
+    onCancellationRequested: (listener: () => unknown): Disposable => this.emitter.event(listener),
+  };
+  cancel(): void {
+    this.isCancellationRequested = true;
+    this.token.isCancellationRequested = true;
+    this.emitter.fire();
+  }
+}
+
+export interface MockProgress {
+  readonly options: { location: ProgressLocation; title?: string; cancellable?: boolean };
+  readonly reports: { message?: string; increment?: number }[];
+  readonly cancel: CancellationTokenSource;
+  done: boolean;
+}
+
 export enum StatusBarAlignment {
   Left = 1,
   Right = 2,
@@ -144,6 +171,7 @@ export const mock = {
   statusItems: [] as MockStatusBarItem[],
   outputs: [] as MockOutputChannel[],
   messages: [] as { level: "info" | "warning" | "error"; text: string; items: string[] }[],
+  progress: [] as MockProgress[],
   messageAnswer: undefined as MessageAnswer,
   quickPicks: [] as { items: unknown[]; options: unknown }[],
   quickPickAnswer: (items: readonly unknown[]): unknown => items[0],
@@ -160,6 +188,7 @@ export const mock = {
     this.statusItems = [];
     this.outputs = [];
     this.messages = [];
+    this.progress = [];
     this.messageAnswer = undefined;
     this.quickPicks = [];
     this.quickPickAnswer = (items) => items[0];
@@ -254,6 +283,21 @@ export const window = {
     };
     mock.outputs.push(channel);
     return channel;
+  },
+  withProgress<R>(
+    options: MockProgress["options"],
+    task: (
+      progress: { report(value: { message?: string; increment?: number }): void },
+      token: CancellationTokenSource["token"],
+    ) => Promise<R>,
+  ): Promise<R> {
+    const shown: MockProgress = { options, reports: [], cancel: new CancellationTokenSource(), done: false };
+    mock.progress.push(shown);
+    const result = task({ report: (value) => shown.reports.push(value) }, shown.cancel.token);
+    void result.then(() => {
+      shown.done = true;
+    });
+    return result;
   },
   showInformationMessage: message("info"),
   showWarningMessage: message("warning"),

@@ -50,6 +50,15 @@ function server(found: Discovery): { command: string; args: readonly string[]; s
 }
 
 describe("discoverServer", () => {
+  it("names what the setting holds when VS Code did not apply it", async () => {
+    const note = '["/home/me/.venv/bin/cato-lsp"] in User settings, not applied here';
+    const missing = await discoverServer({ ...linux, configuredNote: note }, fakeProbes({}));
+    const unset = await discoverServer(linux, fakeProbes({}));
+    expect(missing.found).toBe(false);
+    expect(!missing.found && missing.message).toContain(`the cato.server.command setting (${note})`);
+    expect(!unset.found && unset.message).toContain("the cato.server.command setting (not set)");
+  });
+
   it("uses the configured command first, resolving a bare name on PATH", async () => {
     const probes = fakeProbes({ path: { "cato-lsp": "/opt/bin/cato-lsp" }, files: ["/venv/bin/cato-lsp"] });
     const found = await discoverServer(

@@ -31,6 +31,7 @@ interface FakeClientShape {
   notifications: Map<string, Handler>;
   requests: { method: string; params: unknown }[];
   sent: { method: string; params: unknown }[];
+  requestHandlers: string[];
   running: boolean;
   disposed: boolean;
 }
@@ -45,6 +46,7 @@ vi.mock("vscode-languageclient/node", () => {
     notifications = new Map<string, Handler>();
     requests: { method: string; params: unknown }[] = [];
     sent: { method: string; params: unknown }[] = [];
+    requestHandlers: string[] = [];
     running = false;
     disposed = false;
     code2ProtocolConverter = { asUri: (uri: { toString(): string }) => uri.toString() };
@@ -61,6 +63,13 @@ vi.mock("vscode-languageclient/node", () => {
       return { dispose: () => this.notifications.delete(method) };
     }
     onDidChangeState() {
+      return { dispose: () => undefined };
+    }
+    onRequest(type: { method: string }) {
+      this.requestHandlers.push(type.method);
+      return { dispose: () => undefined };
+    }
+    onProgress() {
       return { dispose: () => undefined };
     }
     start() {
@@ -231,8 +240,11 @@ describe("activation", () => {
 
   it("feeds the status bar from cato/status notifications", async () => {
     await activated();
-    expect(mock.statusItems[0]?.text).toBe("$(sparkle) CATO");
-    expect(mock.statusItems[0]?.tooltip).toContain("(idle)");
+    // the server starts its replicas at initialize: "starting" until it says otherwise
+    expect(mock.statusItems[0]?.text).toBe("$(sync~spin) CATO");
+    expect(mock.statusItems[0]?.tooltip).toContain("(starting)");
+    // its long tasks show as notifications with Cancel, not the client's spinner
+    expect(lastClient().requestHandlers).toContain("window/workDoneProgress/create");
     lastClient().notifications.get("cato/status")?.({ state: "ready", replicasReady: 1, replicasTotal: 1 });
     expect(mock.statusItems[0]?.text).toBe("$(sparkle) CATO 1/1");
   });
@@ -350,13 +362,27 @@ describe("activation", () => {
       selection: new Selection(new Position(0, 0), new Position(0, 0)),
     };
     fake.answer = () => {
-      throw new Error("nothing to generate from: no comment or docstring at the cursor");
+      throw new Error("the orchestrator has no replica available");
     };
     await run("cato.editor.generate");
     expect(mock.messages.at(-1)).toMatchObject({
       level: "error",
+      text: "CATO: the orchestrator has no replica available",
+    });
+    // a user mistake (InvalidParams) is a warning, and the output has one line for it
+    fake.answer = () => {
+      throw Object.assign(new Error("nothing to generate from: no comment or docstring at the cursor"), {
+        code: -32602,
+      });
+    };
+    await run("cato.editor.generate");
+    expect(mock.messages.at(-1)).toMatchObject({
+      level: "warning",
       text: "CATO: nothing to generate from: no comment or docstring at the cursor",
     });
+    expect(mock.outputs[0]?.lines.at(-1)).toBe(
+      "[warn] cato.editor.generate: nothing to generate from: no comment or docstring at the cursor",
+    );
   });
 
   it("Show Status runs cato.status and writes the report to the output", async () => {

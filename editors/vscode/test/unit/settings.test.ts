@@ -18,6 +18,7 @@ import { settingReader } from "../../src/vscodeSettings";
 import { mock } from "../mocks/vscode";
 
 interface Manifest {
+  capabilities: { untrustedWorkspaces: { restrictedConfigurations: string[] } };
   contributes: { configuration: { properties: Record<string, { default?: unknown; scope?: string }> } };
 }
 
@@ -25,6 +26,7 @@ const manifest = JSON.parse(
   readFileSync(path.join(__dirname, "..", "..", "package.json"), "utf8"),
 ) as Manifest;
 const contributed = manifest.contributes.configuration.properties;
+const restricted = manifest.capabilities.untrustedWorkspaces.restrictedConfigurations;
 const paths = { home: "/home/dev", workspaceFolder: "/srv/project" };
 
 function reader(values: Record<string, unknown>): (key: string) => unknown {
@@ -153,8 +155,11 @@ describe("package.json contributes", () => {
     expect(declared).toEqual([...SERVER_KEYS, ...CLIENT_KEYS].sort());
   });
 
-  it("keeps executables, endpoints and secrets out of workspace settings", () => {
-    expect(contributed["cato.server.command"]?.scope).toBe("machine");
+  it("keeps secrets out of workspace settings, and executables out of untrusted ones", () => {
+    // machine-overridable: read from User settings in every window (remote ones too),
+    // from a workspace only when it is trusted (restricted below)
+    expect(contributed["cato.server.command"]?.scope).toBe("machine-overridable");
+    expect(restricted).toContain("cato.server.command");
     expect(contributed["cato.token"]?.scope).toBe("machine");
   });
 

@@ -34,6 +34,17 @@ describe("statusView", () => {
     expect(view.tooltip).toContain("Mode: embedded");
   });
 
+  it("shows the keystroke-to-suggestion median beside the TTFT, percentiles in the tooltip", () => {
+    const waited = { p50: 241.4, p90: 380, p99: 1210, last: 200, count: 37 };
+    const view = statusView(parseStatus(payload({ suggestMs: waited })));
+    expect(view.text).toBe("$(sparkle) CATO 2/3 142 ms wait 241 ms SLA 96%");
+    expect(view.tooltip).toContain("Keystroke to suggestion: p50 241 ms, p90 380 ms, p99 1.2 s (last 37)");
+    const none = { p50: null, p90: null, p99: null, last: null, count: 0 };
+    expect(statusView(parseStatus(payload({ suggestMs: none }))).text).toBe(
+      "$(sparkle) CATO 2/3 142 ms SLA 96%",
+    );
+  });
+
   it("warns when an SLA is missed often or no replica is ready", () => {
     expect(statusView(parseStatus(payload({ slaAttainment: { complete: 0.5 } }))).severity).toBe("warning");
     expect(statusView(parseStatus(payload({ replicasReady: 0 }))).severity).toBe("warning");
