@@ -17,7 +17,7 @@ from orchestrator.replicas.relay import Relay
 
 def test_a_tiny_run_measures_every_cell_and_reports_them(tmp_path: Path) -> None:
     options = OverheadOptions(
-        routers=("cato", "vllm-router-pow2"),
+        routers=("cato", overhead.FLOOR, "vllm-router-pow2"),
         tokens=(4, 12),
         concurrency=(1, 3),
         rounds=2,
@@ -31,7 +31,7 @@ def test_a_tiny_run_measures_every_cell_and_reports_them(tmp_path: Path) -> None
     run = run_overhead(options, tmp_path, say=lines.append)
 
     routers = ["direct", *run.routers()]
-    assert "cato" in routers and not run.skipped.keys() & routers
+    assert {"cato", overhead.FLOOR} <= set(routers) and not run.skipped.keys() & routers
     for name, why in run.skipped.items():
         assert name == "vllm-router-pow2" and "not installed" in why
     assert len(run.cells) == len(routers) * 4 * 2
@@ -51,6 +51,7 @@ def test_a_tiny_run_measures_every_cell_and_reports_them(tmp_path: Path) -> None
     assert rule.count("---") == head.count("|") - 1
     assert [r.split(" |")[0].removeprefix("| ").split()[0] for r in rows] == run.routers()
     assert "2 interleaved rounds" in table
+    assert f"cato's CPU per request over {overhead.FLOOR}'s (same round)" in table
     saved = json.loads((tmp_path / "overhead.json").read_text())
     assert len(saved["cells"]) == len(run.cells)
     assert any("cato" in line for line in lines)

@@ -11,7 +11,9 @@ after; the router's idle CPU rate, measured beforehand, is taken off for the bat
 wall time. Rounds interleave the routers (each round in a rotated order) so that noise
 on a shared machine falls on all of them, and a router's figures are compared with each
 peer's *in the same round* (the ratio's median over rounds is reported, not a ratio of
-medians). ``direct`` (the client on the backends) is the floor for TTFT.
+medians). ``direct`` (the client on the backends) is the floor for TTFT, and
+``aiohttp-floor`` (``overhead_floor``: a proxy that only copies the stream, on aiohttp
+like cato) the floor for CPU on cato's stack.
 
 With ``py-spy`` installed, cato is profiled over one extra batch (128 tokens,
 concurrency 16 by default) and its functions with the most own time are listed.
@@ -42,7 +44,8 @@ import aiohttp
 from orchestrator.bench import peers
 from orchestrator.bench.overhead_backend import MODEL
 
-ROUTERS = ("cato", "vllm-router-pow2", "sglang-router")
+FLOOR = "aiohttp-floor"  # the least a router on aiohttp costs (``overhead_floor``)
+ROUTERS = ("cato", FLOOR, "vllm-router-pow2", "sglang-router")
 TOKEN_MARK = b'"text":" tok"'
 
 
@@ -198,8 +201,11 @@ def start_router(
     """``name`` in front of ``urls``, pinned; raises ``peers.Unavailable`` where it
     cannot run here (not installed, or it did not come up)."""
     port = peers.free_port()
-    argv = placement.prefix() + peers._argv(name, urls, MODEL, port, folder, None)
-    front = peers._spawn(name, argv, folder, cato=peers.is_cato(name))
+    if name == FLOOR:
+        command = [sys.executable, "-m", "orchestrator.bench.overhead_floor", str(port), *urls]
+    else:
+        command = peers._argv(name, urls, MODEL, port, folder, None)
+    front = peers._spawn(name, placement.prefix() + command, folder, cato=peers.is_cato(name))
     url = f"http://127.0.0.1:{port}/v1/completions"
     probe: dict[str, Any] = {"model": MODEL, "prompt": "x", "max_tokens": 2}
     peers._wait_http(front, url, timeout_s, probe)
@@ -212,8 +218,8 @@ def start_router(
 def version_of(name: str) -> str:
     """The installed version of a router's package ('' when unknown), asked of the
     Python its command runs on (a peer may live in an environment of its own)."""
-    if peers.is_cato(name):
-        dist, python = "cato-assistant", sys.executable
+    if peers.is_cato(name) or name == FLOOR:
+        dist, python = ("cato-assistant" if name != FLOOR else "aiohttp"), sys.executable
     else:
         dist = name.removesuffix("-pow2").removesuffix("-rr")
         try:
@@ -222,11 +228,14 @@ def version_of(name: str) -> str:
             return ""
         python = first[2:].decode().strip() if first.startswith(b"#!") else sys.executable
     code = f"import importlib.metadata as m; print(m.version({dist!r}))"
+    if peers.is_cato(name) and os.environ.get("CATO_UVLOOP", "1") != "0":
+        # Its event loop is uvloop's when uvloop is installed: say so beside the version.
+        code += "; import importlib.util as u; print('on uvloop' if u.find_spec('uvloop') else '')"
     try:
         out = subprocess.run([python, "-c", code], capture_output=True, timeout=30, check=True)
     except (OSError, subprocess.SubprocessError):
         return ""
-    return out.stdout.decode().strip()
+    return " ".join(out.stdout.decode().split())
 
 
 # --------------------------------------------------------------------------- load
@@ -486,7 +495,7 @@ def markdown(run: OverheadRun) -> str:
     round), added TTFT p50 at concurrency 1, requests/s at the top concurrency."""
     opts = run.options
     routers = run.routers()
-    peer = next((r for r in routers if not peers.is_cato(r)), None)
+    peer = next((r for r in routers if not peers.is_cato(r) and r != FLOOR), None)
     high = max(opts.concurrency)
     cpu_cases = [Case(t, high) for t in opts.tokens]
     low = min(opts.concurrency)
@@ -525,6 +534,13 @@ def markdown(run: OverheadRun) -> str:
         + ", ".join(f"{k} {v:.2f}% of a core" for k, v in run.idle_cpu_pct.items())
         + ".",
     ]
+    if FLOOR in routers and "cato" in routers:
+        over = [_fmt(ratio(run, "cato", FLOOR, c), ".2f", "x") for c in cpu_cases]
+        notes.append(
+            f"cato's CPU per request over {FLOOR}'s (same round): "
+            + ", ".join(f"{o} at {c.tokens} tokens" for o, c in zip(over, cpu_cases, strict=True))
+            + f"; {FLOOR} copies the stream with aiohttp and nothing else."
+        )
     fit = _fits(run, routers, cpu_cases)
     if fit:
         notes.append("Straight-line fit of CPU per request: " + "; ".join(fit) + ".")
