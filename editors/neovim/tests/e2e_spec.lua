@@ -168,6 +168,9 @@ T.test(':CatoTranslate rust opens the translation in a new buffer', function()
   T.ok(api.nvim_get_current_buf() ~= source_buf, 'a new buffer')
   T.ok(#lines > 1 and vim.trim(table.concat(lines, '\n')) ~= '', 'translated text in ' .. target)
   T.eq(vim.bo.filetype, 'rust')
+  -- written to disk by the server, as in every editor: nothing left to save
+  T.eq(vim.fn.readfile(target), lines, 'the file on disk holds the translation')
+  T.eq(vim.bo.modified, false, 'no unsaved changes')
   say('== :CatoTranslate rust -> ' .. vim.fs.basename(target) .. ' (' .. #lines .. ' lines)')
   for i = 1, math.min(5, #lines) do
     say('  ' .. lines[i])

@@ -162,7 +162,8 @@ local function finish()
       T.log('cleanup failed: ' .. tostring(err))
     end
   end
-  T.log(('%d passed, %d failed'):format(results.passed, results.failed))
+  -- on a line of its own, even after a message Neovim printed without a line break
+  T.log(('\n%d passed, %d failed'):format(results.passed, results.failed))
   vim.cmd(('cquit %d'):format(results.failed > 0 and 1 or 0))
 end
 
