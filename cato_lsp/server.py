@@ -450,8 +450,33 @@ _COMMANDS: Final[tuple[tuple[str, Callable[..., Any]], ...]] = (
 )
 
 
+_INVALID_PARAMS: Final = -32602
+
+
+class QuietUserErrors(logging.Filter):
+    """pygls logs every error a request handler raises at ERROR with its traceback. A
+    request refused as the user's mistake (InvalidParams: "nothing to summarize") or one
+    that failed with a message already sent to the editor (RequestFailed) is one line at
+    WARNING instead: an editor shows the server's stderr, and a traceback reads as a bug."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, JsonRpcException) and exc.code in (_INVALID_PARAMS, REQUEST_FAILED):
+            record.msg, record.args = f"{record.getMessage()}: {exc}", ()
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_user_errors() -> None:
+    logger = logging.getLogger("pygls.protocol.json_rpc")
+    if not any(isinstance(f, QuietUserErrors) for f in logger.filters):
+        logger.addFilter(QuietUserErrors())
+
+
 def create_server() -> CatoLanguageServer:
     """A server with every feature and command registered."""
+    _quiet_user_errors()
     ls = CatoLanguageServer()
     for method, options, handler in _FEATURES:
         ls.feature(method, options)(handler)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -471,3 +472,48 @@ def test_status_messages_are_shown_once_per_failure_and_scrubbed() -> None:
     body = reporter.publish(None, {})
     assert body["state"] == "unauthorized" and body["slaAttainment"] == {"complete": 1.0}
     assert notified == [body]
+
+
+# --------------------------------------------------------------------------- logs and latency
+
+
+def test_a_user_mistake_is_one_warning_line_not_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from pygls.exceptions import JsonRpcInternalError, JsonRpcInvalidParams
+
+    from cato_lsp.server import create_server
+
+    create_server()  # installs the filter on pygls' logger
+    logger = logging.getLogger("pygls.protocol.json_rpc")
+    caplog.set_level(logging.WARNING)
+    for error in (JsonRpcInvalidParams("nothing to summarize"), JsonRpcInternalError("boom")):
+        try:
+            raise error
+        except Exception:
+            logger.exception('Exception occurred for message "%s"', 7)
+    mistake, bug = caplog.records
+    assert mistake.levelno == logging.WARNING and mistake.exc_info is None
+    assert mistake.getMessage() == 'Exception occurred for message "7": nothing to summarize'
+    assert bug.levelno == logging.ERROR and bug.exc_info is not None  # a real failure keeps it
+
+
+def test_keystroke_to_suggestion_percentiles_cover_the_recent_suggestions() -> None:
+    reporter = StatusReporter(notify=lambda *_: None, show=lambda *_: None, log=lambda *_: None)
+    assert reporter.suggest_latency() == {
+        "p50": None,
+        "p90": None,
+        "p99": None,
+        "last": None,
+        "count": 0,
+    }
+    for ms in range(1, 301):  # only the last 200 count: 101..300
+        reporter.suggested(float(ms))
+    assert reporter.suggest_latency() == {
+        "p50": 200.0,
+        "p90": 280.0,
+        "p99": 298.0,
+        "last": 300.0,
+        "count": 200,
+    }
+    assert reporter.payload(None, {})["suggestMs"]["p50"] == 200.0
