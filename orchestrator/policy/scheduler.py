@@ -109,9 +109,10 @@ class Route:
         replica.enqueue(call)
 
 
-def service_s(rates: Rates, call: Call) -> float:
-    """``Rates.service_s`` inlined: the call's own time on a replica, up to its metric."""
-    t = rates.overhead_s + call.prompt_tokens * rates.prefill_s_per_token
+def service_s(rates: Rates, call: Call, cached_tokens: int = 0) -> float:
+    """``Rates.service_s`` inlined: the call's own time on a replica, up to its metric,
+    less the prefill of the ``cached_tokens`` of its prompt the replica holds."""
+    t = rates.overhead_s + (call.prompt_tokens - cached_tokens) * rates.prefill_s_per_token
     if call.metric == "e2e":
         t += call.expected_output_tokens * rates.tpot_s
     return t
@@ -157,6 +158,22 @@ class CatoScheduler(Scheduler):
     the kept ``route_key``; if it meets ``d`` (and ``best_fit`` is off) it is the
     answer. Only otherwise is every replica examined.
 
+    With ``affinity`` (on by default) and replicas whose prompts are tracked
+    (``ReplicaState.prefixes``, where the engines cache prefixes), a call whose prompt
+    has block hashes is charged on each replica the prefill it would really pay there:
+    its prompt less the prefix that replica is expected to hold. Slack then buys
+    efficiency: among the replicas expected to meet its deadline (with
+    ``affinity_margin`` of its budget to spare), the one that holds the most of its
+    prompt (the least work to add), ties to the shortest wait; if none meets it, the
+    same among all (the call misses anyway; the least work spares the others). A
+    cached prefix is a saving weighed against the deadline, not a rule: a replica
+    with the prefix but a queue too long for the deadline loses to one without it
+    that meets it. Calls without hashes take the path above, unchanged. Tuned on the
+    sessions scenario (seed 1): choosing the earliest expected completion instead
+    found 54% of prompt tokens cached at 1.4 x C; the most cached within half the
+    budget, 51% and 84% goodput at 1.7 x C; this rule, 62% and 96% there (60% and
+    86% at 2.0 x C, where falling back to the earliest completion gave 57% and 79%).
+
     ``urgent_margin`` (in [0, 1)): a call still waiting when its slack falls below this
     share of its budget becomes ``URGENT``; 0 turns urgency off. ``late_bound`` (> 0,
     ``inf`` for none): a late call leaves ``LATE`` for ``SAFE`` (sorted by its past
@@ -176,8 +193,14 @@ class CatoScheduler(Scheduler):
         late_bound: float | None = None,
         best_fit: bool = False,
         fit_margin: float = 0.8,
+        affinity: bool = True,
+        affinity_margin: float = 0.0,
     ) -> None:
         super().__init__(seed=seed)
+        self.affinity = self.tracks_prefixes = bool(affinity)
+        if not 0.0 <= affinity_margin < 1.0:
+            raise SchedulerConfigError(f"affinity_margin must be in [0, 1), got {affinity_margin}")
+        self.affinity_margin = affinity_margin
         margin = self.default_urgent_margin if urgent_margin is None else urgent_margin
         bound = self.default_late_bound if late_bound is None else late_bound
         if not 0.0 <= margin < 1.0:
@@ -196,6 +219,10 @@ class CatoScheduler(Scheduler):
         deadline = call.deadline
         budget = max(deadline - call.arrival, 0.0)
         margin = self.urgent_margin * budget
+        if self.affinity and call.block_hashes and replicas[0].prefixes is not None:
+            room = deadline - now - self.affinity_margin * budget
+            best, service = self._most_cached_meeting(call, replicas, room)
+            return self._route_on(call, best, best.wait_s, service, now)
         best = min(replicas, key=_by_route_key)
         wait = best.wait_s
         service = service_s(best.rates, call)
@@ -209,6 +236,15 @@ class CatoScheduler(Scheduler):
             best = chosen
             wait = best.wait_s
             service = service_s(best.rates, call)
+        return self._route_on(call, best, wait, service, now)
+
+    def _route_on(
+        self, call: Call, best: ReplicaState, wait: float, service: float, now: float
+    ) -> Route:
+        """The queue priority and planned moves of ``call`` on the chosen replica."""
+        deadline = call.deadline
+        budget = max(deadline - call.arrival, 0.0)
+        margin = self.urgent_margin * budget
         done = now + wait + service
         gone_at = deadline - service  # its slack is gone from then on
         bound_at = INF if self.late_bound == INF else deadline + self.late_bound * budget - service
@@ -228,6 +264,23 @@ class CatoScheduler(Scheduler):
             moves = ((gone_at, LATE), *moves)
             return Route(best.id, SAFE, wait, done, deadline, urgent_at, URGENT, moves)
         return Route(best.id, SAFE, wait, done, deadline, gone_at, LATE, moves)
+
+    @staticmethod
+    def _most_cached_meeting(
+        call: Call, replicas: Sequence[ReplicaState], room: float
+    ) -> tuple[ReplicaState, float]:
+        """Among replicas expected to serve the call within ``room`` seconds, the one
+        holding most of its prompt, then the shortest wait; if none is, the same among
+        all (the call misses anyway: the least work for the others). With the call's
+        service time there (its cached prefix counted)."""
+        best, best_key, best_service = replicas[0], (True, 1, INF), 0.0
+        for replica in replicas:
+            cached = replica.cached_tokens(call)
+            service = service_s(replica.rates, call, cached)
+            key = (replica.route_key + service > room, -cached, replica.route_key)
+            if key < best_key:
+                best, best_key, best_service = replica, key, service
+        return best, best_service
 
     @staticmethod
     def _shortest_wait_meeting(
@@ -317,7 +370,7 @@ class _FifoScheduler(Scheduler):
 
     def route(self, call: Call, replicas: Sequence[ReplicaState], now: float) -> Route:
         _require(call, replicas)
-        replica = self.choose(replicas)
+        replica = self.choose_for(call, replicas)
         wait = replica.wait_s
         service = service_s(replica.rates, call)
         done = now + wait + service
@@ -326,6 +379,10 @@ class _FifoScheduler(Scheduler):
 
     @abstractmethod
     def choose(self, replicas: Sequence[ReplicaState]) -> ReplicaState: ...
+
+    def choose_for(self, call: Call, replicas: Sequence[ReplicaState]) -> ReplicaState:
+        """The replica for ``call`` (by default ``choose``, which ignores the call)."""
+        return self.choose(replicas)
 
 
 class RoundRobinScheduler(_FifoScheduler):
@@ -373,6 +430,60 @@ class LeastLoadedScheduler(_FifoScheduler):
         return min(replicas, key=lambda r: (r.load, r.id))
 
 
+class CacheAwareScheduler(_FifoScheduler):
+    """sglang-router's default ``cache_aware`` policy (vllm-router's too), on CATO's
+    prefix tracking: when the replicas' loads (calls queued or running) are balanced,
+    the replica holding the longest prefix of the prompt if it covers more than
+    ``cache_threshold`` of it, else the least loaded; when they are not (the largest
+    load exceeds the smallest by more than ``balance_abs_threshold`` and by a factor of
+    more than ``balance_rel_threshold``), the least loaded. Defaults are sglang-router's.
+    Where sglang-router then picks the replica with the smallest prefix tree, this
+    picks the least loaded one. First come first served on each replica.
+    """
+
+    name = "cache_aware"
+    tracks_prefixes = True
+
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        cache_threshold: float = 0.3,
+        balance_abs_threshold: int = 64,
+        balance_rel_threshold: float = 1.5,
+    ) -> None:
+        super().__init__(seed=seed)
+        if not 0.0 <= cache_threshold <= 1.0:
+            raise SchedulerConfigError(f"cache_threshold must be in [0, 1], got {cache_threshold}")
+        if balance_abs_threshold < 0 or balance_rel_threshold < 1.0:
+            raise SchedulerConfigError(
+                "balance_abs_threshold must be >= 0 and balance_rel_threshold >= 1"
+            )
+        self.cache_threshold = cache_threshold
+        self.balance_abs_threshold = balance_abs_threshold
+        self.balance_rel_threshold = balance_rel_threshold
+
+    def choose(self, replicas: Sequence[ReplicaState]) -> ReplicaState:
+        return min(replicas, key=lambda r: (r.load, r.id))
+
+    def choose_for(self, call: Call, replicas: Sequence[ReplicaState]) -> ReplicaState:
+        least = self.choose(replicas)
+        most = max(r.load for r in replicas)
+        if (
+            most - least.load > self.balance_abs_threshold
+            and most > least.load * self.balance_rel_threshold
+        ) or not call.block_hashes:
+            return least
+        best, matched = least, -1
+        for replica in replicas:
+            cached = replica.cached_tokens(call)
+            if cached > matched or (cached == matched and replica.load < best.load):
+                best, matched = replica, cached
+        if matched > self.cache_threshold * call.prompt_tokens:
+            return best
+        return least
+
+
 SCHEDULERS: dict[str, type[Scheduler]] = {
     cls.name: cls
     for cls in (
@@ -382,6 +493,7 @@ SCHEDULERS: dict[str, type[Scheduler]] = {
         RoundRobinScheduler,
         PowerOfTwoScheduler,
         LeastLoadedScheduler,
+        CacheAwareScheduler,
     )
 }
 

@@ -379,9 +379,10 @@ class ReplicaState:
 
     def enqueue(self, call: Call) -> None:
         call.replica = self.id
+        # What the engine will hold of its prompt; the prompt itself counts once the
+        # call starts here (a queued call may still move to another replica).
         if self.prefixes is not None and call.block_hashes:
             call.cached_tokens = self.prefixes.match_tokens(call.block_hashes)
-            self.prefixes.add(call.block_hashes)
         else:
             call.cached_tokens = 0
         self.queue.push(call)
@@ -419,6 +420,8 @@ class ReplicaState:
         call.replica = self.id
         call.peers_at_start = len(self.in_flight)
         self.in_flight[call.id] = call
+        if self.prefixes is not None and call.block_hashes:
+            self.prefixes.add(call.block_hashes)
         if call.first_token_at is None:
             self.inflight_prefill_tokens += call.prompt_tokens - call.cached_tokens
         self.inflight_output_tokens += max(call.expected_output_tokens - call.tokens_done, 0)

@@ -5,7 +5,7 @@ A variant is a scheduler name with ``/key=value`` options, e.g. ``cato/admission
 row of a benchmark table, so each lever's worth is measured on the same seeds by the
 same command as the policies themselves. Keys: ``admission`` (any admission policy) and
 the options of ``make_scheduler`` (``urgent_margin``, ``late_bound``, ``best_fit``,
-``fit_margin`` for ``cato`` and ``cato_triage``).
+``fit_margin``, ``affinity``, ``affinity_margin`` for ``cato`` and ``cato_triage``).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from orchestrator.policy.scheduler import SchedulerConfigError
 from orchestrator.sim.clairvoyant import SIM_SCHEDULERS, make_sim_scheduler
 from orchestrator.sim.config import SimConfig
 
-_FLOATS = ("urgent_margin", "late_bound", "fit_margin")
-_BOOLS = ("best_fit",)
+_FLOATS = ("urgent_margin", "late_bound", "fit_margin", "affinity_margin")
+_BOOLS = ("best_fit", "affinity")
 KEYS: tuple[str, ...] = ("admission", *_FLOATS, *_BOOLS)
 
 
