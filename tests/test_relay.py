@@ -6,6 +6,7 @@ the byte-level properties (any split of the stream into reads gives the same byt
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from collections.abc import AsyncIterator
@@ -19,11 +20,13 @@ from hypothesis import strategies as st
 
 from orchestrator.api import Usage
 from orchestrator.emulator.protocol import ChunkWriter
+from orchestrator.replicas import openai_client
 from orchestrator.replicas.errors import ReplicaHTTPError, ReplicaProtocolError
-from orchestrator.replicas.openai_client import ReplicaClient
+from orchestrator.replicas.openai_client import Finished, ReplicaClient
 from orchestrator.replicas.progress import Progress, completion_text
 from orchestrator.replicas.relay import Relay, RelayOptions
 from tests.test_openai_client import (
+    Handler,
     Serve,
     app_with,
     completion_chunk,
@@ -198,3 +201,49 @@ async def test_the_client_raises_what_the_parsing_path_raises(serve: Serve) -> N
     url = await serve(app_with("/v1/completions", refused))
     with pytest.raises(ReplicaHTTPError, match="too long"):
         await relay_call(url)
+
+
+def counting_stream(raw: bytes, peers: list[int], *, hold_s: float = 0.0) -> Handler:
+    """Sends ``raw`` (then holds the body open ``hold_s``); notes each caller's port."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        peers.append(request.transport.get_extra_info("peername")[1])  # type: ignore[union-attr]
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(raw)
+        await asyncio.sleep(hold_s)
+        await resp.write_eof()
+        return resp
+
+    return handler
+
+
+async def test_calls_in_a_row_reuse_one_connection(serve: Serve) -> None:
+    """The stream's end after [DONE] is read, so its connection goes back to the pool."""
+    ports: list[int] = []
+    handler = counting_stream(vllm_bytes(["a", "b"]), ports, hold_s=0.05)  # the end comes later
+    url = await serve(app_with("/v1/completions", handler))
+    async with ReplicaClient(url) as client:
+        for _ in range(3):
+            relay, reads = client.relay_completion("m", "p", max_tokens=2)
+            assert sum([n async for _, n in reads]) == 2 and relay.done
+        events = [e async for e in client.stream_completion("m", "p", max_tokens=2)]
+        assert isinstance(events[-1], Finished)
+    assert len(ports) == 4 and len(set(ports)) == 1
+
+
+async def test_a_body_left_open_after_done_ends_the_call_after_the_drain_bound(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(openai_client, "DRAIN_S", 0.2)
+    ports: list[int] = []
+    handler = counting_stream(vllm_bytes(["a"]), ports, hold_s=30.0)
+    url = await serve(app_with("/v1/completions", handler))
+    async with ReplicaClient(url) as client:
+        relay, reads = client.relay_completion("m", "p", max_tokens=1)
+        items = await asyncio.wait_for(collect_reads(reads), 5.0)
+    assert sum(n for _, n in items) == 1 and relay.done
+
+
+async def collect_reads(reads: AsyncIterator[tuple[bytes, int]]) -> list[tuple[bytes, int]]:
+    return [item async for item in reads]

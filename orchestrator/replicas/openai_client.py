@@ -19,6 +19,7 @@ without it and leaves it out for that replica from then on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -80,6 +81,7 @@ class _Fold(Protocol[_T]):
 Message = Mapping[str, Any]
 
 ERROR_BODY_LIMIT: Final = 64 * 1024
+DRAIN_S: Final = 1.0  # the longest wait for a stream's end after its [DONE]
 
 
 class ReplicaClient:
@@ -315,6 +317,8 @@ class ReplicaClient:
                     break
                 if not chunk:
                     raise fold.protocol_error("stream ended without [DONE]")
+            if not content.is_eof():
+                await _drain(content)
             resp.release()
         finally:
             if watch is not None:
@@ -411,6 +415,16 @@ class ReplicaClient:
             raise ReplicaProtocolError(f"response broken: {exc}", url=url) from exc
         finally:
             resp.release()
+
+
+async def _drain(content: aiohttp.StreamReader) -> None:
+    """Read what follows ``[DONE]`` (the chunked body's end) so that the connection goes
+    back to the pool: one left unread is closed, and the next call pays a new connection.
+    A replica that sends more, or nothing, is given ``DRAIN_S`` and then cut off."""
+    with contextlib.suppress(TimeoutError, aiohttp.ClientError, OSError):
+        async with asyncio.timeout(DRAIN_S):
+            while await content.readany():
+                pass
 
 
 class _ReadWatch:
