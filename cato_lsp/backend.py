@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+PREFILL_SHARE = 0.5
+"""The share of a completion's SLA its prompt's prefill may take (see `prompt_fit`)."""
+
 
 class BackendError(Exception):
     """The orchestrator could not be used; ``code`` says why (for the editor's message).
@@ -52,6 +55,11 @@ class Orchestrator(Protocol):
 
     def default_max_tokens(self, kind: TaskKind) -> int | None:
         """The output budget a task of `kind` gets when it names none (None: unknown)."""
+        ...
+
+    def prompt_fit(self, model: str | None, sla_ms: float | None) -> int | None:
+        """How many prompt tokens a completion sent now can have prefilled within its SLA
+        (`sla_ms`, else the configured one), or None when that is not known."""
         ...
 
     def describe(self) -> str: ...
@@ -137,6 +145,20 @@ class EmbeddedOrchestrator:
     def default_max_tokens(self, kind: TaskKind) -> int | None:
         return self._build().config.task(kind).max_tokens
 
+    def prompt_fit(self, model: str | None, sla_ms: float | None) -> int | None:
+        """From the replicas' estimated wait and learned prefill rate; the prefill gets
+        `PREFILL_SHARE` of the SLA, the rest is for the first token, the network and the
+        estimate's error."""
+        runtime = self._runtime
+        if not self._started or runtime is None:
+            return None
+        config = runtime.config
+        task = config.task(TaskKind.COMPLETE)
+        name = model or task.model or config.models[0].name
+        target_ms = sla_ms if sla_ms is not None else task.sla_ms
+        within_s = target_ms / 1000.0 * PREFILL_SHARE
+        return runtime.orchestrator.prompt_tokens_within(name, within_s)
+
     def describe(self) -> str:
         return f"embedded ({self.config_path or 'built-in default'})"
 
@@ -215,6 +237,9 @@ class RemoteOrchestrator:
 
     def default_max_tokens(self, kind: TaskKind) -> int | None:
         return None  # the service's config is its own
+
+    def prompt_fit(self, model: str | None, sla_ms: float | None) -> int | None:
+        return None  # the service does not publish its replicas' rates: fixed budgets
 
     def describe(self) -> str:
         return f"remote ({self.url})"

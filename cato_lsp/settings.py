@@ -73,9 +73,11 @@ class TaskSettings(_Section):
 
 
 class ContextSettings(_Section):
-    """Token budgets of a completion prompt."""
+    """Token budgets of a completion prompt; with `fit_sla`, the most it may take."""
 
     budget_tokens: int = Field(default=1_536, ge=16, le=131_072)
+    fit_sla: bool = True
+    min_budget_tokens: int = Field(default=256, ge=16, le=131_072)
     prefix_share: float = Field(default=0.75, ge=0.0, le=1.0)
     snippet_tokens: int = Field(default=512, ge=0, le=65_536)
     max_snippets: int = Field(default=3, ge=0, le=32)

@@ -279,6 +279,21 @@ class Orchestrator:
         of the status (its per-kind statistics walk every recent task)."""
         return sum(len(r.state.queue) for r in self._replicas.values()) + self._core.parked_count
 
+    def prompt_tokens_within(self, model: str, within_s: float) -> int | None:
+        """The most prompt tokens a call to ``model`` sent now could have prefilled within
+        ``within_s``: on the ready replica with the shortest estimated wait, at its learned
+        prefill rate. A client sizes its context with it (less under load, more with
+        slack). None when no replica of the model is ready."""
+        best: int | None = None
+        for rep in self._replicas.values():
+            st = rep.state
+            if st.model != model or rep.lifecycle != "ready" or not st.accepting:
+                continue
+            left = within_s - st.estimate_wait_s() - st.rates.overhead_s
+            tokens = max(0, int(left / max(st.rates.prefill_s_per_token, 1e-9)))
+            best = tokens if best is None else max(best, tokens)
+        return best
+
     def _info(self, rep: _Replica) -> ReplicaInfo:
         st = rep.state
         return ReplicaInfo(

@@ -239,6 +239,27 @@ async def test_a_block_stream_stops_once_the_block_is_whole(
     assert status["completions"]["stopped_early"] == 1
 
 
+async def test_the_prompt_shrinks_to_what_the_replicas_can_prefill_within_the_sla(
+    start: EditorFactory, emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    big = "".join(f"value_{i} = compute(value_{i - 1}, {i})\n" for i in range(1, 2_000))
+    text = big + SOURCE
+    line = text.count("\n") - 4  # "    items = "
+    used = {}
+    for sla_ms in (60_000.0, 60.0):
+        options = options_for(tmp_path, emulator, tasks={"complete": {"slaMs": sla_ms}})
+        editor = await start(options)
+        uri = (tmp_path / f"big_{int(sla_ms)}.py").as_uri()
+        editor.open(uri, text)
+        await wait_for_state(editor, "ready")  # the replicas' rates are known from here
+        await editor.inline(uri, line, 12)
+        status = await editor.command("cato.status")
+        used[sla_ms] = status["completions"]["context_tokens"]
+    # with slack: the configured budgets (1536 + 512); a tight SLA: only what fits it
+    assert used[60_000.0] == 1536 + 512
+    assert 256 <= used[60.0] < 1536 + 512
+
+
 async def test_snippets_of_other_open_files_reach_the_prompt(
     start: EditorFactory, emulator: RunningEmulator, tmp_path: Path
 ) -> None:

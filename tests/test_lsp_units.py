@@ -517,3 +517,17 @@ def test_keystroke_to_suggestion_percentiles_cover_the_recent_suggestions() -> N
         "count": 200,
     }
     assert reporter.payload(None, {})["suggestMs"]["p50"] == 200.0
+
+
+def test_the_prompt_budget_fits_the_sla_and_never_exceeds_the_settings() -> None:
+    from cato_lsp.features.completion_prompt import Budget, fitted_budget
+
+    settings = parse_settings({})  # window 1536 + snippets 512
+    assert fitted_budget(settings, None) == Budget(1536, 512)  # nothing known: as configured
+    assert fitted_budget(settings, 10_000) == Budget(1536, 512)  # slack: never above
+    assert fitted_budget(settings, 1024) == Budget(768, 256)  # both scaled by half
+    assert fitted_budget(settings, 0) == Budget(256, 0)  # overloaded: the window's floor
+    fixed = parse_settings({"context": {"fitSla": False}})
+    assert fitted_budget(fixed, 0) == Budget(1536, 512)
+    no_snippets = parse_settings({"context": {"maxSnippets": 0, "minBudgetTokens": 64}})
+    assert fitted_budget(no_snippets, 100) == Budget(100, 0)

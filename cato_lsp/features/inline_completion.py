@@ -28,40 +28,31 @@ from lsprotocol import types
 from pygls.workspace import Workspace
 
 from cato_lsp.backend import BackendError, Orchestrator
-from cato_lsp.context import (
-    Snippet,
-    column_of,
-    looks_binary,
-    prefix_suffix_window,
-    select_snippets,
+from cato_lsp.context import column_of
+from cato_lsp.features.completion_prompt import (
+    Budget,
+    Prepared,
+    choose_family,
+    ends_line,
+    fitted_budget,
+    prepare,
+    skip_at,
 )
 from cato_lsp.features.documents import (
     DocumentView,
-    comment_prefix,
     encoding_name,
     offset_of,
     open_views,
-    relative_path,
-    valid_unicode,
     view,
 )
-from cato_lsp.postprocess import (
-    Mode,
-    block_ended,
-    completion_mode,
-    inside_identifier,
-    next_line_lead,
-    postprocess,
-)
-from cato_lsp.prompts import FimFamily, FimTemplate, get_template, guess_family
-from cato_lsp.settings import DEFAULT_FIM_FAMILY, Settings
-from orchestrator.api import SLA_UNREACHABLE, TaskKind, TaskRequest
+from cato_lsp.settings import Settings
+from orchestrator.api import SLA_UNREACHABLE, TaskKind
+
+__all__ = ["InlineCompletion", "Prepared", "Suggestion", "choose_family", "prepare"]
 
 KIND: Final = TaskKind.COMPLETE.value
 _CACHE_HEAD: Final = 256
 _CACHE_TAIL: Final = 256
-_BINARY_PROBE: Final = 4_096
-_MAX_STOPS: Final = 16
 _TRACKED_IDS: Final = 4_096
 
 # Task error codes of the orchestrator, as the status reporter groups them.
@@ -89,33 +80,6 @@ class Suggestion:
     cached: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Prepared:
-    """A completion request ready to go upstream, with what post-processing needs.
-
-    `lead` is text the suggestion starts with that the model was given as part of the
-    prefix (the line break and indentation after a block opener); `prefix` includes it.
-    """
-
-    prefix: str
-    suffix: str
-    mode: Mode
-    family: str
-    request: TaskRequest
-    lead: str = ""
-
-    def whole(self, raw: str) -> bool:
-        """Whether the output so far already holds the whole suggestion (stop the stream)."""
-        if self.mode == "line":
-            return _ends_line(raw)
-        return block_ended(raw, self.prefix, self.suffix, self.family)
-
-    def finish(self, raw: str) -> str | None:
-        """The suggestion for the model's raw text, or None if none is worth showing."""
-        text = postprocess(raw, self.prefix, self.suffix, self.mode, None, self.family)
-        return None if text is None else self.lead + text
-
-
 @dataclass
 class CompletionStats:
     """Counters behind `cato.status` and the acceptance rate."""
@@ -130,6 +94,7 @@ class CompletionStats:
     skipped: int = 0  # nothing asked: inside a word, a binary file, a language left out
     empty: int = 0
     stopped_early: int = 0  # the stream was closed once the suggestion was whole
+    context_tokens: int | None = None  # the last prompt's budget (window and snippets)
     shown: int = 0
     accepted: int = 0
 
@@ -137,6 +102,23 @@ class CompletionStats:
         data: dict[str, float | int | None] = dict(asdict(self))
         data["acceptance_rate"] = self.accepted / self.shown if self.shown else None
         return data
+
+
+@dataclass(frozen=True, slots=True)
+class _Ask:
+    """Where a suggestion is asked for; its prompt is built after the debounce."""
+
+    doc: DocumentView
+    offset: int
+    others: Sequence[DocumentView]
+    root: str | None
+
+
+class _Skip:
+    """Nothing was asked upstream (see `skip_at` and `prepare`)."""
+
+
+_SKIPPED: Final = _Skip()
 
 
 # --------------------------------------------------------------------------- cache
@@ -214,132 +196,6 @@ def _matches(text: str, entry: _Entry, offset: int) -> bool:
     return text[offset : offset + len(entry.tail)] == entry.tail
 
 
-# --------------------------------------------------------------------------- prompt
-
-
-def choose_family(settings: Settings, backend: Orchestrator | None) -> str:
-    """The FIM family: the setting, else the orchestrator config's, else by model name."""
-    task = settings.task(TaskKind.COMPLETE)
-    if task.fim_family:
-        return get_template(task.fim_family).family.value
-    configured = backend.fim_family(task.model) if backend is not None else None
-    if configured:
-        return get_template(configured).family.value
-    if task.model and guess_family(task.model) is not FimFamily.PLAIN:
-        return guess_family(task.model).value
-    return DEFAULT_FIM_FAMILY
-
-
-def _as_comments(snippets: Sequence[Snippet], language: str) -> str:
-    """Snippets as a comment block, for families with no repository-level format."""
-    mark = comment_prefix(language)
-    lines: list[str] = []
-    for snippet in snippets:
-        lines.append(f"{mark} Path: {snippet.path}")
-        lines.extend(f"{mark} {line}".rstrip() for line in snippet.content.splitlines())
-    return "\n".join(lines) + "\n" if lines else ""
-
-
-def _render(
-    template: FimTemplate,
-    prefix: str,
-    suffix: str,
-    snippets: Sequence[Snippet],
-    doc: DocumentView,
-    root: str | None,
-) -> str:
-    if not snippets:
-        return template.render(prefix, suffix)
-    if template.supports_repo_level:
-        path = relative_path(doc.uri, root)
-        repo = relative_path(root, None) if root else None
-        return template.render(prefix, suffix, snippets, path=path, repo=repo)
-    return template.render(_as_comments(snippets, doc.language) + prefix, suffix)
-
-
-def _snippets(
-    prefix: str,
-    suffix: str,
-    doc: DocumentView,
-    others: Sequence[DocumentView],
-    settings: Settings,
-    root: str | None,
-) -> list[Snippet]:
-    ctx = settings.context
-    if ctx.max_snippets <= 0 or ctx.snippet_tokens <= 0 or ctx.max_candidates <= 0:
-        return []
-    same = [o for o in others if o.uri != doc.uri and o.language == doc.language]
-    candidates = [(relative_path(o.uri, root), o.text) for o in same[-ctx.max_candidates :]]
-    if not candidates:
-        return []
-    near_cursor = prefix[-2_000:] + suffix[:500]
-    return select_snippets(near_cursor, candidates, ctx.snippet_tokens, ctx.max_snippets)
-
-
-def prepare(
-    doc: DocumentView,
-    offset: int,
-    others: Sequence[DocumentView],
-    settings: Settings,
-    family: str,
-    root: str | None = None,
-) -> Prepared | None:
-    """The request for a cursor, or None where no completion should be asked for."""
-    if not settings.language_enabled(doc.language):
-        return None
-    if looks_binary(doc.text) or looks_binary(
-        doc.text[max(0, offset - _BINARY_PROBE) : offset + _BINARY_PROBE]
-    ):
-        return None
-    if inside_identifier(doc.text, offset):
-        return None  # `de|f`: whatever comes would split the word
-    ctx = settings.context
-    prefix, suffix = prefix_suffix_window(doc.text, offset, ctx.budget_tokens, ctx.prefix_share)
-    lead = next_line_lead(prefix, suffix) or ""
-    prefix += lead  # at the end of `def f(n):` the body starts on the next line
-    template = get_template(family)
-    snippets = _snippets(prefix, suffix, doc, others, settings, root)
-    prompt = valid_unicode(_render(template, prefix, suffix, snippets, doc, root))
-    if not prompt.strip():
-        return None
-    mode: Mode = "block" if lead else completion_mode(prefix, suffix)
-    task = settings.task(TaskKind.COMPLETE)
-    max_tokens = task.max_tokens
-    stop = list(template.stop)
-    if mode == "line":
-        # Only the first line is kept: the replica may stop there by itself.
-        max_tokens = min(max_tokens or settings.line_max_tokens, settings.line_max_tokens)
-        stop = ["\n", *stop]
-    else:
-        stop = [*_block_stops(doc.language), *stop]
-    request = TaskRequest(
-        kind=TaskKind.COMPLETE,
-        prompt=prompt,
-        language=doc.language[:64],
-        model=task.model,
-        sla=settings.sla(TaskKind.COMPLETE),
-        max_tokens=max_tokens,
-        stop=stop[:_MAX_STOPS],
-        user=settings.user,
-        on_late="shed",
-    )
-    return Prepared(prefix, suffix, mode, template.family.value, request, lead)
-
-
-# A new top-level definition ends any block a suggestion fills.
-_TOP_LEVEL_STOPS: Final[dict[str, tuple[str, ...]]] = {
-    "python": ("\ndef ", "\nclass ", "\nasync def ", "\n@", "\nif __name__"),
-    "javascript": ("\nfunction ", "\nexport ", "\nclass "),
-    "typescript": ("\nfunction ", "\nexport ", "\nclass ", "\ninterface "),
-    "go": ("\nfunc ", "\ntype "),
-    "rust": ("\nfn ", "\npub fn ", "\nimpl ", "\nstruct "),
-}
-
-
-def _block_stops(language: str) -> tuple[str, ...]:
-    return _TOP_LEVEL_STOPS.get(language.lower(), ())
-
-
 # --------------------------------------------------------------------------- service
 
 
@@ -362,8 +218,9 @@ class InlineCompletion:
         self._observer = observer
         self.cache = SuggestionCache(settings().cache_size)
         self.stats = CompletionStats()
-        self._inflight: dict[str, asyncio.Task[str | None]] = {}
+        self._inflight: dict[str, asyncio.Task[str | _Skip | None]] = {}
         self._ids: OrderedDict[str, bool] = OrderedDict()
+        self._prepared: dict[str, tuple[tuple[object, ...], Prepared | None]] = {}
 
     # -- public -------------------------------------------------------------------
 
@@ -383,11 +240,10 @@ class InlineCompletion:
         except BackendError as exc:
             self._failed(exc.code, str(exc))
             return None
-        prepared = prepare(doc, offset, others, settings, family, root)
-        if prepared is None:
+        if skip_at(doc, offset, settings):
             self.stats.skipped += 1
             return None
-        task = asyncio.create_task(self._fetch(prepared, settings))
+        task = asyncio.create_task(self._fetch(_Ask(doc, offset, others, root), settings, family))
         self._inflight[doc.uri] = task
         try:
             text = await task
@@ -400,9 +256,13 @@ class InlineCompletion:
         finally:
             if self._inflight.get(doc.uri) is task:
                 del self._inflight[doc.uri]
+        if text is _SKIPPED:
+            self.stats.skipped += 1
+            return None
         if text is None:
             self.stats.empty += 1
             return None
+        assert isinstance(text, str)
         entry = self.cache.put(doc.uri, doc.text, offset, text)
         return self._shown(Suggestion(entry.id, text))
 
@@ -423,6 +283,7 @@ class InlineCompletion:
     def forget(self, uri: str) -> None:
         self.supersede(uri)
         self.cache.forget(uri)
+        self._prepared.pop(uri, None)
 
     def reset(self, capacity: int) -> None:
         """New settings: drop the cache (its suggestions came from other settings)."""
@@ -442,11 +303,43 @@ class InlineCompletion:
         self.stats.errors += 1
         self._observer.task_failed(code, message)
 
-    async def _fetch(self, prepared: Prepared, settings: Settings) -> str | None:
+    async def _fetch(self, ask: _Ask, settings: Settings, family: str) -> str | _Skip | None:
+        """After the debounce (a request superseded while it waits costs nothing more),
+        the prompt, sized to what fits the SLA now, then the model's answer."""
         if settings.debounce_ms > 0:
             await asyncio.sleep(settings.debounce_ms / 1000.0)
+        prepared = self._prepare(ask, settings, family)
+        if prepared is None:
+            return _SKIPPED
         raw = await self._collect(prepared, settings.request_timeout_s)
         return None if raw is None else prepared.finish(raw)
+
+    def _prepare(self, ask: _Ask, settings: Settings, family: str) -> Prepared | None:
+        """The request for `ask`; the same document version and cursor reuse the last one."""
+        budget = self._budget(settings)
+        doc = ask.doc
+        key = (doc.version, ask.offset, family, budget, id(settings))
+        last = self._prepared.get(doc.uri)
+        if last is not None and last[0] == key and doc.version is not None:
+            return last[1]
+        prepared = prepare(doc, ask.offset, ask.others, settings, family, ask.root, budget)
+        self._prepared[doc.uri] = (key, prepared)
+        if prepared is not None and prepared.budget is not None:
+            self.stats.context_tokens = prepared.budget.total
+        return prepared
+
+    def _budget(self, settings: Settings) -> Budget:
+        """The configured budgets, fitted to what the orchestrator can prefill within the
+        SLA now (its replicas' wait and prefill rate)."""
+        fits: int | None = None
+        if settings.context.fit_sla:
+            task = settings.task(TaskKind.COMPLETE)
+            sla = settings.sla(TaskKind.COMPLETE)
+            try:
+                fits = self._backend().prompt_fit(task.model, sla.target_ms if sla else None)
+            except BackendError:
+                fits = None
+        return fitted_budget(settings, fits)
 
     async def _collect(self, prepared: Prepared, timeout_s: float) -> str | None:
         """The model's text; the stream is closed as soon as the suggestion is whole (its
@@ -464,7 +357,7 @@ class InlineCompletion:
                             if first_token_ms is None:
                                 first_token_ms = event.t_ms
                             parts.append(event.text)
-                            if _ends_line(event.text) and prepared.whole("".join(parts)):
+                            if ends_line(event.text) and prepared.whole("".join(parts)):
                                 self.stats.stopped_early += 1
                                 break
                         elif event.type == "done":
@@ -485,11 +378,6 @@ class InlineCompletion:
             return None
         self._observer.task_done(KIND, first_token_ms, None)  # closed early: it was whole
         return "".join(parts)
-
-
-def _ends_line(text: str) -> bool:
-    """In line mode only the first line is kept, so a line break ends the suggestion."""
-    return "\n" in text or "\r" in text
 
 
 # --------------------------------------------------------------------------- LSP shapes
