@@ -28,6 +28,8 @@ export const SERVER_KEYS: readonly string[] = [
   "tasks.complete.fimFamily",
   "debounceMs",
   "context.budgetTokens",
+  "context.fitSla",
+  "context.minBudgetTokens",
   "context.prefixShare",
   "context.snippetTokens",
   "context.maxSnippets",
