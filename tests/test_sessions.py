@@ -81,3 +81,37 @@ def test_the_sessions_scenario_sizes_its_mix_from_its_own_tasks() -> None:
     for task in pool.tasks["translate"][:5]:
         build_graph(task.request, scenario.defaults())  # valid requests
     assert capacity_rps(scenario, Workload(tasks={}, seed=3)) > 0
+
+
+def test_the_prefix_report_gives_ratios_per_seed_and_hit_rates() -> None:
+    from orchestrator.bench.capacity import OVERLOAD, CapacityRun, Cell, Probe
+    from orchestrator.bench.prefix_report import markdown
+
+    def cell(scheduler: str, seed: int, capacity: float, hit: float) -> Cell:
+        probes = [
+            Probe(load, load * 10, 0.95, 100, 95, 9.5, 1.0, 0, 60.0, hit + 0.01 * i)
+            for i, load in enumerate(sorted({OVERLOAD, capacity}))
+        ]
+        return Cell("sessions", scheduler, "fixed", seed, 10.0, capacity, "", 0, probes)
+
+    cells = [
+        cell("cato", 100, 2.0, 0.6),
+        cell("cato", 101, 1.8, 0.6),
+        cell("round_robin", 100, 1.0, 0.3),
+        cell("round_robin", 101, 1.2, 0.3),
+        cell("cache_aware", 100, 2.0, 0.6),
+        cell("cache_aware", 101, 2.0, 0.6),
+    ]
+    run = CapacityRun(
+        ["sessions"], ["cato", "round_robin", "cache_aware"], [100, 101], False, "cato", cells
+    )
+    table = markdown(run)
+    row = next(line for line in table.splitlines() if line.startswith("| cato |"))
+    # per-seed ratios: 2.0 / 1.0 and 1.8 / 1.2 -> mean 1.75; 1.0 and 0.9 -> 0.95
+    assert "| 1.75 ± " in row and "| 0.95 ± " in row
+    assert row.endswith("| 60 ± 0% | 61 ± 0% |")  # at 1.2 x C, at capacity
+    # no table for a run without prefix caching
+    plain = [
+        Cell("rq2", "cato", "fixed", 100, 10.0, 1.0, "", 0, [Probe(1.2, 12, 0.9, 1, 1, 1, 1, 0, 1)])
+    ]
+    assert markdown(CapacityRun(["rq2"], ["cato"], [100], False, "cato", plain)) == ""

@@ -162,6 +162,8 @@ class Probe:
     worst_ratio: float  # largest latency / SLA target over tasks that finished
     unfinished: int  # tasks that never finished (failed at the end of the drain)
     replica_seconds: float
+    # prompt tokens found in the engines' prefix caches / looked up (None: no caching)
+    prefix_hit_rate: float | None = None
 
     @classmethod
     def of(cls, load: float, rate: float, result: SimResult) -> Probe:
@@ -176,6 +178,8 @@ class Probe:
             else:
                 worst = max(worst, latency / r.target_ms)
         overall = result.overall
+        queries = result.counters.get("prefix_cache_queries")
+        hits = result.counters.get("prefix_cache_hits", 0)
         return cls(
             load=load,
             rate=rate,
@@ -187,6 +191,7 @@ class Probe:
             worst_ratio=worst,
             unfinished=unfinished,
             replica_seconds=sum(result.replica_seconds.values()),
+            prefix_hit_rate=hits / queries if queries else None,
         )
 
     @property

@@ -32,6 +32,7 @@ from orchestrator.bench import (
     fairness,
     overhead,
     peers,
+    prefix_report,
     soak,
     workloads,
 )
@@ -447,6 +448,8 @@ def _run_capacity(args: argparse.Namespace) -> int:
 def _write_capacity(run: capacity.CapacityRun, args: argparse.Namespace, err: Console) -> int:
     files, problem = capacity_report.write(run, args.out, plots=not args.no_plots)
     print(capacity_report.markdown(run))
+    if prefix_report.cases_with_caching(run):
+        print("\n" + prefix_report.markdown(run))
     err.print(f"wrote {', '.join(str(f) for f in files)}")
     if problem:
         err.print(problem)
