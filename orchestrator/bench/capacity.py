@@ -82,7 +82,7 @@ CASES: dict[str, Case] = {
     "rq2": Case("rq2", "rq2", False, duration_s=40.0, quick_duration_s=15.0),
     "rq3_fixed": Case("rq3_fixed", "rq3", False, duration_s=90.0, quick_duration_s=30.0),
     "rq3_auto": Case("rq3_auto", "rq3", True, duration_s=120.0, quick_duration_s=45.0),
-    "sessions": Case("sessions", "sessions", False, duration_s=40.0, quick_duration_s=15.0),
+    "sessions": Case("sessions", "sessions", False, duration_s=20.0, quick_duration_s=10.0),
 }
 
 
