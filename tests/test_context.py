@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import os
 import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -23,6 +25,10 @@ from cato_lsp.context import (
     prefix_suffix_window,
     select_snippets,
 )
+from cato_lsp.features.completion_prompt import prepare
+from cato_lsp.features.documents import DocumentView
+from cato_lsp.imports import import_context
+from cato_lsp.settings import parse_settings
 
 ENCODINGS = ("utf-8", "utf-16", "utf-32")
 
@@ -270,3 +276,77 @@ def test_snippets_are_non_overlapping_windows_of_large_files() -> None:
 def test_binary_candidates_are_skipped() -> None:
     binary = "\x00" + RELATED
     assert select_snippets(CURSOR, [("blob.bin", binary)], 500, 3) == []
+
+
+# --------------------------------------------------------------------------- imports
+
+
+def _workspace(root: Path) -> Path:
+    (root / "geometry").mkdir(parents=True)
+    (root / "geometry" / "__init__.py").write_text("", encoding="utf-8")
+    (root / "geometry" / "shapes.py").write_text(
+        "import math\n\n\n"
+        "UNIT = 1.0\n\n\n"
+        "def area(width: float, height: float) -> float:\n"
+        '    """The area of a width by height rectangle."""\n'
+        "    return width * height\n\n\n"
+        "def _private():\n    pass\n\n\n"
+        "class Circle:\n"
+        '    """A circle around the origin."""\n\n'
+        "    def __init__(self, radius):\n        self.radius = radius\n\n"
+        "    def scaled(self, factor: float) -> 'Circle':\n"
+        "        return Circle(self.radius * factor)\n",
+        encoding="utf-8",
+    )
+    (root / "app").mkdir()
+    (root / "app" / "helpers.py").write_text(
+        "def scale(values, factor):\n    return [v * factor for v in values]\n", encoding="utf-8"
+    )
+    main = root / "app" / "main.py"
+    main.write_text("", encoding="utf-8")
+    return main
+
+
+def test_imported_definitions_become_stubs(tmp_path: Path) -> None:
+    main = _workspace(tmp_path)
+    text = (
+        "import os\n"
+        "from geometry.shapes import area, Circle as C  # shapes\n"
+        "from .helpers import (\n    scale,\n)\n"
+        "from outside import thing\n"
+        "total = area(\n"  # mid-edit: the file need not parse
+    )
+    context = dict(import_context(text, str(main), str(tmp_path)))
+
+    shapes = context[os.path.join("geometry", "shapes.py")]
+    assert "def area(width: float, height: float) -> float:" in shapes
+    assert '"""The area of a width by height rectangle."""' in shapes
+    assert "class Circle:" in shapes and "def scaled(self, factor: float) -> 'Circle':" in shapes
+    assert "def __init__(self, radius):" in shapes
+    assert "_private" not in shapes and "return width * height" not in shapes
+    assert "def scale(values, factor):" in context[os.path.join("app", "helpers.py")]
+    assert len(context) == 2  # os and `outside` are not workspace modules
+
+
+def test_import_module_brings_its_public_definitions_and_stays_in_the_root(
+    tmp_path: Path,
+) -> None:
+    main = _workspace(tmp_path / "ws")
+    (tmp_path / "secret.py").write_text("def leaked():\n    pass\n", encoding="utf-8")
+    text = "import geometry.shapes\nfrom ... import secret\nfrom .. import secret\nimport secret\n"
+    context = dict(import_context(text, str(main), str(tmp_path / "ws")))
+    [(path, stubs)] = context.items()
+    assert path == os.path.join("geometry", "shapes.py")
+    assert "UNIT = 1.0" in stubs and "def area(" in stubs and "leaked" not in str(context)
+
+
+def test_a_python_prompt_carries_the_imported_definitions(tmp_path: Path) -> None:
+    main = _workspace(tmp_path)
+    text = "from geometry.shapes import area\n\n\ndef room(w, h):\n    return area(\n"
+    main.write_text(text, encoding="utf-8")
+    settings = parse_settings({})
+    doc = DocumentView(main.as_uri(), text, "python")
+    prepared = prepare(doc, len(text) - 1, [], settings, "starcoder2", tmp_path.as_uri())
+    assert prepared is not None and prepared.request.prompt is not None
+    assert "def area(width: float, height: float) -> float:" in prepared.request.prompt
+    assert "<file_sep>geometry/shapes.py\n" in prepared.request.prompt

@@ -1,16 +1,20 @@
 """A completion request from a cursor: the FIM prompt, its mode, its stops, its size.
 
 The prompt is a prefix/suffix window around the cursor (`context`) plus snippets of
-other open files, rendered in the model family's FIM format (`prompts`). Its size comes
+other open files and, for Python, of the definitions the file imports from the
+workspace (`imports`), rendered in the model family's FIM format (`prompts`). Its size comes
 from the settings' budgets, scaled down to what the orchestrator says fits the SLA now
 (`fitted_budget`): under load a long prompt's prefill alone would miss the SLA.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
+
+from pygls.uris import to_fs_path
 
 from cato_lsp.backend import Orchestrator
 from cato_lsp.context import Snippet, looks_binary, prefix_suffix_window, select_snippets
@@ -20,6 +24,7 @@ from cato_lsp.features.documents import (
     relative_path,
     valid_unicode,
 )
+from cato_lsp.imports import import_context
 from cato_lsp.postprocess import (
     Mode,
     block_ended,
@@ -155,11 +160,23 @@ def _snippets(
     if ctx.max_snippets <= 0 or tokens <= 0 or ctx.max_candidates <= 0:
         return []
     same = [o for o in others if o.uri != doc.uri and o.language == doc.language]
-    candidates = [(relative_path(o.uri, root), o.text) for o in same[-ctx.max_candidates :]]
+    candidates = _imported(doc, root)
+    candidates += [(relative_path(o.uri, root), o.text) for o in same[-ctx.max_candidates :]]
     if not candidates:
         return []
     near_cursor = prefix[-2_000:] + suffix[:500]
     return select_snippets(near_cursor, candidates, tokens, ctx.max_snippets)
+
+
+def _imported(doc: DocumentView, root: str | None) -> list[tuple[str, str]]:
+    """Python: the definitions the file imports from workspace modules (`imports`),
+    ranked with the open files' windows under the same budget."""
+    if doc.language != "python" or root is None:
+        return []
+    doc_path, root_path = doc.path, to_fs_path(root)
+    if not doc_path or not root_path or not os.path.isfile(doc_path):
+        return []
+    return import_context(doc.text, doc_path, root_path)
 
 
 def prepare(
