@@ -132,6 +132,8 @@ def launch_replicas(
     """One emulator process per replica of each model, serving the output lengths of the
     table saved at ``lengths`` when given; the caller stops them."""
     extra = ["--output-lengths", str(lengths)] if lengths is not None else []
+    if scenario.prefix_caching:  # the engines of the simulated twin cache prefixes too
+        extra.append("--enable-prefix-caching")
     started: list[_Replica] = []
     try:
         for plan in scenario.models:
