@@ -70,6 +70,16 @@ def test_own_time_takes_the_leaves_of_collapsed_stacks() -> None:
     shares = overhead.own_time("a (m.py:1);b (m.py:2) 3\na (m.py:1) 1\nnot a sample\n")
     assert shares[0] == ("b (m.py:2)", pytest.approx(0.75))
     assert sum(share for _, share in shares) == pytest.approx(1.0)
+    stacks = (
+        "Runner.run (asyncio/runners.py:118) 2\n"
+        "x (orchestrator/server.py:1);y (aiohttp/web_protocol.py:9) 5\n"
+        "x (orchestrator/server.py:1) 3\n"
+    )
+    assert overhead.own_time(stacks, key=overhead._package) == [
+        ("aiohttp", 0.5),
+        ("orchestrator", 0.3),
+        ("event loop", 0.2),
+    ]
 
 
 def test_bad_arguments_are_refused_clearly() -> None:

@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +106,16 @@ class Cell:
 
 
 @dataclass
+class Profile:
+    """py-spy's view of cato over one case: ``note`` says how (or why there is none)."""
+
+    case: str
+    note: str
+    functions: list[tuple[str, float]] = field(default_factory=list)  # own time shares
+    packages: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass
 class OverheadRun:
     options: OverheadOptions
     cores: str
@@ -114,8 +124,7 @@ class OverheadRun:
     skipped: dict[str, str] = field(default_factory=dict)
     idle_cpu_pct: dict[str, float] = field(default_factory=dict)
     cells: list[Cell] = field(default_factory=list)
-    profile: list[tuple[str, float]] = field(default_factory=list)
-    profile_note: str = ""
+    profiles: list[Profile] = field(default_factory=list)
 
     def routers(self) -> list[str]:
         return [r for r in self.options.routers if r not in self.skipped]
@@ -129,8 +138,7 @@ class OverheadRun:
             "skipped": self.skipped,
             "idle_cpu_pct": self.idle_cpu_pct,
             "cells": [asdict(c) for c in self.cells],
-            "profile": self.profile,
-            "profile_note": self.profile_note,
+            "profiles": [asdict(p) for p in self.profiles],
         }
 
 
@@ -338,14 +346,15 @@ def idle_rate(front: peers.Frontend, seconds: float) -> float:
 
 def profile_cato(
     front: peers.Frontend, case: Case, requests: int, seconds: float, folder: Path
-) -> tuple[list[tuple[str, float]], str]:
-    """py-spy's own-time shares of cato's functions over a batch, or why there are none."""
+) -> Profile:
+    """py-spy's own-time shares of cato's functions and packages over batches of
+    ``case``, or why there are none."""
     spy = shutil.which("py-spy")
     if spy is None:
-        return [], "py-spy is not installed: no profile"
+        return Profile(case.label, "py-spy is not installed: no profile")
     if front.pid is None:
-        return [], "no cato process to profile"
-    out = folder / "cato-profile.txt"
+        return Profile(case.label, "no cato process to profile")
+    out = folder / f"cato-profile-{case.tokens}-{case.concurrency}.txt"
     argv = [spy, "record", "--pid", str(front.pid), "--duration", f"{seconds:g}"]
     argv += ["--format", "raw", "--output", str(out), "--nonblocking", "--rate", "200"]
     spy_proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -354,13 +363,31 @@ def profile_cato(
         asyncio.run(drive(front.targets, case, requests))
     _, err = spy_proc.communicate(timeout=30)
     if spy_proc.returncode != 0 or not out.exists():
-        return [], f"py-spy failed: {err.decode(errors='replace')[-300:]}"
-    return own_time(out.read_text()), f"py-spy {seconds:g} s over {case.label}"
+        return Profile(case.label, f"py-spy failed: {err.decode(errors='replace')[-300:]}")
+    collapsed = out.read_text()
+    return Profile(
+        case.label,
+        f"py-spy, {seconds:g} s",
+        own_time(collapsed, top=10),
+        own_time(collapsed, top=6, key=_package),
+    )
 
 
-def own_time(collapsed: str, top: int = 15) -> list[tuple[str, float]]:
-    """The functions with the most own (leaf) time in py-spy's collapsed stacks, as
-    shares of all samples."""
+def _package(frame: str) -> str:
+    """The package of a py-spy frame, ``name (path/file.py:line)``; the running loop's
+    own code (uvloop's C loop shows as ``Runner.run``) counts as the event loop."""
+    if frame.startswith(("Runner.run ", "BaseEventLoop.", "EpollSelector.", "Handle._run ")):
+        return "event loop"
+    path = frame.rpartition("(")[2]
+    top = path.split("/")[0].split(".")[0].split(":")[0]
+    return top or "other"
+
+
+def own_time(
+    collapsed: str, top: int = 15, key: Callable[[str], str] = lambda frame: frame
+) -> list[tuple[str, float]]:
+    """The functions (or what ``key`` makes of them) with the most own (leaf) time in
+    py-spy's collapsed stacks, as shares of all samples."""
     leaves: Counter[str] = Counter()
     total = 0
     for line in collapsed.splitlines():
@@ -369,7 +396,7 @@ def own_time(collapsed: str, top: int = 15) -> list[tuple[str, float]]:
             continue
         n = int(count)
         total += n
-        leaves[stack.split(";")[-1].strip()] += n
+        leaves[key(stack.split(";")[-1].strip())] += n
     return [(name, n / total) for name, n in leaves.most_common(top)] if total else []
 
 
@@ -420,11 +447,11 @@ def run_overhead(
                     say(_line(cell))
         cato = next((f for f in fronts if f.name == "cato"), None)
         if options.profile and cato is not None:
-            case = Case(max(options.tokens), max(options.concurrency))
-            run.profile, run.profile_note = profile_cato(
-                cato, case, options.batch(case), options.profile_s, workdir
-            )
-            say(run.profile_note)
+            for tokens in sorted({min(options.tokens), max(options.tokens)}):
+                case = Case(tokens, max(options.concurrency))
+                found = profile_cato(cato, case, options.batch(case), options.profile_s, workdir)
+                run.profiles.append(found)
+                say(f"profile over {found.case}: {found.note}")
     finally:
         for front in fronts:
             front.stop()
@@ -554,9 +581,13 @@ def markdown(run: OverheadRun) -> str:
         if kinds:
             what = ", ".join(f"{n} {kind}" for kind, n in kinds.most_common())
             notes.append(f"{router}: requests that failed (not in the figures' TTFTs): {what}.")
-    if run.profile or run.profile_note:
-        notes += ["", f"Profile of cato ({run.profile_note}), own time:"]
-        notes += [f"- {share * 100:.1f}% {name}" for name, share in run.profile]
+    for prof in run.profiles:
+        notes += ["", f"Profile of cato over {prof.case} ({prof.note}), own time:"]
+        if prof.packages:
+            notes.append(
+                "by package: " + ", ".join(f"{n} {s * 100:.0f}%" for n, s in prof.packages)
+            )
+        notes += [f"- {share * 100:.1f}% {name}" for name, share in prof.functions]
     return "\n".join(lines + notes) + "\n"
 
 

@@ -14,6 +14,12 @@ The ``priority`` field is vLLM's and only works where the server runs priority
 scheduling: a stock vLLM (FCFS) answers 400 to any priority but 0. ``priority="auto"``
 (the default) sends it until a replica refuses it that way, then sends the call again
 without it and leaves it out for that replica from then on.
+
+A stream is read one of two ways: ``stream_completion`` and ``stream_chat`` fold each
+chunk into tokens (``replicas.progress``, over the SSE parser of ``replicas.sse``), for
+callers that need the text; ``relay_completion`` hands the replica's bytes on as they came
+and counts what the scheduler needs (``replicas.relay``). Errors are ``replicas.errors``';
+the request body is built by ``replicas.request_body``.
 """
 
 from __future__ import annotations
