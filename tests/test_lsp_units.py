@@ -531,3 +531,13 @@ def test_the_prompt_budget_fits_the_sla_and_never_exceeds_the_settings() -> None
     assert fitted_budget(fixed, 0) == Budget(1536, 512)
     no_snippets = parse_settings({"context": {"maxSnippets": 0, "minBudgetTokens": 64}})
     assert fitted_budget(no_snippets, 100) == Budget(100, 0)
+
+
+def test_the_experience_benchmark_types_into_an_empty_line_of_a_file_of_the_size_asked() -> None:
+    from cato_lsp.experience import python_file
+
+    text, line = python_file(60 * 1024)
+    lines = text.split("\n")
+    assert 60 * 1024 <= len(text.encode()) < 61 * 1024
+    assert lines[line] == "" and lines[line - 1] == "def main(values, offset):"
+    assert lines[line + 1] == "    return result"
