@@ -64,7 +64,16 @@ class _Upstream:
     async def status(self) -> Status:
         return Status()
 
+    async def warm(self) -> None:
+        pass
+
     def fim_family(self, model: str | None) -> str | None:
+        return None
+
+    def default_max_tokens(self, kind: object) -> int | None:
+        return None
+
+    def prompt_fit(self, model: str | None, sla_ms: float | None) -> int | None:
         return None
 
     def describe(self) -> str:

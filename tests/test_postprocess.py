@@ -14,6 +14,7 @@ from cato_lsp.postprocess import (
     postprocess,
 )
 from cato_lsp.prompts import FimFamily, get_template
+from cato_lsp.syntax import parser_for, trim_to_parse
 
 # --------------------------------------------------------------------------- modes
 
@@ -310,3 +311,31 @@ def test_block_ended_when_the_output_repeats_the_code_after_the_cursor() -> None
     raw = "total = sum(xs)\n    return total\n\n\nprint(f([1]))\n"
     assert block_ended(raw, prefix, suffix)
     assert not block_ended("total = sum(xs)\n", prefix, suffix)
+
+
+# --------------------------------------------------------------------------- parse (tree-sitter)
+
+_LOOP = "def f(xs):\n    total = 0\n    for x in xs:\n        "
+_AFTER = "\n    return total\n"
+
+
+@pytest.mark.parametrize(
+    ("suggestion", "kept"),
+    [
+        ("total += x\n        if total > 10:", "total += x"),  # an opener with no body
+        ("total += x\n        print(total,", "total += x"),  # a call never closed
+        ("total += x\n        count += 1", "total += x\n        count += 1"),  # whole
+        ("if x:\n            total += x", "if x:\n            total += x"),
+    ],
+)
+def test_a_python_block_is_cut_where_it_stops_parsing(suggestion: str, kept: str) -> None:
+    assert trim_to_parse(_LOOP, suggestion, _AFTER, "python") == kept
+
+
+def test_without_a_grammar_or_a_parsing_version_the_suggestion_stands() -> None:
+    cut = "total += x\n        if total > 10:"
+    assert trim_to_parse(_LOOP, cut, _AFTER, "cobol") == cut  # no grammar installed
+    assert trim_to_parse(_LOOP, "total += x", _AFTER, "python") == "total += x"  # one line
+    broken = "print(\n        (("  # no version of it parses: keep the heuristic's result
+    assert trim_to_parse(_LOOP, broken, _AFTER, "python") == broken
+    assert parser_for("python") is not None and parser_for("cobol") is None

@@ -35,6 +35,7 @@ from cato_lsp.postprocess import (
 )
 from cato_lsp.prompts import FimFamily, FimTemplate, get_template, guess_family
 from cato_lsp.settings import DEFAULT_FIM_FAMILY, Settings
+from cato_lsp.syntax import trim_to_parse
 from orchestrator.api import TaskKind, TaskRequest
 
 _BINARY_PROBE: Final = 4_096
@@ -102,8 +103,12 @@ class Prepared:
         return block_ended(raw, self.prefix, self.suffix, self.family)
 
     def finish(self, raw: str) -> str | None:
-        """The suggestion for the model's raw text, or None if none is worth showing."""
+        """The suggestion for the model's raw text, or None if none is worth showing.
+
+        A block is also cut where it stops parsing, where a grammar is installed."""
         text = postprocess(raw, self.prefix, self.suffix, self.mode, None, self.family)
+        if text is not None and self.mode == "block":
+            text = trim_to_parse(self.prefix, text, self.suffix, self.request.language or "")
         return None if text is None else self.lead + text
 
 
