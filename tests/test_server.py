@@ -234,6 +234,42 @@ async def test_a_replica_killed_mid_forward_ends_the_stream_with_an_error(
     assert [r.outcome for r in orch.recorder.records()] == ["error"]
 
 
+async def test_a_client_leaving_a_forwarded_stream_aborts_it_at_the_replica(
+    start_emulator: StartEmulator,
+) -> None:
+    emulator = start_emulator(
+        model=MODEL, speed=1.0, extra_args=("--mean-output-tokens", "1000000")
+    )
+    spec = ReplicaSpec(id="r0", url=emulator.url, model=MODEL, engine="emulated")
+    orch = Orchestrator([spec], defaults=task_defaults(load_config(None)))
+    runner = await serve_app(create_app(orch, ServiceOptions(models=[MODEL])), "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/completions"
+    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 3000, "stream": True}
+    try:
+        async with aiohttp.ClientSession() as http:
+            resp = await http.post(url, json=body)
+            assert (await resp.content.readuntil(b"\n\n")).startswith(b"data: {")
+            resp.close()  # hang up mid-stream
+        await wait_for(lambda: orch.status().in_flight == 0, "the call released")
+        aborted = 0.0
+        deadline = time.monotonic() + 30
+        while aborted < 1 and time.monotonic() < deadline:
+            async with aiohttp.ClientSession() as http, http.get(emulator.url + "/metrics") as m:
+                text = await m.text()
+            aborted = sum(
+                sample.value
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples
+                if sample.name == "cato_emulator_aborted_total"
+            )
+            await asyncio.sleep(0.05)
+    finally:
+        await runner.cleanup()
+        await orch.close()
+    assert aborted == 1
+    assert [r.outcome for r in orch.recorder.records()] == ["cancelled"]
+
+
 async def test_openai_chat_with_and_without_the_cato_extension(serve: Serve) -> None:
     served = await serve()
     client = served.client()
