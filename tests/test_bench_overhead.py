@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -88,3 +92,25 @@ def test_bad_arguments_are_refused_clearly() -> None:
     with pytest.raises(SystemExit, match=">= 1"):
         overhead._ints("0", "concurrency")
     assert Case(16, 1).label == "16 tok, conc 1"
+
+
+def test_pinning_without_taskset_pins_every_thread_of_the_tree() -> None:
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        pytest.skip("pinning needs two cores")
+    placement = overhead.Placement({cores[-1]}, set(cores[:-1]))
+    code = "import threading, time\nthreading.Thread(target=time.sleep, args=(30,)).start()\n"
+    code += "time.sleep(30)"
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 10
+        while len(overhead._threads(proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        placement.pin_tree(proc.pid)
+        threads = overhead._threads(proc.pid)
+        assert len(threads) == 2
+        assert all(os.sched_getaffinity(t) == {cores[-1]} for t in threads)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert placement.prefix() in ([], ["taskset", "-c", str(cores[-1])])
