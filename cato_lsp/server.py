@@ -337,6 +337,13 @@ async def on_configuration(
     ls.warm_up()
 
 
+def on_change(ls: CatoLanguageServer, params: types.DidChangeTextDocumentParams) -> None:
+    """Remember where the user edits: those regions join later completions' context."""
+    for change in params.content_changes:
+        if isinstance(change, types.TextDocumentContentChangePartial):
+            ls.completion.note_edit(params.text_document.uri, change.range.start.line)
+
+
 def on_close(ls: CatoLanguageServer, params: types.DidCloseTextDocumentParams) -> None:
     ls.completion.forget(params.text_document.uri)
     ls.commands.forget(params.text_document.uri)
@@ -433,6 +440,7 @@ _FEATURES: Final[tuple[tuple[str, Any, Callable[..., Any]], ...]] = (
     (types.INITIALIZE, None, on_initialize),
     (types.INITIALIZED, None, on_initialized),
     (types.WORKSPACE_DID_CHANGE_CONFIGURATION, None, on_configuration),
+    (types.TEXT_DOCUMENT_DID_CHANGE, None, on_change),
     (types.TEXT_DOCUMENT_DID_CLOSE, None, on_close),
     (types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions(), on_inline_completion),
     (types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(), on_completion),

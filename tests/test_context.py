@@ -350,3 +350,38 @@ def test_a_python_prompt_carries_the_imported_definitions(tmp_path: Path) -> Non
     assert prepared is not None and prepared.request.prompt is not None
     assert "def area(width: float, height: float) -> float:" in prepared.request.prompt
     assert "<file_sep>geometry/shapes.py\n" in prepared.request.prompt
+
+
+# --------------------------------------------------------------------------- recent edits
+
+
+def test_recently_edited_regions_outside_the_window_join_the_snippets() -> None:
+    filler = "".join(f"value_{i} = compute(value_{i - 1}, {i})\n" for i in range(1, 3_000))
+    edited_line = 10
+    lines = filler.split("\n")
+    lines[edited_line] = "threshold_limit = load_threshold_limit(config)"
+    text = "\n".join(lines) + "def check(value):\n    return value > threshold_limit\n"
+    cursor_line = text.count("\n") - 1
+    offset = len(text) - 1  # end of the return line
+    settings = parse_settings({"context": {"fitSla": False}})
+    doc = DocumentView("file:///w/app.py", text, "python")
+
+    with_edits = prepare(
+        doc, offset, [], settings, "starcoder2", "file:///w", None, (cursor_line, (edited_line,))
+    )
+    without = prepare(doc, offset, [], settings, "starcoder2", "file:///w")
+
+    assert with_edits is not None and without is not None
+    assert "<file_sep>app.py (edited)\n" in (with_edits.request.prompt or "")
+    assert "load_threshold_limit(config)" in (with_edits.request.prompt or "")
+    assert "load_threshold_limit" not in (without.request.prompt or "")
+
+
+def test_edited_regions_walk_lines_from_the_cursor_and_skip_the_window() -> None:
+    from cato_lsp.features.completion_prompt import edited_regions
+
+    text = "".join(f"line {i}\n" for i in range(100))
+    offset = text.index("line 90")
+    window = (offset - 100, offset + 100)  # lines 78 to 102: the edit at 88 is shown already
+    regions = edited_regions(text, offset, 90, [5, 88, 2_000_000], window)
+    assert regions == ["".join(f"line {i}\n" for i in range(0, 12)).rstrip("\n")]

@@ -160,17 +160,62 @@ def _snippets(
     settings: Settings,
     root: str | None,
     tokens: int,
+    edited: Sequence[str] = (),
 ) -> list[Snippet]:
     ctx = settings.context
     if ctx.max_snippets <= 0 or tokens <= 0 or ctx.max_candidates <= 0:
         return []
     same = [o for o in others if o.uri != doc.uri and o.language == doc.language]
-    candidates = _imported(doc, root)
+    here = f"{relative_path(doc.uri, root)} (edited)"
+    candidates = [(here, region) for region in edited]
+    candidates += _imported(doc, root)
     candidates += [(relative_path(o.uri, root), o.text) for o in same[-ctx.max_candidates :]]
     if not candidates:
         return []
     near_cursor = prefix[-2_000:] + suffix[:500]
     return select_snippets(near_cursor, candidates, tokens, ctx.max_snippets)
+
+
+_EDIT_RADIUS: Final = 6  # lines kept on each side of a recent edit
+_MAX_WALK_LINES: Final = 5_000  # a recent edit farther from the cursor is left out
+
+
+def _line_bounds(text: str, offset: int, lines_away: int) -> tuple[int, int]:
+    """Start and end of the line `lines_away` lines from the one holding `offset`
+    (negative: above; clamped to the first and last lines), found by walking line breaks
+    from the cursor, never over the whole text of a large file."""
+    start = text.rfind("\n", 0, offset) + 1
+    for _ in range(-lines_away):
+        if start == 0:
+            break
+        start = text.rfind("\n", 0, start - 1) + 1
+    for _ in range(lines_away):
+        found = text.find("\n", start)
+        if found < 0:
+            break
+        start = found + 1
+    end = text.find("\n", start)
+    return start, len(text) if end < 0 else end
+
+
+def edited_regions(
+    text: str, offset: int, cursor_line: int, lines: Sequence[int], window: tuple[int, int]
+) -> list[str]:
+    """The text around recently edited lines (most recent first) that the prompt's window
+    (`window`: its character range) does not already show."""
+    regions: list[str] = []
+    for line in reversed(lines):
+        away = line - cursor_line
+        if abs(away) > _MAX_WALK_LINES:
+            continue
+        lo = _line_bounds(text, offset, away - _EDIT_RADIUS)[0]
+        hi = _line_bounds(text, offset, away + _EDIT_RADIUS)[1]
+        if lo >= window[0] and hi <= window[1]:
+            continue  # in the window already
+        region = text[lo:hi]
+        if region.strip() and region not in regions:
+            regions.append(region)
+    return regions
 
 
 def _imported(doc: DocumentView, root: str | None) -> list[tuple[str, str]]:
@@ -192,10 +237,13 @@ def prepare(
     family: str,
     root: str | None = None,
     budget: Budget | None = None,
+    edits: tuple[int, Sequence[int]] | None = None,
 ) -> Prepared | None:
     """The request for a cursor, or None where no completion should be asked for.
 
-    `budget` sizes the prompt (default: the configured budgets, see `fitted_budget`)."""
+    `budget` sizes the prompt (default: the configured budgets, see `fitted_budget`);
+    `edits` (the cursor's line, recently edited lines) adds the regions around those
+    edits that the window leaves out to the snippet candidates."""
     if skip_at(doc, offset, settings):
         return None
     if looks_binary(doc.text) or looks_binary(
@@ -208,7 +256,11 @@ def prepare(
     lead = next_line_lead(prefix, suffix) or ""
     prefix += lead  # at the end of `def f(n):` the body starts on the next line
     template = get_template(family)
-    snippets = _snippets(prefix, suffix, doc, others, settings, root, budget.snippets)
+    edited: list[str] = []
+    if edits is not None:
+        window = (offset - len(prefix) + len(lead), offset + len(suffix))
+        edited = edited_regions(doc.text, offset, edits[0], edits[1], window)
+    snippets = _snippets(prefix, suffix, doc, others, settings, root, budget.snippets, edited)
     prompt = valid_unicode(_render(template, prefix, suffix, snippets, doc, root))
     if not prompt.strip():
         return None

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Final, Protocol
@@ -54,6 +54,7 @@ KIND: Final = TaskKind.COMPLETE.value
 _CACHE_HEAD: Final = 256
 _CACHE_TAIL: Final = 256
 _TRACKED_IDS: Final = 4_096
+_RECENT_EDITS: Final = 6
 
 # Task error codes of the orchestrator, as the status reporter groups them.
 _ERROR_CODES: Final = {
@@ -112,6 +113,7 @@ class _Ask:
     offset: int
     others: Sequence[DocumentView]
     root: str | None
+    edits: tuple[int, tuple[int, ...]] | None = None  # the cursor's line, edited lines
 
 
 class _Skip:
@@ -221,13 +223,20 @@ class InlineCompletion:
         self._inflight: dict[str, asyncio.Task[str | _Skip | None]] = {}
         self._ids: OrderedDict[str, bool] = OrderedDict()
         self._prepared: dict[str, tuple[tuple[object, ...], Prepared | None]] = {}
+        self._edits: dict[str, deque[int]] = {}
 
     # -- public -------------------------------------------------------------------
 
     async def complete(
-        self, doc: DocumentView, offset: int, others: Sequence[DocumentView], root: str | None
+        self,
+        doc: DocumentView,
+        offset: int,
+        others: Sequence[DocumentView],
+        root: str | None,
+        line: int | None = None,
     ) -> Suggestion | None:
-        """The suggestion at `offset`, or None (nothing worth showing, or superseded)."""
+        """The suggestion at `offset` (on `line`, when known: then the regions edited
+        lately join the prompt's context), or None (nothing worth showing, superseded)."""
         self.stats.requests += 1
         self.supersede(doc.uri)
         hit = self.cache.lookup(doc.uri, doc.text, offset)
@@ -243,7 +252,10 @@ class InlineCompletion:
         if skip_at(doc, offset, settings):
             self.stats.skipped += 1
             return None
-        task = asyncio.create_task(self._fetch(_Ask(doc, offset, others, root), settings, family))
+        recent = tuple(self._edits.get(doc.uri, ()))
+        edits = (line, recent) if line is not None and recent else None
+        ask = _Ask(doc, offset, others, root, edits)
+        task = asyncio.create_task(self._fetch(ask, settings, family))
         self._inflight[doc.uri] = task
         try:
             text = await task
@@ -284,6 +296,17 @@ class InlineCompletion:
         self.supersede(uri)
         self.cache.forget(uri)
         self._prepared.pop(uri, None)
+        self._edits.pop(uri, None)
+
+    def note_edit(self, uri: str, line: int) -> None:
+        """The document changed at `line`: the latest few such places, one per area."""
+        edits = self._edits.setdefault(uri, deque(maxlen=_RECENT_EDITS))
+        if edits and abs(edits[-1] - line) <= 2:
+            edits[-1] = line  # still typing in the same place
+            return
+        with contextlib.suppress(ValueError):
+            edits.remove(line)
+        edits.append(line)
 
     def reset(self, capacity: int) -> None:
         """New settings: drop the cache (its suggestions came from other settings)."""
@@ -318,11 +341,13 @@ class InlineCompletion:
         """The request for `ask`; the same document version and cursor reuse the last one."""
         budget = self._budget(settings)
         doc = ask.doc
-        key = (doc.version, ask.offset, family, budget, id(settings))
+        key = (doc.version, ask.offset, family, budget, id(settings), ask.edits)
         last = self._prepared.get(doc.uri)
         if last is not None and last[0] == key and doc.version is not None:
             return last[1]
-        prepared = prepare(doc, ask.offset, ask.others, settings, family, ask.root, budget)
+        prepared = prepare(
+            doc, ask.offset, ask.others, settings, family, ask.root, budget, ask.edits
+        )
         self._prepared[doc.uri] = (key, prepared)
         if prepared is not None and prepared.budget is not None:
             self.stats.context_tokens = prepared.budget.total
@@ -392,7 +417,9 @@ async def suggest_at(
         return None
     encoding = encoding_name(workspace.position_encoding)
     offset = offset_of(doc, position, encoding)
-    suggestion = await service.complete(doc, offset, open_views(workspace), workspace.root_uri)
+    suggestion = await service.complete(
+        doc, offset, open_views(workspace), workspace.root_uri, position.line
+    )
     if suggestion is None:
         return None
     # the client's line, with a character past the line's end moved back to it
