@@ -422,6 +422,21 @@ T.test('server messages wait while typing, come at their level, once per outage'
   })
 end)
 
+T.test('a message wider than the command line is cut, with Neovim\'s own vim.notify', function()
+  local messages = require('cato.messages')
+  local room = vim.v.echospace
+  T.ok(room > 1, 'room on the command line: ' .. room)
+  local cut = messages.fit(string.rep('x', room + 40))
+  T.eq(vim.fn.strdisplaywidth(cut), room)
+  T.eq(messages.fit('short'), 'short')
+  T.eq(messages.fit('two\nlines'), 'two lines')
+  local original = vim.notify
+  vim.notify = function() end -- a notification plugin: the whole text
+  local whole = messages.fit(string.rep('y', room + 40))
+  vim.notify = original
+  T.eq(#whole, room + 40)
+end)
+
 T.test('a status notification redraws the status line, in insert mode too', function()
   local status = require('cato.status')
   local redraws = 0

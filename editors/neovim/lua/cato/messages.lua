@@ -28,11 +28,31 @@ local function typing()
   return mode:sub(1, 1) == 'i' or mode:sub(1, 1) == 'R'
 end
 
+--- With Neovim's own vim.notify, a message wider than the command line raises a
+--- Press-ENTER prompt: it is cut to fit (the whole text stays in :CatoStatus and the
+--- server's log). A notification plugin gets the whole text.
+---@param text string
+---@return string
+function M.fit(text)
+  local info = debug.getinfo(vim.notify, 'S')
+  local builtin = info ~= nil and (info.source or ''):find('vim/_editor.lua', 1, true) ~= nil
+  local room = vim.v.echospace
+  text = text:gsub('[\r\n]+', ' ')
+  if not builtin or room <= 1 or vim.fn.strdisplaywidth(text) <= room then
+    return text
+  end
+  return vim.fn.strcharpart(text, 0, room - 1) .. '…'
+end
+
+local function show(text, level)
+  vim.notify(M.fit(text), level)
+end
+
 local function flush()
   local pending = held
   held = {}
   for _, m in ipairs(pending) do
-    vim.notify(m.text, m.level)
+    show(m.text, m.level)
   end
 end
 
@@ -64,7 +84,7 @@ function M.notify(text, level)
     ensure_autocmd()
     held[#held + 1] = { text = text, level = level }
   else
-    vim.notify(text, level)
+    show(text, level)
   end
   return true
 end
