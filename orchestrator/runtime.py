@@ -152,7 +152,8 @@ class Runtime:
         self.specs = {m.name: launch_spec(m) for m in config.models}
         self._loop_task: asyncio.Task[None] | None = None
         self._drains: set[asyncio.Task[None]] = set()
-        self.scale_events: list[tuple[float, str, int, int]] = []
+        # (time on ``clock``, model, replicas before, after, the provisioner's reason)
+        self.scale_events: list[tuple[float, str, int, int, str]] = []
 
     @classmethod
     def from_config_path(cls, path: str | os.PathLike[str] | None) -> Runtime:
@@ -282,4 +283,4 @@ class Runtime:
                 self._drains.add(task)
                 task.add_done_callback(self._drains.discard)
             after = before + started - len(decision.remove)
-            self.scale_events.append((now, decision.model, before, after))
+            self.scale_events.append((now, decision.model, before, after, decision.reason))

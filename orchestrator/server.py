@@ -45,6 +45,7 @@ from orchestrator.api import (
 from orchestrator.config import User
 from orchestrator.executor import Orchestrator, RunItem, TextSink, TokenDelta
 from orchestrator.graphs import TaskGraph, build_graph
+from orchestrator.history import DEFAULT_INTERVAL_S, History, UserUsage
 from orchestrator.http_guard import GuardedSite, HttpLimits
 from orchestrator.openai_api import (
     ChatCompletionBody,
@@ -128,11 +129,22 @@ class Service:
         metrics: ServiceMetrics | None = None,
         status: Callable[[], Status] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        history_interval_s: float = DEFAULT_INTERVAL_S,
+        scale_events: Sequence[tuple[float, str, int, int, str]] = (),
     ) -> None:
         self.orch = orch
         self.get_status = status or orch.status
         self.options = options
         self.metrics = metrics or ServiceMetrics()
+        self.history = History(
+            self.get_status,
+            orch.recorder,
+            targets={k.value: d.sla for k, d in orch.defaults.kinds.items()},
+            usage=UserUsage(self.metrics.registry),
+            scale_events=scale_events,
+            interval_s=history_interval_s,
+            clock=orch.clock,
+        )
         self.users = Users(options.users, options.retry_after_s, clock)
         self._openapi: str | None = None
         self.queue = QueueBound(options.max_queued, orch.queued, options.retry_after_s, clock)
@@ -243,6 +255,7 @@ class Service:
                     yield batch
         finally:
             self.metrics.observe_end(req.kind.value, last)
+            self.history.usage.observe(req.user, last)
             self.users.settle(user, reserved, _tokens_used(last))
             _log_task(req, last)
 
@@ -421,6 +434,18 @@ class Service:
         if (denied := self._authorize(request)) is not None:
             return denied
         return web.json_response(text=self.get_status().model_dump_json())
+
+    async def status_history(self, request: web.Request) -> web.Response:
+        """``History.to_json``; ``?since=T`` (Unix seconds) for the samples after ``T``."""
+        if (denied := self._authorize(request)) is not None:
+            return denied
+        since = None
+        if "since" in request.query:
+            try:
+                since = float(request.query["since"])
+            except ValueError:
+                return error(400, "since must be a number (Unix seconds)", "BadRequestError")
+        return web.json_response(self.history.to_json(since))
 
     async def openapi(self, request: web.Request) -> web.Response:
         if self._openapi is None:
@@ -612,8 +637,15 @@ def create_app(
     *,
     metrics: ServiceMetrics | None = None,
     status: Callable[[], Status] | None = None,
+    history_interval_s: float = DEFAULT_INTERVAL_S,
+    scale_events: Sequence[tuple[float, str, int, int, str]] = (),
 ) -> web.Application:
-    service = Service(orch, options, metrics, status)
+    """The service's app. Its loop samples the ``History`` every ``history_interval_s``
+    while it runs; ``scale_events`` is the runtime's list of applied scale decisions."""
+    service = Service(
+        orch, options, metrics, status,
+        history_interval_s=history_interval_s, scale_events=scale_events,
+    )  # fmt: skip
     app = web.Application(client_max_size=options.max_body_bytes, middlewares=[_no_5xx_for_input])
     app[SERVICE] = service
     app.router.add_post("/v1/tasks", service.tasks)
@@ -621,10 +653,17 @@ def create_app(
     app.router.add_post("/v1/chat/completions", service.chat_completions)
     app.router.add_get("/v1/models", service.models)
     app.router.add_get("/v1/status", service.status)
+    app.router.add_get("/v1/status/history", service.status_history)
     app.router.add_get("/health", service.health)
     app.router.add_get("/metrics", service.prometheus)
     app.router.add_get("/openapi.json", service.openapi)
+    app.cleanup_ctx.append(_sample_history)
     return app
+
+
+async def _sample_history(app: web.Application) -> AsyncGenerator[None, None]:
+    async with app[SERVICE].history.running():
+        yield
 
 
 async def serve_app(

@@ -95,8 +95,9 @@ async def test_sla_violations_scale_up_then_idle_replicas_are_released(tmp_path:
         ends = await load_until(rt, lambda: len(rt.manager.replicas) > 1, concurrency=12)
         assert ends and all(e.type == "done" for e in ends)
         assert sum(not e.sla_met for e in ends) > 0.2 * len(ends)  # the burst broke the SLA
-        (_, model, before, after) = rt.scale_events[0]
+        (_, model, before, after, reason) = rt.scale_events[0]
         assert (model, before, after) == ("tiny", 1, 2)
+        assert "violated their slack" in reason  # Algorithm 2's violation proportion
         (added,) = (r for r in rt.manager.replicas.values() if r is not first)
         await wait_for(lambda: added.state is Lifecycle.READY, "the added replica ready")
         assert rt.manager.history(added.id)[:2] == [Lifecycle.PENDING, Lifecycle.READY]

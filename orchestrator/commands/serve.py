@@ -84,7 +84,12 @@ def context_lengths(config: CatoConfig) -> dict[str, int]:
 async def serve(config: CatoConfig, host: str, port: int, workdir: Path | None) -> None:
     """Run until SIGINT or SIGTERM; raises ``PortInUse`` before starting any replica."""
     runtime = Runtime(config, workdir=workdir)
-    app = create_app(runtime.orchestrator, service_options(config), status=runtime.status)
+    app = create_app(
+        runtime.orchestrator,
+        service_options(config),
+        status=runtime.status,
+        scale_events=runtime.scale_events,
+    )
     try:
         runner = await _bind(app, host, port)
     except PortInUse:
