@@ -48,11 +48,19 @@ local function show(text, level)
   vim.notify(M.fit(text), level)
 end
 
+--- Shows what waited for insert mode to end: one message (the most severe, the latest
+--- of those), since two in a row fill the command line and raise a Press-ENTER prompt.
 local function flush()
   local pending = held
   held = {}
+  local pick = nil
   for _, m in ipairs(pending) do
-    show(m.text, m.level)
+    if pick == nil or m.level >= pick.level then
+      pick = m
+    end
+  end
+  if pick then
+    show(pick.text, pick.level)
   end
 end
 
@@ -89,9 +97,20 @@ function M.notify(text, level)
   return true
 end
 
---- The service works again: the next outage's messages are shown again.
+--- The service works again: the next outage's messages are shown again, and the errors
+--- of this one still waiting for insert mode to end are dropped.
+---@return boolean dropped whether the user never saw this outage's errors
 function M.recovered()
   shown = {}
+  local before = #held
+  held = vim.tbl_filter(function(m)
+    if m.level >= vim.log.levels.ERROR then
+      last_at[m.text] = nil -- never shown: the next outage may tell it at once
+      return false
+    end
+    return true
+  end, held)
+  return #held < before
 end
 
 --- Messages waiting for insert mode to end.

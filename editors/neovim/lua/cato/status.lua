@@ -43,8 +43,9 @@ function M.on_notification(_, params, _)
   M.last = params
   local now = reachable(params)
   if before == false and now == true then
-    messages.recovered()
-    if notify_changes then
+    -- an outage the user never saw (its error still waiting) needs no "again" either
+    local unseen = messages.recovered()
+    if notify_changes and not unseen then
       messages.notify('cato: the service is reachable again', vim.log.levels.INFO)
     end
   end
