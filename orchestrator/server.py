@@ -33,6 +33,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
+from orchestrator import dashboard
 from orchestrator.api import (
     SLA,
     SLA_UNREACHABLE,
@@ -657,6 +658,7 @@ def create_app(
     app.router.add_get("/health", service.health)
     app.router.add_get("/metrics", service.prometheus)
     app.router.add_get("/openapi.json", service.openapi)
+    dashboard.add_routes(app)
     app.cleanup_ctx.append(_sample_history)
     return app
 

@@ -102,6 +102,11 @@ def check_serve(cato: Path, cwd: Path) -> None:
         if not text.strip():
             fail("cato serve streamed an empty completion")
         print(f"cato serve {url}: streamed {len(text)} characters through the openai client")
+        for path in ("/dashboard/", "/dashboard/static/uPlot.iife.min.js"):
+            with urllib.request.urlopen(url + path, timeout=10) as resp:  # package data
+                if resp.status != 200 or not resp.read():
+                    fail(f"cato serve {url}{path}: HTTP {resp.status} or an empty body")
+        print(f"cato serve {url}: /dashboard and its charting library come from the wheel")
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
