@@ -23,6 +23,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -35,7 +36,7 @@ VllmEntrypoint = Literal["auto", "serve", "module"]
 PriorityMode = Literal["auto", "on", "off"]
 PRIORITY_MODES: tuple[PriorityMode, ...] = get_args(PriorityMode)
 SchedulerPolicy = Literal[
-    "cato", "cato_paper", "cato_triage", "round_robin", "pow2", "least_loaded"
+    "cato", "cato_paper", "cato_triage", "round_robin", "pow2", "least_loaded", "cache_aware"
 ]
 SLA_MS_MAX = 3_600_000
 ProvisionerPolicy = Literal["cato", "queue_length", "fixed"]
@@ -243,6 +244,9 @@ class ModelConfig(_Section):
     engine: EngineName
     model: str | None = Field(default=None, min_length=1)
     url: str | None = None
+    # For engine "external": a pool of servers, one replica each (health-checked, and
+    # left out of routing while unhealthy); instead of ``url``.
+    urls: list[str] | None = None
     # For engine "external": the environment variable holding the bearer token the
     # server wants (a vLLM started with --api-key); read at start, never stored in TOML.
     api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -267,6 +271,11 @@ class ModelConfig(_Section):
     @model_validator(mode="after")
     def _check_engine(self) -> ModelConfig:
         problems = self._engine_problems()
+        problems += self._pool_problems()
+        if self.urls and "min_replicas" not in self.model_fields_set:
+            self.min_replicas = len(self.urls)
+        if self.urls and self.max_replicas is None:
+            self.max_replicas = len(self.urls)
         if self.gpus_per_replica is None:
             self.gpus_per_replica = 1 if self.engine == "vllm" else 0
         if self.max_replicas is None:
@@ -304,16 +313,18 @@ class ModelConfig(_Section):
         # packing can be rehearsed without GPUs; an external server's GPUs are not ours.
         if engine == "external" and self.gpus_per_replica not in (None, 0):
             problems.append(("gpus_per_replica", f"must be 0 for engine {engine!r}"))
-        if engine == "external" and self.url is None:
-            problems.append(("url", "required for engine 'external' (the server's base URL)"))
+        if engine == "external" and self.url is None and self.urls is None:
+            problems.append(
+                ("url", "required for engine 'external' (the server's base URL, or urls = [...])")
+            )
         if engine != "external" and self.url is not None:
             problems.append(("url", f"only for engine 'external', not {engine!r}"))
         if engine != "external" and self.api_key_env is not None:
             problems.append(
                 ("api_key_env", "only for engine 'external' (CATO keys its own replicas)")
             )
-        if self.url is not None and not self.url.startswith(("http://", "https://")):
-            problems.append(("url", f"expected an http:// or https:// URL, got {self.url!r}"))
+        if self.url is not None and (bad := _url_problem(self.url)):
+            problems.append(("url", bad))
         if engine != "vllm" and self.vllm_args:
             problems.append(("vllm_args", f"only for engine 'vllm', not {engine!r}"))
         # ``profile`` times an emulated replica; for the other engines, where it is set,
@@ -333,6 +344,38 @@ class ModelConfig(_Section):
             )
         return problems
 
+    def _pool_problems(self) -> list[tuple[str, str]]:
+        if self.urls is None:
+            return []
+        if self.engine != "external":
+            return [("urls", f"only for engine 'external', not {self.engine!r}")]
+        if self.url is not None:
+            return [("urls", "give url (one server) or urls (a pool), not both")]
+        if not self.urls:
+            return [("urls", "an empty list: name at least one server URL")]
+        problems: list[tuple[str, str]] = []
+        seen: set[str] = set()
+        for i, url in enumerate(self.urls):
+            if bad := _url_problem(url):
+                problems.append((f"urls[{i}]", bad))
+            elif url.rstrip("/") in seen:
+                problems.append((f"urls[{i}]", f"{url!r} is listed twice"))
+            seen.add(url.rstrip("/"))
+        if self.max_replicas is not None and self.max_replicas > len(self.urls):
+            problems.append(
+                (
+                    "max_replicas",
+                    f"a pool of {len(self.urls)} URLs serves at most {len(self.urls)} "
+                    f"replicas, got {self.max_replicas}",
+                )
+            )
+        return problems
+
+    @property
+    def pool(self) -> list[str]:
+        """An external model's server URLs (``url`` is a pool of one)."""
+        return list(self.urls) if self.urls else [self.url] if self.url else []
+
     @property
     def gpus(self) -> int:
         """GPUs one replica takes (resolved: 1 for vllm, 0 otherwise, unless set)."""
@@ -350,6 +393,18 @@ class ModelConfig(_Section):
         if seqs is not None and seqs.isdigit() and int(seqs) > 0:
             return int(seqs)
         return DEFAULT_VLLM_MAX_NUM_SEQS if self.engine == "vllm" else None
+
+
+def _url_problem(url: str) -> str | None:
+    """Why ``url`` is not a server's base URL (None: it is one)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises on a port that is not a number)
+    except ValueError as exc:
+        return f"not a URL: {url!r} ({exc})"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"expected an http:// or https:// URL with a host, got {url!r}"
+    return None
 
 
 def _profile_problems(profile: str) -> list[tuple[str, str]]:
@@ -738,7 +793,7 @@ def summary(config: CatoConfig, source: str) -> str:
     """A few lines saying what a valid config will run."""
     lines = [f"{source}: ok"]
     for m in config.models:
-        what = m.model or m.url or m.profile
+        what = m.model or ", ".join(m.pool) or m.profile
         lines.append(
             f"  model {m.name}: {m.engine} {what}, replicas {m.min_replicas}..{m.replicas_max}, "
             f"{m.gpus} GPU(s) each"

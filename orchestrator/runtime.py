@@ -74,6 +74,7 @@ def launch_spec(model: ModelConfig, environ: Mapping[str, str] | None = None) ->
         engine=model.engine,
         model=model.model,
         url=model.url,
+        urls=tuple(model.urls or ()),
         gpus_per_replica=model.gpus,
         concurrency_limit=limit or 16,
         extra_args=tuple(model.vllm_args),
@@ -163,7 +164,9 @@ class Runtime:
         """Start every model's minimum replicas; with ``wait_ready_s``, wait as ``wait_ready``."""
         for model in self.config.models:
             first = model.initial_replicas or model.min_replicas
-            for _ in range(max(first, 1 if model.engine == "external" else 0)):
+            # An external model has a replica per pool URL at least (the pool is fixed).
+            least = len(model.pool) if model.engine == "external" else 0
+            for _ in range(max(first, least)):
                 await self.manager.start(self.specs[model.name])
         self._loop_task = asyncio.create_task(self._control_loop(), name="cato autoscaler")
         if wait_ready_s:

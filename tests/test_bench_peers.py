@@ -96,6 +96,9 @@ def test_a_missing_peer_is_skipped_with_a_message(tmp_path: Path) -> None:
     assert result.skipped is not None and "not installed" in result.skipped
 
 
+POOL = [f"http://127.0.0.1:{port}" for port in range(9001, 9007)]
+
+
 def test_cato_is_told_the_slas_and_the_profile_in_wall_time(tmp_path: Path) -> None:
     """At speed 0.25 every SLA is 4 times longer and the prior 4 times slower."""
     from orchestrator.config import parse_config
@@ -104,12 +107,13 @@ def test_cato_is_told_the_slas_and_the_profile_in_wall_time(tmp_path: Path) -> N
     from orchestrator.runtime import prior_rates
 
     setup = peers.CatoSetup(scenario("rq2").defaults(), "codellama-7b@a100", speed=0.25)
-    text = peers.cato_config(_MODEL, 6, "http://127.0.0.1:9", "cato_triage", setup, tmp_path)
+    text = peers.cato_config(_MODEL, POOL, "cato_triage", setup, tmp_path)
     config = parse_config(text, "peers.toml")
     assert config.scheduler.policy == "cato_triage"
+    assert config.models[0].urls == POOL and config.models[0].min_replicas == len(POOL)
     assert (config.tasks.complete.sla_metric, config.tasks.complete.sla_ms) == ("ttft", 2000)
     assert (config.tasks.summarize.sla_metric, config.tasks.summarize.sla_ms) == ("e2e", 24000)
     slow = sped_up(load_profile("codellama-7b@a100"), 0.25)
     assert prior_rates(config.models[0]) == Rates.from_profile(slow)
-    plain = parse_config(peers.cato_config(_MODEL, 6, "http://127.0.0.1:9"), "peers.toml")
+    plain = parse_config(peers.cato_config(_MODEL, POOL), "peers.toml")
     assert plain.tasks.complete.sla_ms == 500 and prior_rates(plain.models[0]) == Rates()

@@ -33,7 +33,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -470,8 +470,8 @@ def _argv(
     if is_cato(name):
         config = folder / f"{name}.toml"
         policy = "cato_triage" if name == "cato-triage" else "cato"
-        config.write_text(cato_config(model, len(urls), urls[0], policy, setup, folder))
-        return [py, "-m", "orchestrator.bench.peers", "serve-cato", str(config), str(port), *urls]
+        config.write_text(cato_config(model, urls, policy, setup, folder))
+        return [py, "-m", "orchestrator.bench.peers", "serve-cato", str(config), str(port)]
     if name.startswith("vllm-router"):
         policy = "power_of_two" if name.endswith("pow2") else "round_robin"
         exe = _exe("vllm-router")
@@ -537,18 +537,17 @@ def _require_module(module: str, package: str) -> None:
 
 def cato_config(
     model: str,
-    replicas: int,
-    url: str,
+    urls: Sequence[str],
     policy: str = "cato",
     setup: CatoSetup | None = None,
     folder: Path | None = None,
 ) -> str:
-    """A ``cato.toml`` with one external model of ``replicas`` fixed replicas; with a
-    ``setup``, its SLAs and a rate-prior profile (written to ``folder``) in wall time."""
+    """A ``cato.toml`` with one external model over a pool of ``urls`` (a replica each);
+    with a ``setup``, its SLAs and a rate-prior profile (written to ``folder``) in wall time."""
     text = (
         '[server]\nhost = "127.0.0.1"\n\n'
-        f'[[models]]\nname = "{model}"\nengine = "external"\nurl = "{url}"\n'
-        f"min_replicas = {replicas}\nmax_replicas = {replicas}\nconcurrency_limit = 256\n"
+        f'[[models]]\nname = "{model}"\nengine = "external"\nurls = {json.dumps(list(urls))}\n'
+        "concurrency_limit = 256\n"
     )
     if setup is not None:
         stretched = sped_up(load_profile(setup.profile), setup.speed)
@@ -566,23 +565,11 @@ def cato_config(
 # --------------------------------------------------------------------------- front ends
 
 
-def serve_cato(config_path: str, port: int, urls: Sequence[str]) -> None:
-    """``cato serve`` with its external model's replicas spread over ``urls``.
-
-    ``[[models]]`` takes one ``url`` per model; each replica the runtime starts here
-    takes the next URL, so one model has one replica per emulator.
-    """
+def serve_cato(config_path: str, port: int) -> None:
+    """``cato serve`` on 127.0.0.1 (its config's ``urls`` pool: one replica per engine)."""
     from orchestrator.commands.serve import run_service, serve
     from orchestrator.config import load_config
-    from orchestrator.replicas.manager import ReplicaManager
 
-    cycle = iter(list(urls) * 1000)
-    original = ReplicaManager.start
-
-    async def start(self: ReplicaManager, spec: Any) -> Any:
-        return await original(self, replace(spec, url=next(cycle)))
-
-    ReplicaManager.start = start  # type: ignore[method-assign]
     run_service(serve(load_config(config_path), "127.0.0.1", port, None))
 
 
@@ -870,7 +857,6 @@ def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover
     cato = sub.add_parser("serve-cato")
     cato.add_argument("config")
     cato.add_argument("port", type=int)
-    cato.add_argument("urls", nargs="+")
     ray_ = sub.add_parser("serve-ray")
     ray_.add_argument("port", type=int)
     ray_.add_argument("urls", nargs="+")
@@ -878,7 +864,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover
     ray_.add_argument("--max-ongoing", type=int, default=256)
     args = parser.parse_args(argv)
     if args.what == "serve-cato":
-        serve_cato(args.config, args.port, args.urls)
+        serve_cato(args.config, args.port)
     else:
         serve_ray(args.port, args.urls, args.tuned, args.max_ongoing)
     return 0
