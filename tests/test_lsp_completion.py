@@ -110,6 +110,16 @@ async def wait_for_state(editor: Editor, state: str, timeout_s: float = WAIT_S) 
             await asyncio.sleep(0.05)
 
 
+async def settings_hold(editor: Editor, sla_ms: float) -> None:
+    """Until the server's settings have this completion SLA."""
+    async with asyncio.timeout(WAIT_S):
+        while True:
+            tasks = (await editor.command("cato.status"))["settings"]["tasks"]
+            if tasks.get("complete", {}).get("sla_ms") == sla_ms:
+                return
+            await asyncio.sleep(0.05)
+
+
 def texts(result: Any) -> list[str]:
     assert isinstance(result, types.InlineCompletionList)
     return [str(item.insert_text) for item in result.items]
@@ -245,13 +255,17 @@ async def test_the_prompt_shrinks_to_what_the_replicas_can_prefill_within_the_sl
     big = "".join(f"value_{i} = compute(value_{i - 1}, {i})\n" for i in range(1, 2_000))
     text = big + SOURCE
     line = text.count("\n") - 4  # "    items = "
+    editor = await start(options_for(tmp_path, emulator))
+    uri = (tmp_path / "big.py").as_uri()
+    editor.open(uri, text)
+    await wait_for_state(editor, "ready")  # the replicas' rates are known from here
     used = {}
     for sla_ms in (60_000.0, 60.0):
-        options = options_for(tmp_path, emulator, tasks={"complete": {"slaMs": sla_ms}})
-        editor = await start(options)
-        uri = (tmp_path / f"big_{int(sla_ms)}.py").as_uri()
-        editor.open(uri, text)
-        await wait_for_state(editor, "ready")  # the replicas' rates are known from here
+        editor.client.set_configuration({"tasks": {"complete": {"slaMs": sla_ms}}}, section="cato")
+        editor.client.workspace_did_change_configuration(
+            types.DidChangeConfigurationParams(settings=None)
+        )
+        await settings_hold(editor, sla_ms)
         await editor.inline(uri, line, 12)
         status = await editor.command("cato.status")
         used[sla_ms] = status["completions"]["context_tokens"]
