@@ -557,6 +557,27 @@ class ProvisionerConfig(_Section):
     downscaling_factor: float = Field(default=1.0, gt=0)
 
 
+ClusterBackend = Literal["local", "ray"]
+
+
+class ClusterConfig(_Section):
+    """Where replicas run: ``local`` child processes on ``[gpus] devices``, or ``ray``
+    actors placed on the nodes of a Ray cluster (its GPUs, not ``[gpus]``).
+
+    ``address``: ``"auto"`` joins the cluster ``ray start`` set up on this machine,
+    ``"ray://host:10001"`` or ``"host:6379"`` a remote one, ``"local"`` starts a
+    one-node cluster inside the service."""
+
+    backend: ClusterBackend = "local"
+    address: str = Field(default="auto", min_length=1)
+
+    @model_validator(mode="after")
+    def _address_for_ray(self) -> ClusterConfig:
+        if self.backend == "local" and "address" in self.model_fields_set:
+            _raise_if([("address", 'only for backend = "ray"')])
+        return self
+
+
 class CatoConfig(_Section):
     """The whole ``cato.toml``."""
 
@@ -566,6 +587,7 @@ class CatoConfig(_Section):
     tasks: TasksConfig = Field(default_factory=TasksConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     provisioner: ProvisionerConfig = Field(default_factory=ProvisionerConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
     @model_validator(mode="after")
     def _cross_check(self) -> CatoConfig:
@@ -602,6 +624,8 @@ class CatoConfig(_Section):
         return problems
 
     def _gpu_fit(self) -> list[tuple[str, str]]:
+        if self.cluster.backend != "local":
+            return []  # the cluster's nodes say what fits, once the service is up
         available = len(self.gpus.devices)
         problems: list[tuple[str, str]] = []
         for i, model in enumerate(self.models):

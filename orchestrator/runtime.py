@@ -25,6 +25,7 @@ from orchestrator.policy.admission import Admission, make_admission, resolve_adm
 from orchestrator.policy.provisioner import ClusterView, ModelView, ReplicaView, make_provisioner
 from orchestrator.policy.scheduler import make_scheduler
 from orchestrator.policy.state import Call, Rates
+from orchestrator.replicas.cluster import make_launcher
 from orchestrator.replicas.launchers import LaunchSpec
 from orchestrator.replicas.manager import (
     Lifecycle,
@@ -142,12 +143,18 @@ class Runtime:
         for model in config.models:
             self.orchestrator.set_prior(model.name, prior_rates(model))
         self.orchestrator.on_call_done = self._on_call_done
+        settings = settings or ManagerSettings()
         self.manager = ReplicaManager(
             self.orchestrator,
-            gpus=list(config.gpus.devices),
             workdir=self.workdir,
             settings=settings,
             clock=clock,
+            launcher=make_launcher(
+                config.cluster,
+                gpus=list(config.gpus.devices),
+                workdir=self.workdir,
+                host=settings.host,
+            ),
         )
         self.provisioner = make_provisioner(config=config.provisioner)
         self.specs = {m.name: launch_spec(m) for m in config.models}
