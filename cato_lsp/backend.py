@@ -152,14 +152,24 @@ class EmbeddedOrchestrator:
         `PREFILL_SHARE` of the SLA, the rest is for the first token, the network and the
         estimate's error."""
         runtime = self._runtime
-        if not self._started or runtime is None:
+        if runtime is None:
             return None
         config = runtime.config
         task = config.task(TaskKind.COMPLETE)
         name = model or task.model or config.models[0].name
         target_ms = sla_ms if sla_ms is not None else task.sla_ms
         within_s = target_ms / 1000.0 * PREFILL_SHARE
-        return runtime.orchestrator.prompt_tokens_within(name, within_s)
+        if self._started:
+            return runtime.orchestrator.prompt_tokens_within(name, within_s)
+        # Still starting (the request will wait for it): the model's prior rates, so that
+        # the first suggestion is not asked with a prompt too long for its SLA.
+        from orchestrator.runtime import prior_rates
+
+        try:
+            rates = prior_rates(config.model(name))
+        except KeyError:
+            return None
+        return max(0, int((within_s - rates.overhead_s) / max(rates.prefill_s_per_token, 1e-9)))
 
     def describe(self) -> str:
         return f"embedded ({self.config_path or 'built-in default'})"

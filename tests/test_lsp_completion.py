@@ -361,6 +361,7 @@ async def test_a_burst_of_keystrokes_aborts_stale_requests_upstream(
     editor = await start(options)
     uri = (tmp_path / "burst.py").as_uri()
     editor.open(uri, "def total(values):\n    return \n")
+    await wait_for_state(editor, "ready")  # requests reach the replica, not a starting runtime
     before = await wait_idle(slow_emulator.url)
 
     pending = []

@@ -541,3 +541,13 @@ def test_the_experience_benchmark_types_into_an_empty_line_of_a_file_of_the_size
     assert 60 * 1024 <= len(text.encode()) < 61 * 1024
     assert lines[line] == "" and lines[line - 1] == "def main(values, offset):"
     assert lines[line + 1] == "    return result"
+
+
+def test_before_the_replicas_are_up_the_prompt_fits_the_models_prior_rates() -> None:
+    backend = EmbeddedOrchestrator(None)  # the built-in default: emulated tiny@cpu
+    backend.fim_family(None)  # builds the runtime without starting it
+    tight = backend.prompt_fit(None, None)  # the configured 500 ms completion SLA
+    assert tight is not None and 0 < tight < 1536 + 512
+    slack = backend.prompt_fit(None, 60_000.0)
+    assert slack is not None and slack > 1536 + 512
+    assert make_backend("remote", url="http://127.0.0.1:9").prompt_fit(None, None) is None
