@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from processes import wait_for
 
@@ -123,3 +124,59 @@ async def test_replicas_spread_over_nodes_and_survive_a_node_loss(
         )
     finally:
         await rt.stop()
+
+
+async def test_scale_up_places_replicas_where_gpus_are_free(cluster: Any, tmp_path: Path) -> None:
+    """Two replicas to start; each start takes the node with the most free GPUs, and
+    once all six are taken a start is refused (the provisioner sees no free GPU)."""
+    rt = Runtime(ray_config(cluster.address, 2), workdir=tmp_path, settings=FAST)
+    try:
+        await rt.start(wait_ready_s=120)
+        spec = rt.specs["tiny"]
+        for _ in range(4):
+            assert await rt.manager.start(spec) is not None
+        assert await rt.manager.start(spec) is None
+        assert rt.manager.slots.free_by_node() == dict.fromkeys(rt.manager.slots.free_by_node(), 0)
+        assert rt.cluster_view(0.0).free_gpus == 0
+        await wait_for(
+            lambda: len(rt.manager.of_model("tiny", Lifecycle.READY)) == 6, "six ready", 90
+        )
+        per_node: dict[str, int] = {}
+        for r in rt.manager.replicas.values():
+            assert r.placement is not None
+            per_node[r.placement.node] = per_node.get(r.placement.node, 0) + 1
+        assert sorted(per_node.values()) == [2, 2, 2]
+    finally:
+        await rt.stop()
+
+
+async def test_cato_serve_on_ray_answers_the_openai_client(cluster: Any, tmp_path: Path) -> None:
+    from openai import AsyncOpenAI
+
+    from orchestrator.bench.live_serve import start_service, wait_ready
+    from orchestrator.bench.peers import free_port
+
+    text = (
+        f"[cluster]\nbackend = 'ray'\naddress = '{cluster.address}'\n\n"
+        "[[models]]\nname = 'tiny'\nengine = 'emulated'\nspeed = 8.0\n"
+        "gpus_per_replica = 1\nmin_replicas = 3\nmax_replicas = 3\n"
+    )
+    service = start_service(text, tmp_path, free_port())
+    try:
+        async with aiohttp.ClientSession() as session:
+            await wait_ready(service, session, 120)
+            async with session.get(service.url + "/v1/status") as resp:
+                status = await resp.json()
+        assert status["gpus_total"] == 6 and status["gpus_free"] == 3
+        assert len([r for r in status["replicas"] if r["state"] == "ready"]) == 3
+        client = AsyncOpenAI(base_url=service.url + "/v1", api_key="unused", max_retries=0)
+        async with client:
+            done = await client.completions.create(model="tiny", prompt="def f(x):", max_tokens=8)
+            assert done.choices[0].text and done.usage is not None
+            stream = await client.completions.create(
+                model="tiny", prompt="def g(y):", max_tokens=8, stream=True
+            )
+            chunks = [c.choices[0].text async for c in stream if c.choices]
+            assert "".join(chunks)
+    finally:
+        service.stop()
