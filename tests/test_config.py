@@ -19,9 +19,9 @@ from orchestrator.config import (
     parse_config,
 )
 from orchestrator.graphs import build_graph, make_call
+from orchestrator.policy.admission import NetSlackAdmission, SlackAdmission
 from orchestrator.policy.provisioner import PROVISIONERS
 from orchestrator.policy.scheduler import SCHEDULERS, CatoScheduler, make_scheduler
-from orchestrator.policy.admission import NetSlackAdmission, SlackAdmission
 from orchestrator.runtime import admission_policy, task_defaults
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
