@@ -117,6 +117,7 @@ async def test_replicas_spread_over_nodes_and_survive_a_node_loss(
         replaced_s = time.monotonic() - lost_at
         nodes = {r.placement.node for r in rt.manager.replicas.values() if r.placement}
         assert target not in nodes
+        assert len(rt.manager.replicas) == 4  # replaced once: no extra start on the side
         assert all([(await run_one(rt)).type == "done" for _ in range(4)])
         print(
             f"node loss: {len(victims)} replicas replaced in {replaced_s:.1f} s; "
@@ -180,3 +181,35 @@ async def test_cato_serve_on_ray_answers_the_openai_client(cluster: Any, tmp_pat
             assert "".join(chunks)
     finally:
         service.stop()
+
+
+async def test_a_killed_actor_is_replaced_not_restarted_in_place(
+    cluster: Any, tmp_path: Path
+) -> None:
+    """An actor killed on a live node: its place is gone; a fresh replica (new id, new
+    actor) takes over and the old one's GPU is free again."""
+    from orchestrator.replicas.ray_launcher import RayReplica
+
+    rt = Runtime(ray_config(cluster.address, 2), workdir=tmp_path, settings=FAST)
+    try:
+        await rt.start(wait_ready_s=120)
+        victim, survivor = sorted(rt.manager.replicas.values(), key=lambda r: r.id)
+        assert isinstance(victim.handle, RayReplica)
+        ray.kill(victim.handle.actor)
+        await wait_for(
+            lambda: (
+                victim.id not in rt.manager.replicas
+                and len(rt.manager.of_model("tiny", Lifecycle.READY)) == 2
+            ),
+            "a replacement READY",
+            60,
+        )
+        assert victim.gave_up is False and victim.restarts == 0  # replaced, not restarted
+        assert survivor.state is Lifecycle.READY and survivor.restarts == 0
+        assert len(rt.manager.replicas) == 2 and rt.manager.slots.free == 4
+        assert "lost its place; replaced" in [
+            t.why for t in rt.manager.transitions if t.replica_id == victim.id
+        ]
+        assert (await run_one(rt)).type == "done"
+    finally:
+        await rt.stop()

@@ -448,19 +448,21 @@ class ReplicaManager:
         await self._forget(rep, f"retired after {recent} restarts")
 
     async def _replace(self, rep: ManagedReplica) -> None:
-        """Its place is gone: forget the replica and start a fresh one elsewhere (runs in
-        the replica's own supervision task, which ends right after)."""
+        """Its place is gone: start a fresh replica elsewhere, then forget this one (runs
+        in the replica's own supervision task, which ends right after). It stays listed,
+        FAILED, until its replacement is, so the provisioner does not start one too."""
         log.error("replica %s: its node or actor is gone; starting a replacement", rep.id)
+        if rep.placement is not None:
+            self.slots.release(rep.placement)
+            rep.placement = None
+        await self.launcher.release(rep.id)
+        fresh = None if self._closing else await self.start(rep.spec)
+        if fresh is None and not self._closing:
+            log.warning("model %s: no free GPUs for %s's replacement yet", rep.spec.name, rep.id)
         if self.replicas.get(rep.id) is rep:
             del self.replicas[rep.id]
         rep.state = Lifecycle.STOPPED
         await self._forget(rep, "lost its place; replaced")
-        if not self._closing:
-            fresh = await self.start(rep.spec)
-            if fresh is None:
-                log.warning(
-                    "model %s: no free GPUs for %s's replacement yet", rep.spec.name, rep.id
-                )
 
     def _set(self, rep: ManagedReplica, state: Lifecycle, why: str = "") -> None:
         rep.state = state
