@@ -50,5 +50,5 @@ def test_the_ray_backend_without_ray_says_how_to_install_it(
 
     monkeypatch.setattr(builtins, "__import__", no_ray)
     config = parse_config("[cluster]\nbackend = 'ray'\n" + MODEL)
-    with pytest.raises(RuntimeError, match=r"needs Ray, which is not installed: pip install"):
+    with pytest.raises(ConfigError, match=r"needs Ray, which is not installed: pip install"):
         Runtime(config, workdir=tmp_path)

@@ -220,6 +220,9 @@ def run(args: argparse.Namespace) -> int:
     except PortInUse as exc:
         print(f"cato serve: {exc}", file=sys.stderr)
         return 1
+    except ConfigError as exc:  # found at start: an unset api_key_env, Ray missing
+        print(exc, file=sys.stderr)
+        return 2
     except KeyboardInterrupt:  # Ctrl-C before the service was up
         return 130
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from orchestrator.config import ClusterConfig
+from orchestrator.config import ClusterConfig, ConfigError
 from orchestrator.replicas.backend import Launcher
 from orchestrator.replicas.local import LocalLauncher
 
@@ -16,7 +16,9 @@ def make_launcher(
     """``local``: processes on ``gpus`` bound to ``host``; ``ray``: actors on the
     cluster at ``cluster.address`` (a clear error when Ray is not installed)."""
     if cluster.backend == "ray":
-        from orchestrator.replicas.ray_launcher import RayLauncher
+        from orchestrator.replicas.ray_launcher import RAY_MISSING, RayLauncher, ray_installed
 
+        if not ray_installed():
+            raise ConfigError("[cluster]", [RAY_MISSING])
         return RayLauncher(address=cluster.address, workdir=workdir)
     return LocalLauncher(gpus=gpus, workdir=workdir, host=host)

@@ -49,6 +49,14 @@ def import_ray() -> Any:
     return ray
 
 
+def ray_installed() -> bool:
+    try:
+        import_ray()
+    except RuntimeError:
+        return False
+    return True
+
+
 @cache
 def _actor_class() -> Any:
     """The replica actor, defined once Ray is importable."""
