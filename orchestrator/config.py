@@ -826,6 +826,8 @@ def summary(config: CatoConfig, source: str) -> str:
         t = config.task(kind)
         lines.append(f"  task {kind.value}: {t.model}, {t.sla_metric} <= {t.sla_ms:g} ms")
     lines.append(f"  scheduler {config.scheduler.policy}, provisioner {config.provisioner.policy}")
+    if config.cluster.backend == "ray":
+        lines.append(f"  replicas on the Ray cluster at {config.cluster.address}")
     return "\n".join(lines)
 
 

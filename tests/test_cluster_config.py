@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.config import ConfigError, parse_config
+from orchestrator.config import ConfigError, parse_config, summary
 from orchestrator.replicas.local import LocalLauncher
 from orchestrator.runtime import Runtime
 
@@ -28,6 +28,7 @@ def test_ray_gpus_come_from_the_cluster_not_gpus_devices() -> None:
     """No ``[gpus]`` list is needed: the nodes' GPUs are counted once the service runs."""
     config = parse_config("[cluster]\nbackend = 'ray'\naddress = 'ray://head:10001'\n" + MODEL)
     assert (config.cluster.backend, config.cluster.address) == ("ray", "ray://head:10001")
+    assert "replicas on the Ray cluster at ray://head:10001" in summary(config, "cato.toml")
     with pytest.raises(ConfigError, match=re.escape("1 GPUs per replica but gpus.devices has 0")):
         parse_config(MODEL)
 
