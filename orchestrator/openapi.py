@@ -163,6 +163,29 @@ def _get(
     return {"get": op}
 
 
+def _history() -> dict[str, Any]:
+    """``/v1/status/history``: the service's last hour of 5 s samples (``history.py``)."""
+    ok = {
+        "description": "Samples (oldest first) and scale events, as the dashboard reads them",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
+    op = _get(
+        "The last hour of status samples, every 5 s",
+        ok,
+        extra={"400": _error("since is not a number")},
+    )
+    op["get"]["parameters"] = [
+        {
+            "name": "since",
+            "in": "query",
+            "required": False,
+            "description": "only the samples after this time (Unix seconds)",
+            "schema": {"type": "number"},
+        }
+    ]
+    return op
+
+
 def openapi_document(version: str = "1") -> dict[str, Any]:
     """The service's OpenAPI 3.1 document."""
     _, schemas = models_json_schema(_MODELS, ref_template=REF)
@@ -191,6 +214,7 @@ def openapi_document(version: str = "1") -> dict[str, Any]:
         ),
         "/v1/models": _get("The served models", _json(ModelList, "The served models")),
         "/v1/status": _get("Replicas, queues and SLA attainment", _json(Status, "Status")),
+        "/v1/status/history": _history(),
         "/health": _get(
             "200 once a replica is ready",
             _text("ok"),

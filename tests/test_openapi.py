@@ -85,6 +85,7 @@ def test_the_served_document_is_the_generated_one(service_url: str) -> None:
         "/v1/chat/completions",
         "/v1/models",
         "/v1/status",
+        "/v1/status/history",
         "/health",
         "/metrics",
         "/openapi.json",
