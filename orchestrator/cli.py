@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("orchestrator.commands.serve", "run the team service over managed replicas"),
     "status": ("orchestrator.commands.status", "show a running service's replicas and SLAs"),
     "emulate": ("orchestrator.emulator.cli", "run a vLLM-compatible engine emulator"),
-    "config": ("orchestrator.config", "check a cato.toml or hash a bearer token"),
+    "config": ("orchestrator.commands.config", "check a cato.toml or hash a bearer token"),
     "models": ("orchestrator.models.cli", "prepare servable model folders from packaged weights"),
     "bench": ("orchestrator.bench.cli", "simulate, benchmark and compare schedulers"),
     "plan": ("orchestrator.bench.plan", "smallest replica count that meets a goodput target"),

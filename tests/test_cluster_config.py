@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.config import ConfigError, parse_config, summary
+from orchestrator.commands.config import summary
+from orchestrator.config import ConfigError, parse_config
 from orchestrator.replicas.local import LocalLauncher
 from orchestrator.runtime import Runtime
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from orchestrator.api import SLAMetric, TaskKind, TaskRequest
+from orchestrator.commands.config import main
 from orchestrator.config import (
     TASK_DEFAULTS,
     CatoConfig,
     ConfigError,
     hash_token,
     load_config,
-    main,
     parse_config,
 )
 from orchestrator.graphs import build_graph, make_call
