@@ -657,3 +657,16 @@ def pid_alive(pid: int) -> bool:
     except (FileNotFoundError, IndexError):
         return False
     return state != "Z"
+
+
+async def test_more_than_four_stop_strings_are_refused_as_vllm_does(
+    emulator: RunningEmulator,
+) -> None:
+    body = {"model": MODEL, "prompt": "x", "max_tokens": 2, "stop": ["a", "b", "c", "d", "e"]}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(emulator.url + "/v1/completions", json=body) as resp:
+            assert resp.status == 400
+            assert "at most 4 items" in (await resp.json())["error"]["message"]
+        body["stop"] = body["stop"][:4]
+        async with http.post(emulator.url + "/v1/completions", json=body) as resp:
+            assert resp.status == 200

@@ -224,8 +224,9 @@ def test_prepare_renders_the_family_template_and_its_stops(family: str) -> None:
     assert prepared is not None and prepared.mode == "line"
     template = get_template(family)
     assert prepared.request.prompt == template.render(prepared.prefix, prepared.suffix)
-    assert prepared.request.stop[0] == "\n"  # one line: the replica may stop there
-    assert set(template.stop) <= set(prepared.request.stop)
+    # One line: the replica may stop there; then the template's first stops, at most 4
+    # in all (a vLLM replica answers 400 to more).
+    assert prepared.request.stop == ["\n", *template.stop[:3]]
     assert prepared.request.max_tokens == settings.line_max_tokens
 
 
@@ -240,6 +241,9 @@ def test_prepare_block_mode_and_repo_level_snippets() -> None:
     assert prompt.startswith("<repo_name>w<file_sep>util.py\ndef parse_row(path):")
     assert "<file_sep><fim_prefix>a.py\ndef load(path):" in prompt
     assert "\n" not in prepared.request.stop
+    # The template's end token, then the block's own ends, 4 stops in all.
+    template = get_template("starcoder2")
+    assert prepared.request.stop == [template.stop[0], "\ndef ", "\nclass ", "\nasync def "]
 
 
 def test_prepare_puts_snippets_in_comments_for_file_level_families() -> None:

@@ -617,3 +617,14 @@ def test_json_fast_path_raises_what_json_loads_raises(text: str) -> None:
     with pytest.raises(json.JSONDecodeError) as theirs:
         json.loads(text)
     assert str(ours.value) == str(theirs.value)
+
+
+def test_a_call_sends_at_most_four_stop_strings() -> None:
+    """vLLM answers 400 to more; the first ones (the caller's most important) are kept."""
+    from orchestrator.replicas.request_body import MAX_STOPS, request_body
+
+    stops = ["\n", "<|endoftext|>", "a", "b", "c", "d"]
+    body = request_body(
+        "m", max_tokens=4, stop=stops, temperature=0.0, seed=None, priority=None, extra=None
+    )
+    assert MAX_STOPS == 4 and body["stop"] == stops[:4]

@@ -39,7 +39,9 @@ from cato_lsp.syntax import trim_to_parse
 from orchestrator.api import TaskKind, TaskRequest
 
 _BINARY_PROBE: Final = 4_096
-_MAX_STOPS: Final = 16
+# A replica takes at most 4 stop strings (vLLM's and OpenAI's limit; the orchestrator
+# sends no more): the line's or block's own ends first, then the template's.
+_MAX_STOPS: Final = 4
 
 
 def ends_line(text: str) -> bool:
@@ -272,8 +274,8 @@ def prepare(
         # Only the first line is kept: the replica may stop there by itself.
         max_tokens = min(max_tokens or settings.line_max_tokens, settings.line_max_tokens)
         stop = ["\n", *stop]
-    else:
-        stop = [*_block_stops(doc.language), *stop]
+    else:  # the template's end token first: the block's ends must not crowd it out
+        stop = [*stop[:1], *_block_stops(doc.language), *stop[1:]]
     request = TaskRequest(
         kind=TaskKind.COMPLETE,
         prompt=prompt,

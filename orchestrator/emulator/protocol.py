@@ -28,6 +28,8 @@ _COMMON_FIELDS = frozenset(
         "no_stop_trim", "return_hidden_states",
     }
 )  # fmt: skip
+# vLLM's request models (like OpenAI's API) take at most this many stop strings.
+MAX_STOPS = 4
 COMPLETION_FIELDS = _COMMON_FIELDS | {"prompt", "echo", "suffix", "best_of"}
 CHAT_FIELDS = _COMMON_FIELDS | {
     "messages",
@@ -210,6 +212,10 @@ def _stop(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         return (value,)
     if isinstance(value, list) and all(isinstance(s, str) for s in value):
+        if len(value) > MAX_STOPS:  # as vLLM's request model (and OpenAI's API)
+            raise ApiError(
+                400, f"stop: List should have at most {MAX_STOPS} items, not {len(value)}", "stop"
+            )
         return tuple(value)
     raise ApiError(400, "stop must be a string or a list of strings.", "stop")
 

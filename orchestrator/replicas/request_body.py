@@ -7,6 +7,10 @@ from typing import Any
 
 from orchestrator.replicas.errors import ReplicaHTTPError
 
+# vLLM's OpenAI server (like OpenAI's API) takes at most 4 stop strings and answers 400
+# to more; callers list the ones that matter most first.
+MAX_STOPS = 4
+
 
 def root_url(base_url: str) -> str:
     """Accept ``http://host:port`` as well as the OpenAI-style ``http://host:port/v1``."""
@@ -32,7 +36,7 @@ def request_body(
         "stream_options": {"include_usage": True},
     }
     if stop:
-        body["stop"] = list(stop)
+        body["stop"] = list(stop)[:MAX_STOPS]
     if seed is not None:
         body["seed"] = seed
     if priority is not None:
