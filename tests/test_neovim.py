@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from processes import group_alive
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNNER = ROOT / "editors" / "neovim" / "tests" / "run"
@@ -55,16 +56,6 @@ def _find_nvim() -> str:
     )
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _run_spec(spec: str, env_extra: dict[str, str]) -> str:
     """Run one spec in its own process group; fail if it fails or leaves processes behind."""
     env = {
@@ -88,9 +79,9 @@ def _run_spec(spec: str, env_extra: dict[str, str]) -> str:
         output, _ = proc.communicate()
         pytest.fail(f"the {spec} spec ran past {RUN_LIMIT_S} s:\n{output}")
     deadline = time.monotonic() + GRACE_S
-    while _group_alive(proc.pid) and time.monotonic() < deadline:
+    while group_alive(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    leftover = _group_alive(proc.pid)
+    leftover = group_alive(proc.pid)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, output

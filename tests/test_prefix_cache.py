@@ -10,21 +10,11 @@ from openai import AsyncOpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.emulator.process import launch_emulator
-from orchestrator.engine_model import EngineModel, EngineProfile, block_hashes
+from orchestrator.engine_model import EngineModel, block_hashes
 from orchestrator.sim.engine import FusedEngine
+from tests.test_engine_model import SMALL
 
-PROFILE = EngineProfile(
-    name="small",
-    step_overhead_s=0.010,
-    prefill_s_per_token=0.0001,
-    decode_s_per_seq=0.001,
-    kv_read_s_per_token=0.000001,
-    max_num_seqs=8,
-    max_num_batched_tokens=256,
-    block_size=16,
-    num_kv_blocks=512,
-    max_model_len=2048,
-)
+PROFILE = SMALL  # the engine-model tests' small engine
 BLOCK_CHARS = 16 * 4
 
 

@@ -154,24 +154,6 @@ def test_a_broken_usage_chunk_is_a_protocol_error() -> None:
 # --------------------------------------------------------------------------- client
 
 
-@pytest.fixture
-async def serve() -> AsyncIterator[Serve]:
-    """Start aiohttp apps on 127.0.0.1 (random port); return their base URLs."""
-    runners: list[web.AppRunner] = []
-
-    async def start(app: web.Application) -> str:
-        runner = web.AppRunner(app, shutdown_timeout=0.1)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        runners.append(runner)
-        host, port = runner.addresses[0][:2]
-        return f"http://{host}:{port}"
-
-    yield start
-    for runner in runners:
-        await runner.cleanup()
-
-
 async def relay_call(url: str, **options: Any) -> tuple[Relay, list[tuple[bytes, int]]]:
     async with ReplicaClient(url) as client:
         relay, reads = client.relay_completion("m", "p", max_tokens=3, **options)
