@@ -18,7 +18,7 @@ from pathlib import Path
 
 from orchestrator.api import Status, TaskKind
 from orchestrator.config import CatoConfig, ConfigError, ModelConfig, load_config
-from orchestrator.engine_model import load_profile, sped_up
+from orchestrator.engine_model import EngineProfile, load_profile, sped_up
 from orchestrator.executor import Orchestrator
 from orchestrator.graphs import BUILTIN_KINDS, KindDefaults, TaskDefaults
 from orchestrator.policy.admission import Admission, make_admission, resolve_admission
@@ -90,30 +90,30 @@ def launch_spec(model: ModelConfig, environ: Mapping[str, str] | None = None) ->
 
 def admission_policy(config: CatoConfig) -> Admission | None:
     """``[scheduler] admission`` resolved for the scheduler, with the engine profiles of
-    the models that have one (emulated ones always): step costs the slack admission
-    uses until it can learn them from the replicas' rates."""
+    the models that have one: step costs the slack admission uses until it can learn
+    them from the replicas' rates."""
     name = resolve_admission(config.scheduler.admission, config.scheduler.policy)
     if name == "none":
         return None
-    profiles = {
-        m.name: sped_up(load_profile(m.profile), m.speed)
-        if m.engine == "emulated"
-        else load_profile(m.profile)
-        for m in config.models
-        if m.engine == "emulated" or "profile" in m.model_fields_set
-    }
+    profiles = {m.name: p for m in config.models if (p := engine_profile(m)) is not None}
     return make_admission(name, profiles=profiles)
+
+
+def engine_profile(model: ModelConfig) -> EngineProfile | None:
+    """The engine profile a model's replicas follow, as far as the service knows: always
+    for emulated replicas (they run it, sped up), else the ``profile`` set in cato.toml."""
+    if model.engine == "emulated":
+        return sped_up(load_profile(model.profile), model.speed)
+    if "profile" in model.model_fields_set:
+        return load_profile(model.profile)
+    return None
 
 
 def prior_rates(model: ModelConfig) -> Rates:
     """The scheduler's starting point for a model before it has measured anything: its
-    engine profile where one applies (always for emulated replicas, which run it), else
-    the generic default."""
-    if model.engine == "emulated":
-        return Rates.from_profile(sped_up(load_profile(model.profile), model.speed))
-    if "profile" in model.model_fields_set:
-        return Rates.from_profile(load_profile(model.profile))
-    return Rates()
+    engine profile where one applies, else the generic default."""
+    profile = engine_profile(model)
+    return Rates() if profile is None else Rates.from_profile(profile)
 
 
 class Runtime:
