@@ -264,6 +264,11 @@ class ModelConfig(_Section):
     # FCFS and answers 400), then not to that replica; "on": always; "off": never (and
     # vLLM replicas are then started without --scheduling-policy priority).
     priority: PriorityMode = "auto"
+    # Whether the model's engines cache prompt prefixes (vLLM's automatic prefix
+    # caching, on by default in vLLM V1): replicas CATO starts are told (emulated ones
+    # get --enable-prefix-caching, vLLM ones --no-enable-prefix-caching when false),
+    # and the scheduler's affinity routes by the prefixes each replica was sent.
+    prefix_cache: bool = True
 
     @model_validator(mode="after")
     def _check_engine(self) -> ModelConfig:
@@ -330,6 +335,17 @@ class ModelConfig(_Section):
             problems += _profile_problems(self.profile)
         if engine != "emulated" and "speed" in self.model_fields_set:
             problems.append(("speed", f"only for engine 'emulated', not {engine!r}"))
+        contrary = (
+            "--enable-prefix-caching" if not self.prefix_cache else "--no-enable-prefix-caching"
+        )
+        if contrary in self.vllm_args:
+            problems.append(
+                (
+                    "prefix_cache",
+                    f"is {str(self.prefix_cache).lower()}, but vllm_args has {contrary}: "
+                    "set prefix_cache alone",
+                )
+            )
         policy = _flag_value(self.vllm_args, "--scheduling-policy")
         if self.priority == "on" and policy not in (None, "priority"):
             problems.append(

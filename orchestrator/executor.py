@@ -30,11 +30,12 @@ from dataclasses import dataclass
 
 from orchestrator.api import ReplicaInfo, Status, TaskEvent, TaskRequest, Usage
 from orchestrator.dispatch import DispatchCore, DispatchError
+from orchestrator.engine_model import block_hashes
 from orchestrator.graphs import Node, TaskDefaults, TaskGraph
 from orchestrator.metrics import Recorder
 from orchestrator.policy.admission import Admission, make_admission, resolve_admission
 from orchestrator.policy.scheduler import Scheduler, make_scheduler
-from orchestrator.policy.state import Call, Rates, ReplicaState
+from orchestrator.policy.state import Call, PrefixIndex, Rates, ReplicaState
 from orchestrator.profiler import Profiler
 from orchestrator.replicas.openai_client import (
     Finished,
@@ -122,6 +123,9 @@ class Orchestrator:
             on_outcome=self._on_outcome,
         )
         self._priors: dict[str, Rates] = {}
+        # model -> (tokens per KV block, KV blocks per replica) where its engines cache
+        # prompt prefixes: see ``set_prefix_cache``.
+        self._prefix_caches: dict[str, tuple[int, int]] = {}
         self._run_ids = itertools.count(1)
         for spec in replicas:
             self.add_replica(spec)
@@ -136,6 +140,39 @@ class Orchestrator:
         """The service rates assumed for a model's replicas before they are measured."""
         self._priors[model] = rates
 
+    def set_prefix_cache(self, model: str, block_tokens: int | None, blocks: int = 0) -> None:
+        """Whether a model's engines cache prompt prefixes (``block_tokens`` None: not).
+
+        Where they do, and the scheduler routes by cached prefixes
+        (``Scheduler.tracks_prefixes``), each replica of the model tracks the prompts it
+        was sent (a ``PrefixIndex`` of at most ``blocks`` blocks, its engine's KV cache)
+        and every call of the model carries its prompt's block hashes, hashed as the
+        engine model hashes them (``engine_model.block_hashes``), so an emulator counts
+        the same blocks as hits."""
+        if block_tokens is None:
+            self._prefix_caches.pop(model, None)
+        else:
+            if block_tokens < 1 or blocks < 1:
+                raise ValueError("block_tokens and blocks must be >= 1")
+            self._prefix_caches[model] = (block_tokens, blocks)
+        for rep in self._replicas.values():
+            if rep.spec.model == model:
+                rep.state.prefixes = self._prefix_index(model)
+
+    def _prefix_index(self, model: str) -> PrefixIndex | None:
+        cache = self._prefix_caches.get(model)
+        if cache is None or not self.scheduler.tracks_prefixes:
+            return None
+        return PrefixIndex(*cache)
+
+    def prompt_hashes(self, model: str, prompt: str) -> tuple[int, ...]:
+        """The block hashes a call of ``model`` with this prompt carries (none where its
+        engines cache nothing or the scheduler does not route by them)."""
+        cache = self._prefix_caches.get(model)
+        if cache is None or not prompt or not self.scheduler.tracks_prefixes:
+            return ()
+        return block_hashes(prompt, cache[0])
+
     def add_replica(self, spec: ReplicaSpec, *, ready: bool = True) -> None:
         rates = spec.rates or self._priors.get(spec.model) or Rates()
         self._priors.setdefault(spec.model, Rates(**_rate_fields(rates)))
@@ -146,6 +183,7 @@ class Orchestrator:
             rates=Rates(**_rate_fields(rates)),
             accepting=ready,
             idle_since=self.clock() if ready else None,
+            prefixes=self._prefix_index(spec.model),
         )
         lifecycle = "ready" if ready else "pending"
         client = ReplicaClient(spec.url, priority=spec.priority, api_key=spec.api_key)
@@ -189,6 +227,8 @@ class Orchestrator:
         rep = self._replicas.get(replica_id)
         if rep is not None:
             rep.restarts += 1
+            if rep.state.prefixes is not None:  # a new process starts with an empty cache
+                rep.state.prefixes = self._prefix_index(rep.spec.model)
 
     async def remove_replica(self, replica_id: str) -> None:
         rep = self._replicas.pop(replica_id, None)

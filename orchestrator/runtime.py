@@ -36,6 +36,11 @@ from orchestrator.replicas.manager import (
 
 log = logging.getLogger(__name__)
 
+# A model's prefix cache where no engine profile says more: vLLM's block size, and the
+# KV blocks of a 7B model on one 80 GB GPU (the codellama-7b@a100 profile's).
+DEFAULT_BLOCK_TOKENS = 16
+DEFAULT_KV_BLOCKS = 7200
+
 
 def task_defaults(config: CatoConfig) -> TaskDefaults:
     """The graphs' per-kind defaults with the config's models, SLAs and budgets."""
@@ -70,6 +75,17 @@ def launch_spec(model: ModelConfig, environ: Mapping[str, str] | None = None) ->
     limit = model.effective_concurrency_limit()
     if limit is None and model.engine == "emulated":
         limit = load_profile(model.profile).max_num_seqs
+    extra = list(model.vllm_args)
+    if model.engine == "emulated":  # the emulator caches nothing unless asked
+        extra.append(
+            "--enable-prefix-caching" if model.prefix_cache else "--no-enable-prefix-caching"
+        )
+    elif (
+        model.engine == "vllm"
+        and not model.prefix_cache
+        and "--no-enable-prefix-caching" not in extra
+    ):
+        extra.append("--no-enable-prefix-caching")  # vLLM V1 caches by default
     return LaunchSpec(
         name=model.name,
         engine=model.engine,
@@ -78,7 +94,7 @@ def launch_spec(model: ModelConfig, environ: Mapping[str, str] | None = None) ->
         urls=tuple(model.urls or ()),
         gpus_per_replica=model.gpus,
         concurrency_limit=limit or 16,
-        extra_args=tuple(model.vllm_args),
+        extra_args=tuple(extra),
         profile=model.profile,
         speed=model.speed,
         max_model_len=model.max_model_len,
@@ -107,6 +123,18 @@ def engine_profile(model: ModelConfig) -> EngineProfile | None:
     if "profile" in model.model_fields_set:
         return load_profile(model.profile)
     return None
+
+
+def prefix_cache(model: ModelConfig) -> tuple[int, int] | None:
+    """(tokens per KV block, KV blocks per replica) of a model whose engines cache
+    prompt prefixes, from its engine profile where it has one, else vLLM's block size
+    and the KV cache of a 7B model on one 80 GB GPU; None where they cache nothing."""
+    if not model.prefix_cache:
+        return None
+    profile = engine_profile(model)
+    if profile is None:
+        return DEFAULT_BLOCK_TOKENS, DEFAULT_KV_BLOCKS
+    return profile.block_size, profile.num_kv_blocks
 
 
 def prior_rates(model: ModelConfig) -> Rates:
@@ -142,6 +170,8 @@ class Runtime:
         )
         for model in config.models:
             self.orchestrator.set_prior(model.name, prior_rates(model))
+            if (cache := prefix_cache(model)) is not None:
+                self.orchestrator.set_prefix_cache(model.name, *cache)
         self.orchestrator.on_call_done = self._on_call_done
         settings = settings or ManagerSettings()
         self.manager = ReplicaManager(

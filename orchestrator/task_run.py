@@ -315,6 +315,7 @@ class TaskRun:
             task_id=self.request.id,
             kind=self.request.kind.value,
             shed_late=graph.on_late == "shed",
+            block_hashes=self.orch.prompt_hashes(graph.model, node.prompt),
         )
 
     async def _llm(self, graph: TaskGraph, node: Node, deadline: float) -> str:

@@ -263,6 +263,10 @@ async def _run_point(
         clock=clock,
         window_s=_KEEP_ALL_S,
     )
+    if scenario.prefix_caching:  # the emulators cache prefixes: affinity routes by them
+        for plan in scenario.models:
+            profile = load_profile(plan.profile)
+            orch.set_prefix_cache(plan.name, profile.block_size, profile.num_kv_blocks)
     tracker = UtilizationTracker()
     urls = [rep.emulator.url for rep in replicas]
     lengths_before = await length_counts(urls)

@@ -77,6 +77,8 @@ def serve_config(scenario: Scenario, policy: str, provisioner: str, speed: float
             f"gpus_per_replica = {1 if scenario.gpus else 0}\n"
             f"min_replicas = {low}\nmax_replicas = {high}\ninitial_replicas = {first}\n"
             f"concurrency_limit = {limit}\n"
+            # as in the simulated twin (rq1-rq3 without, sessions with)
+            f"prefix_cache = {str(scenario.prefix_caching).lower()}\n"
         )
     for kind, d in scenario.defaults().kinds.items():
         lines.append(
