@@ -547,7 +547,7 @@ class Orchestrator:
                         self._core.first_token(st, call.id, now)
                     st.tokens(call.id, count)
                     on_token("", now)
-                await sink.forward(data)
+                await sink.forward(data, last=relay.done)
         usage = relay.usage or Usage(
             prompt_tokens=call.prompt_tokens, completion_tokens=relay.chunks
         )

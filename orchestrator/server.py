@@ -283,8 +283,7 @@ class Service:
         async with contextlib.aclosing(self._run(req, user, reserved, graph=graph)) as batches:
             async for batch in batches:
                 await resp.write(b"".join(sse(_task_event_json(item)) for item in batch))
-        await resp.write(b"data: [DONE]\n\n")
-        await resp.write_eof()
+        await resp.write_eof(b"data: [DONE]\n\n")
         return resp
 
     # -- OpenAI-compatible ----------------------------------------------------------
@@ -352,18 +351,21 @@ class Service:
                 last = _last_event(batch, last)
         resp = out.resp
         if resp is None:
-            if last is None or last.type != "done":
+            if (last is None or last.type != "done") and not out.tail:
                 return _task_error(last)
             resp = await _open_sse(request)
+        # What is left goes out in one write with the end of the body (and with the
+        # head, when the whole stream came in one read).
+        parts = [out.tail]
         if last is not None and last.type == "error":
             err = {"error": {"message": last.error, "type": "InternalServerError", "code": 500}}
-            await resp.write(sse(json.dumps(err)))
+            parts.append(sse(json.dumps(err)))
         elif not out.forwarded:  # forwarded chunks had the finish reason and usage
-            await resp.write(writer.final(last))
+            parts.append(writer.final(last))
             if include_usage and last is not None and last.usage is not None:
-                await resp.write(writer.usage(last))
-        await resp.write(b"data: [DONE]\n\n")
-        await resp.write_eof()
+                parts.append(writer.usage(last))
+        parts.append(b"data: [DONE]\n\n")
+        await resp.write_eof(b"".join(parts))
         return resp
 
     async def _openai_whole(
@@ -568,13 +570,17 @@ class _TextStream:
         self.resp: web.StreamResponse | None = None
         self.gone = False
         self.forwarded = False  # the replica's chunks went out, not chunks framed here
+        self.tail = b""  # the stream's last read, written with the body's end
         self._handler = asyncio.current_task()
 
     async def write(self, texts: list[str]) -> None:
         await self._send(b"".join([self.writer.chunk(text) for text in texts if text]))
 
-    async def forward(self, data: bytes) -> None:
+    async def forward(self, data: bytes, *, last: bool = False) -> None:
         self.forwarded = True
+        if last:
+            self.tail += data
+            return
         await self._send(data)
 
     async def _send(self, data: bytes) -> None:

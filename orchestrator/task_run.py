@@ -39,12 +39,13 @@ OnDispatch = Callable[[Call], None]
 class ByteSink(Protocol):
     """Takes a final model call's stream as the replica framed it (vLLM's SSE events,
     ``[DONE]`` left out), one write per read; ``model`` is the name the client asked
-    for, ``keep_usage`` whether it wants the usage chunk."""
+    for, ``keep_usage`` whether it wants the usage chunk. ``last`` marks the read that
+    ended the stream: a sink may hold it and write it with the end of its response."""
 
     model: str
     keep_usage: bool
 
-    async def forward(self, data: bytes) -> None: ...
+    async def forward(self, data: bytes, *, last: bool = False) -> None: ...
 
 
 @dataclass(slots=True)

@@ -33,8 +33,7 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
 from types import TracebackType
 from typing import Any, Final, Protocol, Self, TypeVar
-
-import aiohttp
+from urllib.parse import urlsplit
 
 from orchestrator.config import PRIORITY_MODES, PriorityMode
 from orchestrator.replicas.errors import (
@@ -45,6 +44,7 @@ from orchestrator.replicas.errors import (
     ReplicaUnreachable,
     error_message,
 )
+from orchestrator.replicas.http1 import ConnectError, Pool, Response
 from orchestrator.replicas.progress import (
     Clock,
     Finished,
@@ -87,6 +87,7 @@ class _Fold(Protocol[_T]):
 Message = Mapping[str, Any]
 
 ERROR_BODY_LIMIT: Final = 64 * 1024
+TEXT_LIMIT: Final = 16 * 1024 * 1024  # the most of a small GET's body read (/metrics)
 DRAIN_S: Final = 1.0  # the longest wait for a stream's end after its [DONE]
 
 
@@ -123,32 +124,35 @@ class ReplicaClient:
         self.clock = clock
         self.priority_mode: PriorityMode = priority
         self.sends_priority = priority != "off"
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s
-        )
+        self._connect_timeout_s = connect_timeout_s
         self._read_timeout_s = read_timeout_s
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._limit = limit
         self._keepalive_s = keepalive_s
-        self._session: aiohttp.ClientSession | None = None
+        self._path = urlsplit(self.base_url).path  # a base URL may sit under a path
+        self._pool: Pool | None = None
 
     # ---- lifecycle
 
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=self._limit, keepalive_timeout=self._keepalive_s)
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=self._timeout,
+    def _get_pool(self) -> Pool:
+        if self._pool is None or self._pool.closed:
+            self._pool = Pool(
+                self.base_url,
                 headers=self._headers,
-                cookie_jar=aiohttp.DummyCookieJar(),  # replicas set none: skip the jar per call
+                connect_timeout_s=self._connect_timeout_s,
+                keepalive_s=self._keepalive_s,
+                max_idle=self._limit,
             )
-        return self._session
+        return self._pool
+
+    def _target(self, url: str) -> str:
+        """The request target of ``url`` (one of this replica's)."""
+        return self._path + url[len(self.base_url) :]
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
 
     async def __aenter__(self) -> Self:
         return self
@@ -293,24 +297,19 @@ class ReplicaClient:
         connection or a read timeout raise, with ``after_first_token`` from ``fold``."""
         url = fold.url
         resp = await self._open(url, body)
-        content = resp.content
-        watch = _ReadWatch.start(resp, self._read_timeout_s)
+        resp.watch(self._read_timeout_s)
+        released = False
         try:
             while True:
                 try:
-                    if watch is None:
-                        chunk = await content.readany()
-                    else:
-                        watch.waiting_since = watch.loop.time()
-                        chunk = await content.readany()
-                        watch.waiting_since = None
+                    chunk = await resp.readany()
                 except TimeoutError as exc:
                     raise ReplicaTimeout(
                         "no data from replica within the read timeout",
                         after_first_token=fold.after_first_token,
                         url=url,
                     ) from exc
-                except (aiohttp.ClientError, OSError) as exc:
+                except OSError as exc:
                     raise fold.protocol_error(
                         f"stream broken: {type(exc).__name__}: {exc}"
                     ) from exc
@@ -323,15 +322,15 @@ class ReplicaClient:
                     break
                 if not chunk:
                     raise fold.protocol_error("stream ended without [DONE]")
-            if not content.is_eof():
-                await _drain(content)
+            if not resp.eof:
+                await _drain(resp)
             resp.release()
+            released = True
         finally:
-            if watch is not None:
-                watch.stop()
-            resp.close()
+            if not released:
+                resp.close()
 
-    async def _open(self, url: str, body: Mapping[str, Any]) -> aiohttp.ClientResponse:
+    async def _open(self, url: str, body: Mapping[str, Any]) -> Response:
         """Send the request and wait for the response head; raise on non-2xx.
 
         A refused ``priority`` is dealt with here, before any token: see the module doc.
@@ -363,12 +362,17 @@ class ReplicaClient:
                 exc.message,
             )
 
-    async def _post(self, url: str, body: Mapping[str, Any]) -> aiohttp.ClientResponse:
+    async def _post(self, url: str, body: Mapping[str, Any]) -> Response:
+        data = json.dumps(body).encode()
         try:
-            resp = await self._get_session().post(
-                url, json=body, headers={"Accept": "text/event-stream"}
+            resp = await self._get_pool().request(
+                "POST",
+                self._target(url),
+                data,
+                accept="text/event-stream",
+                head_timeout_s=self._read_timeout_s,
             )
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        except (TimeoutError, OSError) as exc:
             raise _before_response_error(exc, url) from exc
         if 200 <= resp.status < 300:
             return resp
@@ -382,11 +386,15 @@ class ReplicaClient:
     async def health(self, timeout_s: float = 2.0) -> bool:
         """True when ``GET /health`` answers 200 within ``timeout_s`` seconds."""
         try:
-            async with self._get_session().get(
-                self.base_url + "/health", timeout=aiohttp.ClientTimeout(total=timeout_s)
-            ) as resp:
-                return resp.status == 200
-        except (TimeoutError, aiohttp.ClientError, OSError):
+            async with asyncio.timeout(timeout_s):
+                resp = await self._get_pool().request("GET", self._path + "/health")
+                status = resp.status
+                try:
+                    await resp.read(ERROR_BODY_LIMIT)
+                finally:
+                    resp.release()
+                return status == 200
+        except (TimeoutError, OSError):
             return False
 
     async def models(self) -> list[str]:
@@ -408,98 +416,61 @@ class ReplicaClient:
     async def _get_text(self, path: str) -> str:
         url = self.base_url + path
         try:
-            resp = await self._get_session().get(url)
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            resp = await self._get_pool().request(
+                "GET", self._path + path, head_timeout_s=self._read_timeout_s
+            )
+        except (TimeoutError, OSError) as exc:
             raise _before_response_error(exc, url) from exc
         try:
             if not 200 <= resp.status < 300:
                 raise await _http_error(resp, url)
-            return await resp.text()
+            resp.watch(self._read_timeout_s)
+            return (await resp.read(TEXT_LIMIT)).decode("utf-8", errors="replace")
         except TimeoutError as exc:
             raise ReplicaTimeout(f"read timeout on {url}", url=url) from exc
-        except (aiohttp.ClientError, OSError) as exc:
+        except OSError as exc:
             raise ReplicaProtocolError(f"response broken: {exc}", url=url) from exc
         finally:
             resp.release()
 
 
-async def _drain(content: aiohttp.StreamReader) -> None:
+async def _drain(resp: Response) -> None:
     """Read what follows ``[DONE]`` (the chunked body's end) so that the connection goes
     back to the pool: one left unread is closed, and the next call pays a new connection.
     A replica that sends more, or nothing, is given ``DRAIN_S`` and then cut off."""
-    with contextlib.suppress(TimeoutError, aiohttp.ClientError, OSError):
+    with contextlib.suppress(TimeoutError, OSError):
         async with asyncio.timeout(DRAIN_S):
-            while await content.readany():
+            while await resp.readany():
                 pass
-
-
-class _ReadWatch:
-    """The read timeout of a streamed body: one timer per stream that checks how long
-    the current read has waited. aiohttp's own (``sock_read``, kept for the response
-    head) re-arms a timer at every chunk received, a timer per token."""
-
-    __slots__ = ("_handle", "content", "loop", "timeout_s", "waiting_since")
-
-    def __init__(self, content: aiohttp.StreamReader, timeout_s: float) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.content = content
-        self.timeout_s = timeout_s
-        self.waiting_since: float | None = None
-        self._handle: asyncio.TimerHandle | None = self.loop.call_later(timeout_s, self._check)
-
-    @classmethod
-    def start(cls, resp: aiohttp.ClientResponse, timeout_s: float | None) -> _ReadWatch | None:
-        """Take the body's read timeout over from aiohttp; None leaves it to aiohttp."""
-        conn = resp.connection
-        proto = conn.protocol if conn is not None else None
-        if not timeout_s or proto is None or not hasattr(proto, "read_timeout"):
-            return None
-        proto.read_timeout = None
-        return cls(resp.content, timeout_s)
-
-    def _check(self) -> None:
-        now = self.loop.time()
-        since = self.waiting_since
-        if since is not None and now - since >= self.timeout_s:
-            self._handle = None
-            self.content.set_exception(TimeoutError("no data within the read timeout"))
-            return
-        self._handle = self.loop.call_at(
-            (now if since is None else since) + self.timeout_s, self._check
-        )
-
-    def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
 
 
 def _before_response_error(exc: BaseException, url: str) -> ReplicaError:
     """Classify a failure that happened before any response head arrived."""
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return ReplicaUnreachable(f"connect timeout to {url}", url=url)
+    if isinstance(exc, ConnectError):
+        return ReplicaUnreachable(f"cannot reach {url}: {exc}", url=url)
     if isinstance(exc, TimeoutError):
         return ReplicaTimeout(f"no response head from {url} within the read timeout", url=url)
     return ReplicaUnreachable(f"cannot reach {url}: {type(exc).__name__}: {exc}", url=url)
 
 
-async def _read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+async def _read_limited(resp: Response, limit: int) -> bytes:
     """Up to ``limit`` bytes of the body; whatever arrived if reading it fails."""
     parts: list[bytes] = []
     size = 0
     try:
-        while size < limit:
-            chunk = await resp.content.read(limit - size)
-            if not chunk:
-                break
-            parts.append(chunk)
-            size += len(chunk)
-    except (TimeoutError, aiohttp.ClientError, OSError):
+        async with asyncio.timeout(DRAIN_S * 5):
+            while size < limit:
+                chunk = await resp.readany()
+                if not chunk:
+                    break
+                parts.append(chunk)
+                size += len(chunk)
+    except (TimeoutError, OSError):
         pass
-    return b"".join(parts)
+    return b"".join(parts)[:limit]
 
 
-async def _http_error(resp: aiohttp.ClientResponse, url: str) -> ReplicaHTTPError:
+async def _http_error(resp: Response, url: str) -> ReplicaHTTPError:
     """Build the error for a non-2xx response, with the OpenAI error message if any."""
     body = (await _read_limited(resp, ERROR_BODY_LIMIT)).decode("utf-8", errors="replace")
     try:
