@@ -41,10 +41,27 @@ def test_peer_body_is_the_call_cato_would_make() -> None:
     assert job.sla_metric is SLAMetric.E2E and job.sla_ms == 6000
 
 
-def test_multi_call_tasks_are_refused() -> None:
+def test_a_task_of_several_calls_reaches_a_peer_as_those_calls() -> None:
     request = TaskRequest(kind=TaskKind.TRANSLATE, code="x = 1\n" * 3000, target_language="go")
-    with pytest.raises(ValueError, match="peers take one"):
-        peers.make_job(request, _MODEL, scenario("rq2").defaults())
+    defaults = scenario("rq2").defaults()
+    job = peers.make_job(request, _MODEL, defaults)
+    nodes = build_graph(request, defaults).llm_nodes()
+    assert len(nodes) > 1
+    assert [b["prompt"] for b in job.peer_bodies] == [n.prompt for n in nodes]
+    assert job.cato_body["prompt"] == request.code  # CATO gets the task once
+    assert job.cato_body["cato"]["target_language"] == "go"
+
+
+def test_cato_is_told_whether_the_replicas_cache_prefixes(tmp_path: Path) -> None:
+    from orchestrator.config import parse_config
+
+    for name, caching in (("rq2", False), ("sessions", True)):
+        chosen = scenario(name)
+        setup = peers.CatoSetup(chosen.defaults(), "codellama-7b@a100", 0.5, chosen.prefix_caching)
+        text = peers.cato_config(_MODEL, POOL, "cato", setup, tmp_path)
+        assert parse_config(text, "peers.toml").models[0].prefix_cache is caching
+    plain = parse_config(peers.cato_config(_MODEL, POOL), "peers.toml")
+    assert plain.models[0].prefix_cache is False
 
 
 def test_cpu_of_a_process_tree_counts_its_children() -> None:
@@ -117,3 +134,35 @@ def test_cato_is_told_the_slas_and_the_profile_in_wall_time(tmp_path: Path) -> N
     assert prior_rates(config.models[0]) == Rates.from_profile(slow)
     plain = parse_config(peers.cato_config(_MODEL, POOL), "peers.toml")
     assert plain.tasks.complete.sla_ms == 500 and prior_rates(plain.models[0]) == Rates()
+
+
+def test_a_caching_run_reports_the_hit_rate_and_waits_for_every_call(
+    start_emulator: StartEmulator, tmp_path: Path
+) -> None:
+    """``direct`` over two caching emulators: completions that extend one file find its
+    earlier blocks on the emulator that served them; a translation of several chunks
+    ends with its last call."""
+    caching = ["--enable-prefix-caching"]
+    urls = [
+        start_emulator(model=_MODEL, profile="codellama-7b@a100", speed=4.0, extra_args=caching).url
+        for _ in range(2)
+    ]
+    defaults = scenario("sessions").defaults()
+    source = "".join(f"def f{i}(x):\n    return x + {i}\n" for i in range(200))
+    # even arrivals go to the first emulator, odd ones to the second: two growing files
+    completions = [
+        TaskRequest(kind=TaskKind.COMPLETE, prompt=f"# file {i % 2}\n" + source[: 1500 + 40 * i])
+        for i in range(8)
+    ]
+    translate = TaskRequest(kind=TaskKind.TRANSLATE, code=source[:3000], target_language="go")
+    jobs = [peers.make_job(r, _MODEL, defaults) for r in [*completions, translate]]
+    assert len(jobs[-1].peer_bodies) > 1
+    arrivals = [(0.2 * i, job) for i, job in enumerate(jobs)]
+    options = peers.PeersOptions(start_timeout_s=120.0, drain_s=60.0)
+    setup = peers.CatoSetup(defaults, "codellama-7b@a100", 4.0, prefix_cache=True)
+    result = peers.run_system("direct", urls, _MODEL, tmp_path, arrivals, [], options, setup)
+    assert result.requests == 9 and result.overall.errors == 0
+    assert result.kinds["translate"].e2e_p50_ms is not None
+    # every completion after the first of its file finds that file's earlier blocks (57% of
+    # the prompt tokens here, the translation's two chunks finding none)
+    assert result.prefix_hit_rate is not None and result.prefix_hit_rate > 0.4

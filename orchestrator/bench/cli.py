@@ -184,6 +184,13 @@ def _configure_peers(peers_cmd: argparse.ArgumentParser) -> None:
     )
     peers_cmd.add_argument("--duration", type=float, default=None, help="seconds of arrivals")
     peers_cmd.add_argument("--seed", type=int, default=0, help="seed of workload and arrivals")
+    peers_cmd.add_argument(
+        "--scenario",
+        choices=("rq2", "sessions"),
+        default="rq2",
+        help="the load and replicas (default rq2); sessions: editing sessions on replicas "
+        "that cache prefixes, with each system's prefix-cache hit rate",
+    )
     peers_cmd.add_argument("--out", type=Path, default=Path("bench-results/peers"))
 
 
@@ -401,9 +408,11 @@ def _run_peers(args: argparse.Namespace) -> int:
     duration = args.duration or (20.0 if args.quick else 60.0)
     rate = args.rate or 4.0
     if args.load is not None:
-        rate = args.load * capacity_rps(scenario("rq2"), workload)
+        rate = args.load * capacity_rps(scenario(args.scenario), workload)
     options = peers.PeersOptions(rate=rate, duration_s=duration, seed=args.seed, speed=args.speed)
-    result = peers.run_peers(workload, args.peers, options, log=err.print)
+    result = peers.run_peers(
+        workload, args.peers, options, log=err.print, scenario_name=args.scenario
+    )
     print(peers.markdown(result))
     err.print(f"wrote {', '.join(str(f) for f in peers.write(result, args.out))}")
     return 0

@@ -1,7 +1,7 @@
 """CATO next to the routers people deploy in front of vLLM, on the same load.
 
-One set of emulator processes (the rq2 scenario's replicas, real time) serves every
-system in turn: ``cato serve`` over HTTP, plain round robin from the client
+One set of emulator processes (the rq2 scenario's replicas, or another scenario's with
+one model) serves every system in turn: ``cato serve`` over HTTP, plain round robin from the client
 (``direct``, the floor), ``vllm-router`` (power of two, round robin), ``sglang-router``
 and a Ray Serve app (one fixed replica per engine, and Ray's autoscaling tuned; both with
 CPUs for every replica and the engine's concurrency per replica). Each system gets the same
@@ -15,6 +15,16 @@ the engine profile. With ``speed`` below 1 the emulators run that much slower th
 profile and every wall-clock interval is stretched by ``1 / speed`` (CATO's SLAs and
 rate prior included), so a load near the replicas' capacity stays within what two cores
 can route: that is how the comparison under pressure is run.
+
+Where the scenario's engines cache prompt prefixes (``sessions``), each system gets
+fresh emulators (a cache the system before warmed would favour the next), CATO's
+config says the replicas cache (``prefix_cache``, so it routes by affinity), and the
+emulators' vLLM counters give each system's prefix-cache hit rate: prompt tokens found
+cached over those looked up, from the end of the warm-up to the end of the run. The
+cache-aware peers are ``sglang-router`` (its default policy is ``cache_aware``) and
+``vllm-router-cache`` (``vllm-router --policy cache_aware``). A task CATO runs as several
+calls (a long module's translation, one call per chunk) reaches a peer as those calls
+at once, as a client would send them; it ends with the last.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.api import KindStats, SLAMetric, TaskKind, TaskRequest
 from orchestrator.bench.live import LiveOptions, launch_replicas, stop_replicas
@@ -53,6 +64,7 @@ PEER_GROUPS: dict[str, tuple[str, ...]] = {
     "cato-triage": ("cato-triage",),
     "vllm-router": ("vllm-router-pow2", "vllm-router-rr"),
     "sglang-router": ("sglang-router",),
+    "vllm-router-cache": ("vllm-router-cache",),
     "ray-serve": ("ray-serve", "ray-serve-tuned"),
 }
 # A fixed priority per kind, what a peer's user would configure (lower runs first).
@@ -88,6 +100,8 @@ class SystemResult:
     router_cpu_s: float
     requests: int
     skipped: str | None = None
+    # prompt tokens the engines found cached / looked up (None: they cache nothing)
+    prefix_hit_rate: float | None = None
 
     @property
     def cpu_ms_per_request(self) -> float | None:
@@ -100,6 +114,7 @@ class SystemResult:
             "requests": self.requests,
             "router_cpu_s": self.router_cpu_s,
             "cpu_ms_per_request": self.cpu_ms_per_request,
+            "prefix_hit_rate": self.prefix_hit_rate,
             "overall": self.overall.model_dump(),
             "kinds": {k: s.model_dump() for k, s in self.kinds.items()},
         }
@@ -116,9 +131,11 @@ class PeersRun:
     results: list[SystemResult] = field(default_factory=list)
     speed: float = 1.0
     capacity_rps: float | None = None
+    scenario: str = "rq2"
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "scenario": self.scenario,
             "rate": self.rate,
             "duration_s": self.duration_s,
             "seed": self.seed,
@@ -134,41 +151,51 @@ class PeersRun:
 
 @dataclass(frozen=True)
 class Job:
-    """One task as each kind of front end wants it."""
+    """One task as each kind of front end wants it: CATO's one request, and the model
+    calls a peer gets for it (one, but for a translation in several chunks)."""
 
     kind: str
     sla_metric: SLAMetric
     sla_ms: float
     cato_body: dict[str, Any]
-    peer_body: dict[str, Any]
+    peer_bodies: tuple[dict[str, Any], ...]
+
+    @property
+    def peer_body(self) -> dict[str, Any]:
+        return self.peer_bodies[0]
 
 
 def make_job(request: TaskRequest, model: str, defaults: TaskDefaults) -> Job:
-    """The CATO request, and the single model call a peer gets for it."""
+    """The CATO request, and the model calls a peer gets for it: those of the graph,
+    which must not depend on each other (a translation's chunks do not)."""
     graph = build_graph(request, defaults)
     nodes = graph.llm_nodes()
-    if len(nodes) != 1:
-        raise ValueError(f"{request.kind} tasks need {len(nodes)} calls; peers take one")
-    node = nodes[0]
+    if len(nodes) > 1 and any(graph.node(d).op == "llm" for n in nodes for d in n.deps):
+        raise ValueError(f"{request.kind} tasks chain {len(nodes)} calls; peers take one")
     text = request.prompt if request.kind is TaskKind.COMPLETE else request.code
     ext: dict[str, Any] = {"task": request.kind.value}
     if request.language:
         ext["language"] = request.language
+    if request.target_language:
+        ext["target_language"] = request.target_language
     common = {"model": model, "stream": True, "temperature": 0.0}
     cato = {**common, "prompt": text, "cato": ext}
     if request.max_tokens is not None:
         cato["max_tokens"] = request.max_tokens
     if request.context:
         cato["cato"] = ext  # context travels in the prompt for completions
-    peer = {
-        **common,
-        "prompt": node.prompt,
-        "max_tokens": node.max_tokens,
-        "stop": list(node.stop),
-        "priority": KIND_PRIORITY.get(request.kind.value, 0),
-    }
+    peers = tuple(
+        {
+            **common,
+            "prompt": node.prompt,
+            "max_tokens": node.max_tokens,
+            "stop": list(node.stop),
+            "priority": KIND_PRIORITY.get(request.kind.value, 0),
+        }
+        for node in nodes
+    )
     sla = defaults.for_kind(request.kind).sla
-    return Job(request.kind.value, sla.metric, sla.target_ms, cato, peer)
+    return Job(request.kind.value, sla.metric, sla.target_ms, cato, peers)
 
 
 @dataclass
@@ -202,6 +229,27 @@ async def _stream(session: aiohttp.ClientSession, url: str, body: dict[str, Any]
     return t
 
 
+async def _stream_all(
+    session: aiohttp.ClientSession, targets: Sequence[str], bodies: Sequence[dict[str, Any]]
+) -> _Timing:
+    """A task's calls at once (the ``n``-th to ``targets[n % len]``): its first text is
+    the first of any, it ends with the last, and is ok if every call was."""
+    if len(bodies) == 1:
+        return await _stream(session, targets[0], bodies[0])
+    loop = asyncio.get_running_loop()
+    arrival = loop.time()
+    parts = await asyncio.gather(
+        *(_stream(session, targets[n % len(targets)], b) for n, b in enumerate(bodies))
+    )
+    firsts = [p.first for p in parts if p.first is not None]
+    return _Timing(
+        arrival,
+        min(firsts) if firsts else None,
+        max(p.done for p in parts),
+        all(p.ok for p in parts),
+    )
+
+
 def _has_text(payload: bytes) -> bool:
     try:
         choices = json.loads(payload).get("choices") or []
@@ -228,7 +276,7 @@ async def drive(
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         for n, job in enumerate(warmup):
-            await _stream(session, targets[n % len(targets)], _body(job, cato))
+            await _stream_all(session, _rotate(targets, n), _bodies(job, cato))
         if before is not None:
             before()
         loop = asyncio.get_running_loop()
@@ -238,8 +286,8 @@ async def drive(
             delay = t0 + at / speed - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            target = targets[n % len(targets)]
-            tasks.append(asyncio.create_task(_stream(session, target, _body(job, cato))))
+            call = _stream_all(session, _rotate(targets, n), _bodies(job, cato))
+            tasks.append(asyncio.create_task(call))
         last = arrivals[-1][0] / speed if arrivals else 0.0
         _, late = await asyncio.wait(tasks, timeout=max(t0 + last + drain_s - loop.time(), 1))
         for task in late:
@@ -251,8 +299,14 @@ async def drive(
     ]
 
 
-def _body(job: Job, cato: bool) -> dict[str, Any]:
-    return job.cato_body if cato else job.peer_body
+def _bodies(job: Job, cato: bool) -> tuple[dict[str, Any], ...]:
+    return (job.cato_body,) if cato else job.peer_bodies
+
+
+def _rotate(targets: Sequence[str], n: int) -> list[str]:
+    """``targets`` starting at the ``n``-th: round robin over tasks (and their calls)."""
+    k = n % len(targets)
+    return [*targets[k:], *targets[:k]]
 
 
 def _record(n: int, job: Job, task: asyncio.Task[_Timing], t0: float, speed: float) -> TaskRecord:
@@ -424,11 +478,13 @@ def _tail(log: Path | None) -> str:
 class CatoSetup:
     """What CATO is told of the load, as its operator would write it in ``cato.toml``:
     the task kinds' SLAs and budgets (in the profile's time) and the replicas' engine
-    profile (its rate prior), both stretched to the emulators' ``speed``."""
+    profile (its rate prior), both stretched to the emulators' ``speed``, and whether
+    the replicas cache prompt prefixes."""
 
     defaults: TaskDefaults
     profile: str
     speed: float = 1.0
+    prefix_cache: bool = False
 
 
 def start_frontend(
@@ -473,7 +529,9 @@ def _argv(
         config.write_text(cato_config(model, urls, policy, setup, folder))
         return [py, "-m", "orchestrator.bench.peers", "serve-cato", str(config), str(port)]
     if name.startswith("vllm-router"):
-        policy = "power_of_two" if name.endswith("pow2") else "round_robin"
+        policy = {"pow2": "power_of_two", "cache": "cache_aware"}.get(
+            name.rsplit("-", 1)[1], "round_robin"
+        )
         exe = _exe("vllm-router")
         return [
             exe,
@@ -543,7 +601,8 @@ def cato_config(
     folder: Path | None = None,
 ) -> str:
     """A ``cato.toml`` with one external model over a pool of ``urls`` (a replica each);
-    with a ``setup``, its SLAs and a rate-prior profile (written to ``folder``) in wall time."""
+    with a ``setup``, its SLAs and a rate-prior profile (written to ``folder``) in wall
+    time, and whether the replicas cache prefixes (without one, they do not)."""
     text = (
         '[server]\nhost = "127.0.0.1"\n\n'
         f'[[models]]\nname = "{model}"\nengine = "external"\nurls = {json.dumps(list(urls))}\n'
@@ -554,6 +613,8 @@ def cato_config(
         where = (folder or Path(".")) / "replica-profile.toml"
         where.write_text(profile_toml(stretched, [f"{setup.profile} at speed {setup.speed:g}"]))
         text += f"profile = {json.dumps(str(where))}\n"
+    text += f"prefix_cache = {str(setup is not None and setup.prefix_cache).lower()}\n"
+    if setup is not None:
         for kind, d in setup.defaults.kinds.items():
             text += (
                 f"\n[tasks.{kind.value}]\nsla_metric = {json.dumps(d.sla.metric.value)}\n"
@@ -700,27 +761,40 @@ def run_peers(
     peers: Sequence[str],
     options: PeersOptions,
     log: Any = print,
+    scenario_name: str = "rq2",
 ) -> PeersRun:
-    """Every system over the same emulators and arrivals, one after the other."""
-    chosen = scenario("rq2")
+    """Every system over the same emulators and arrivals, one after the other (each on
+    fresh emulators where they cache prefixes)."""
+    chosen = scenario(scenario_name)
+    if len(chosen.models) != 1:
+        raise ValueError(
+            f"scenario {scenario_name!r} has {len(chosen.models)} models; peers take one"
+        )
     arrivals, warmup = jobs_for(chosen, workload, options)
     model = chosen.models[0].name
     live = LiveOptions(speed=options.speed, start_timeout_s=options.start_timeout_s)
-    setup = CatoSetup(chosen.defaults(), chosen.models[0].profile, options.speed)
-    replicas = launch_replicas(chosen, live, options.seed)
-    urls = [r.emulator.url for r in replicas]
+    setup = CatoSetup(
+        chosen.defaults(), chosen.models[0].profile, options.speed, chosen.prefix_caching
+    )
     run = PeersRun(
         options.rate,
         options.duration_s,
         options.seed,
-        len(urls),
+        chosen.models[0].replicas,
         speed=options.speed,
         capacity_rps=capacity_rps(chosen, workload),
+        scenario=chosen.name,
     )
+    fresh = chosen.prefix_caching
+    replicas = [] if fresh else launch_replicas(chosen, live, options.seed)
     try:
         with tempfile.TemporaryDirectory(prefix="cato-peers-") as tmp:
             for name in systems(peers):
                 log(f"{name}: starting")
+                if fresh:
+                    stop_replicas(replicas)
+                    replicas = launch_replicas(chosen, live, options.seed)
+                urls = [r.emulator.url for r in replicas]
                 result = run_system(name, urls, model, Path(tmp), arrivals, warmup, options, setup)
                 log(f"{name}: {result.skipped or _line(result)}")
                 run.results.append(result)
@@ -732,7 +806,10 @@ def run_peers(
 def _line(result: SystemResult) -> str:
     g = result.overall.goodput_rate
     cpu = result.cpu_ms_per_request
-    return f"goodput {100 * (g or 0):.1f}%, router CPU {cpu or 0:.2f} ms/request"
+    line = f"goodput {100 * (g or 0):.1f}%, router CPU {cpu or 0:.2f} ms/request"
+    if result.prefix_hit_rate is not None:
+        line += f", {100 * result.prefix_hit_rate:.1f}% of prompt tokens cached"
+    return line
 
 
 def run_system(
@@ -750,10 +827,12 @@ def run_system(
     except Unavailable as exc:
         return SystemResult(name, {}, KindStats(), 0.0, 0, skipped=f"skipped: {exc}")
     cpu_start: list[float] = []
+    cache_start: list[tuple[float, float] | None] = []
     pid = front.pid
 
     def before() -> None:
         cpu_start.append(proc_tree_cpu_s(pid) if pid is not None else 0.0)
+        cache_start.append(prefix_cache_counts(urls) if setup and setup.prefix_cache else None)
 
     try:
         records = asyncio.run(
@@ -770,6 +849,10 @@ def run_system(
         cpu = (proc_tree_cpu_s(pid) if pid is not None else 0.0) - cpu_start[0]
     finally:
         front.stop()
+    hit_rate = None
+    if cache_start and cache_start[0] is not None:
+        (queries0, hits0), (queries, hits) = cache_start[0], prefix_cache_counts(urls)
+        hit_rate = (hits - hits0) / (queries - queries0) if queries > queries0 else None
     kinds = sorted({r.kind for r in records})
     return SystemResult(
         name,
@@ -777,7 +860,24 @@ def run_system(
         kind_stats(records),
         cpu,
         len(records),
+        prefix_hit_rate=hit_rate,
     )
+
+
+def prefix_cache_counts(urls: Sequence[str]) -> tuple[float, float]:
+    """(prompt tokens looked up, found cached) so far, summed over the emulators at
+    ``urls`` (vLLM's ``prefix_cache_queries`` and ``prefix_cache_hits`` counters)."""
+    queries = hits = 0.0
+    for url in urls:
+        with urllib.request.urlopen(url + "/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "vllm:prefix_cache_queries_total":
+                    queries += sample.value
+                elif sample.name == "vllm:prefix_cache_hits_total":
+                    hits += sample.value
+    return queries, hits
 
 
 # --------------------------------------------------------------------------- report
@@ -795,7 +895,7 @@ def markdown(run: PeersRun) -> str:
     """The goodput/latency table per system and kind, and the overhead table."""
     load = f" ({100 * run.rate / run.capacity_rps:.0f}% of C)" if run.capacity_rps else ""
     lines = [
-        f"rq2 mix, {run.replicas} emulated replicas at speed {run.speed:g}, "
+        f"{run.scenario} mix, {run.replicas} emulated replicas at speed {run.speed:g}, "
         f"{run.rate:g} tasks/s{load} for {run.duration_s:g} s (profile time), seed {run.seed}",
         "",
         "| system | kind | goodput | TTFT p50 | p95 | p99 | E2E p50 | p95 | p99 |",
@@ -819,14 +919,21 @@ def overhead_table(run: PeersRun) -> list[str]:
     """CPU per request of the router's processes, and P50 latency above ``direct``'s."""
     direct = next((r for r in run.results if r.name == "direct" and not r.skipped), None)
     kinds = sorted({k for r in run.results for k in r.kinds})
-    head = "| system | goodput | router CPU ms/request | " + " | ".join(
-        f"{k} +TTFT p50 | {k} +E2E p50" for k in kinds
+    cached = any(r.prefix_hit_rate is not None for r in run.results)
+    head = (
+        "| system | goodput | "
+        + ("prompt tokens cached | " if cached else "")
+        + "router CPU ms/request | "
+        + " | ".join(f"{k} +TTFT p50 | {k} +E2E p50" for k in kinds)
     )
-    lines = [head + " |", "|---|---|---|" + "---|" * (2 * len(kinds))]
+    lines = [head + " |", "|---|---|---|" + "---|" * (2 * len(kinds) + cached)]
     for r in run.results:
         if r.skipped:
             continue
-        cells = [r.name, _pct(r.overall.goodput_rate), f"{r.cpu_ms_per_request or 0:.2f}"]
+        cells = [r.name, _pct(r.overall.goodput_rate)]
+        if cached:
+            cells.append(_pct(r.prefix_hit_rate))
+        cells.append(f"{r.cpu_ms_per_request or 0:.2f}")
         for k in kinds:
             mine = r.kinds.get(k) or KindStats()
             base = (direct.kinds.get(k) if direct else None) or KindStats()
