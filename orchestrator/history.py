@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from orchestrator.api import SLA, Status, TaskEvent
 from orchestrator.metrics import Recorder, TaskRecord, stats_by_kind
+from orchestrator.prometheus import Children
 
 log = logging.getLogger(__name__)
 
@@ -118,14 +119,16 @@ class UserUsage:
             raise ValueError("max_users must be >= 1")
         self.max_users = max_users
         self.totals: dict[str, tuple[int, int]] = {}
-        self._requests: Counter | None = None
-        self._tokens: Counter | None = None
+        self._requests: Children | None = None
+        self._tokens: Children | None = None
         if registry is not None:
-            self._requests = Counter(
-                "cato_user_requests", "Tasks ended, by user.", ["user"], registry=registry
+            self._requests = Children(
+                Counter("cato_user_requests", "Tasks ended, by user.", ["user"], registry=registry)
             )
-            self._tokens = Counter(
-                "cato_user_tokens", "Tokens used, by user.", ["user", "type"], registry=registry
+            self._tokens = Children(
+                Counter(
+                    "cato_user_tokens", "Tokens used, by user.", ["user", "type"], registry=registry
+                )
             )
 
     def name(self, user: str | None) -> str:
@@ -143,9 +146,9 @@ class UserUsage:
         requests, tokens = self.totals.get(name, (0, 0))
         self.totals[name] = (requests + 1, tokens + prompt + completion)
         if self._requests is not None and self._tokens is not None:
-            self._requests.labels(name).inc()
-            self._tokens.labels(name, "prompt").inc(prompt)
-            self._tokens.labels(name, "completion").inc(completion)
+            self._requests(name).inc()
+            self._tokens(name, "prompt").inc(prompt)
+            self._tokens(name, "completion").inc(completion)
 
 
 class History:

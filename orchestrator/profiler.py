@@ -27,6 +27,7 @@ Pure: nothing here reads a clock or does I/O; callers pass times in.
 
 from __future__ import annotations
 
+import functools
 import math
 from bisect import bisect_left, insort
 from collections import deque
@@ -113,19 +114,35 @@ class DeadlinePlan:
         self.keys = [profiler.key(n, graph.model) for n in graph.nodes]
         self.priors = [profiler.prior(n, graph.model) for n in graph.nodes]
         self.unbounded = [INF] * len(graph.nodes)  # the deadline of a node out of scope
-        scope = sla_scope(graph)
-        self.scoped = [i for i, n in enumerate(graph.nodes) if n.id in scope]
-        # Per scoped node, by its position in ``scoped``: the positions of its deps
-        # within the scope, and of its successors.
-        position = {graph.nodes[i].id: k for k, i in enumerate(self.scoped)}
-        self.deps: list[list[int]] = []
-        self.succ: list[list[int]] = [[] for _ in self.scoped]
-        for k, i in enumerate(self.scoped):
-            deps = graph.nodes[i].deps
-            self.deps.append([position[d] for d in deps if d in position])
-            for d in deps:
-                self.succ[position[d]].append(k)
+        shape = tuple((n.id, n.deps) for n in graph.nodes)
+        self.scoped, self.deps, self.succ = _edges(shape, graph.sla.metric, graph.final_node)
         self.edges = any(self.succ)
+
+
+@functools.lru_cache(maxsize=256)
+def _edges(
+    shape: tuple[tuple[str, tuple[str, ...]], ...], metric: SLAMetric, final: str | None
+) -> tuple[list[int], list[list[int]], list[list[int]]]:
+    """The scope of a graph's SLA (node positions) and, per scoped node by its position
+    in that list, the positions of its deps within the scope and of its successors.
+    Computed once per shape of graph (read only: callers never change them)."""
+    if metric is SLAMetric.E2E or final is None:
+        scope = {node_id for node_id, _ in shape}
+    else:
+        scope = {final}
+        for node_id, deps in reversed(shape):
+            if node_id in scope:
+                scope.update(deps)
+    scoped = [i for i, (node_id, _) in enumerate(shape) if node_id in scope]
+    position = {shape[i][0]: k for k, i in enumerate(scoped)}
+    dep_lists: list[list[int]] = []
+    succ: list[list[int]] = [[] for _ in scoped]
+    for k, i in enumerate(scoped):
+        deps = shape[i][1]
+        dep_lists.append([position[d] for d in deps if d in position])
+        for d in deps:
+            succ[position[d]].append(k)
+    return scoped, dep_lists, succ
 
 
 @dataclass

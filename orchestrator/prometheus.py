@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from orchestrator.api import Status, TaskEvent
@@ -28,6 +30,22 @@ _LATENCY_BUCKETS = (
     120,
 )
 _STATES = ("pending", "ready", "draining", "stopped", "failed")
+
+
+class Children:
+    """A labelled metric's children, each looked up once: ``labels()`` checks its
+    arguments and takes a lock on every call, several times per request otherwise.
+    For metrics whose children are never removed, with a bounded set of label values."""
+
+    def __init__(self, metric: Counter | Histogram) -> None:
+        self.metric = metric
+        self._cache: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._cache.get(values)
+        if child is None:
+            child = self._cache[values] = self.metric.labels(*values)
+        return child
 
 
 class ServiceMetrics:
@@ -57,21 +75,26 @@ class ServiceMetrics:
         self.in_flight = Gauge(
             "cato_in_flight_calls", "Model calls running on replicas.", registry=r
         )
+        self._requests = Children(self.requests)
+        self._ttft = Children(self.ttft)
+        self._e2e = Children(self.e2e)
+        self._sla = Children(self.sla)
 
     def observe_end(self, kind: str, last: TaskEvent | None) -> None:
         """Count one finished, failed or cancelled task from its last event."""
+        requests = self._requests
         if last is None or last.type not in ("done", "error"):
-            self.requests.labels(kind, "cancelled").inc()
+            requests(kind, "cancelled").inc()
             return
         if last.type == "error":
-            self.requests.labels(kind, "error").inc()
+            requests(kind, "error").inc()
             return
-        self.requests.labels(kind, "ok").inc()
+        requests(kind, "ok").inc()
         if last.ttft_ms is not None:
-            self.ttft.labels(kind).observe(last.ttft_ms / 1000.0)
+            self._ttft(kind).observe(last.ttft_ms / 1000.0)
         if last.e2e_ms is not None:
-            self.e2e.labels(kind).observe(last.e2e_ms / 1000.0)
-        self.sla.labels(kind, "met" if last.sla_met else "missed").inc()
+            self._e2e(kind).observe(last.e2e_ms / 1000.0)
+        self._sla(kind, "met" if last.sla_met else "missed").inc()
 
     def render(self, status: Status) -> bytes:
         self.replicas.clear()  # models that no longer have replicas drop out

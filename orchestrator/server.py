@@ -609,8 +609,15 @@ def _validation_message(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+class _EventStream(web.StreamResponse):
+    """An SSE response whose head goes out with its first bytes, in one write (aiohttp
+    sends a ``StreamResponse``'s head at ``prepare`` by itself, a write of its own)."""
+
+    _send_headers_immediately = False
+
+
 async def _open_sse(request: web.Request) -> web.StreamResponse:
-    resp = web.StreamResponse(
+    resp = _EventStream(
         headers={
             "Content-Type": "text/event-stream",
             "Cache-Control": "no-cache",
