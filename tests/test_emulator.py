@@ -565,7 +565,7 @@ async def test_200_concurrent_streams_lose_reorder_and_repeat_nothing(
 
 
 async def test_cold_start_answers_503_then_200(start_emulator: StartEmulator) -> None:
-    emu = start_emulator(cold_start_s=3.0, wait_ready=False)
+    emu = start_emulator(cold_start_s=6.0, wait_ready=False)  # counted from process start
     assert health_status(emu.url) == 503
     status, body = await post_raw(emu, "/v1/completions", b'{"model": "m", "prompt": "x"}')
     assert status == 503 and body["error"]["code"] == 503  # type: ignore[index]
