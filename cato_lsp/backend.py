@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Protocol
 
-import aiohttp
-
 from orchestrator.api import Status, TaskEvent, TaskKind, TaskRequest
 
 if TYPE_CHECKING:
+    from orchestrator.config import ModelConfig
     from orchestrator.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -71,7 +69,9 @@ class Orchestrator(Protocol):
 
 class EmbeddedOrchestrator:
     """The orchestrator in-process; its replicas start once, shared, at `warm` (the
-    server calls it at initialize) or on first use, whichever comes first.
+    server calls it at initialize) or on first use, whichever comes first. It is ready
+    once every model has one replica ready (`first_ready`); the others join as they
+    become ready.
 
     A request cancelled while the replicas start does not cancel the start; a start
     that fails is undone (its replicas stopped) so that the next request tries again.
@@ -97,7 +97,8 @@ class EmbeddedOrchestrator:
 
     async def _start(self, runtime: Runtime) -> Runtime:
         try:
-            await runtime.start(wait_ready_s=self.wait_ready_s)
+            await runtime.start(wait_ready_s=None)
+            await first_ready(runtime, self.wait_ready_s)
         except BaseException as exc:
             with contextlib.suppress(Exception):
                 await runtime.stop()
@@ -187,97 +188,35 @@ class EmbeddedOrchestrator:
         self._started = False
 
 
-class RemoteOrchestrator:
-    """A client of ``cato serve``: ``POST /v1/tasks`` streams ``TaskEvent`` as SSE."""
+async def first_ready(runtime: Runtime, timeout_s: float, poll_s: float = 0.01) -> None:
+    """Wait until every model has a READY replica (a model kept at zero replicas need not):
+    one is enough to serve, the model's other replicas join as they become ready.
 
-    def __init__(
-        self, url: str, token: str | None = None, *, connect_timeout_s: float = 3.0
-    ) -> None:
-        self.url = url.rstrip("/")
-        self._token = token
-        self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout_s, sock_read=120)
-        self._http_client: aiohttp.ClientSession | None = None
-
-    def _headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self._token}"} if self._token else {}
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._http_client is None or self._http_client.closed:
-            self._http_client = aiohttp.ClientSession(
-                timeout=self._timeout, headers=self._headers()
+    TimeoutError after ``timeout_s``, naming the models still waiting and the logs."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while waiting := [m.name for m in runtime.config.models if not _serving(runtime, m)]:
+        if loop.time() >= deadline:
+            raise TimeoutError(
+                f"no replica of {', '.join(waiting)} ready within {timeout_s:g} s; "
+                f"see their logs in {runtime.workdir}"
             )
-        return self._http_client
+        await asyncio.sleep(poll_s)
 
-    async def submit(self, request: TaskRequest) -> AsyncGenerator[TaskEvent, None]:
-        try:
-            resp = await self._http().post(
-                f"{self.url}/v1/tasks",
-                data=request.model_dump_json(exclude_none=True),
-                headers={"Content-Type": "application/json"},
-            )
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise BackendError(f"cannot reach {self.url}: {exc}") from exc
-        try:
-            await _check(resp, self.url)
-            async for line in resp.content:
-                if not line.startswith(b"data: "):
-                    continue
-                data = line[6:].strip()
-                if data == b"[DONE]":
-                    return
-                yield TaskEvent.model_validate_json(data)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise BackendError(f"lost the connection to {self.url}: {exc}") from exc
-        finally:
-            resp.close()  # before the end of the stream: the service cancels the task
 
-    async def warm(self) -> None:
-        """Nothing to start (the service runs its replicas), but a wrong URL or token is
-        reported now rather than at the first keystroke."""
-        await self.status()
+def _serving(runtime: Runtime, model: ModelConfig) -> bool:
+    """A READY replica, or none needed: no minimum and none on its first start."""
+    from orchestrator.replicas.manager import Lifecycle
 
-    async def status(self) -> Status:
-        try:
-            async with self._http().get(f"{self.url}/v1/status") as resp:
-                await _check(resp, self.url)
-                return Status.model_validate_json(await resp.read())
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise BackendError(f"cannot reach {self.url}: {exc}") from exc
-
-    def fim_family(self, model: str | None) -> str | None:
-        return None
-
-    def default_max_tokens(self, kind: TaskKind) -> int | None:
-        return None  # the service's config is its own
-
-    def prompt_fit(self, model: str | None, sla_ms: float | None) -> int | None:
-        return None  # the service does not publish its replicas' rates: fixed budgets
-
-    def describe(self) -> str:
-        return f"remote ({self.url})"
-
-    async def close(self) -> None:
-        if self._http_client is not None:
-            await self._http_client.close()
-            self._http_client = None
+    replicas = runtime.manager.of_model(model.name, Lifecycle.PENDING, Lifecycle.READY)
+    if any(r.state is Lifecycle.READY for r in replicas):
+        return True
+    first_start = any(r.state is Lifecycle.PENDING and r.restarts == 0 for r in replicas)
+    return model.min_replicas == 0 and not first_start
 
 
 def _failed(task: asyncio.Task[Runtime]) -> bool:
     return task.done() and (task.cancelled() or task.exception() is not None)
-
-
-async def _check(resp: aiohttp.ClientResponse, url: str) -> None:
-    if resp.status in (401, 403):
-        raise BackendError(f"{url} refused the token ({resp.status})", "unauthorized")
-    if resp.status != 200:
-        raise BackendError(f"{url} answered {resp.status}: {await _error_text(resp)}", "http")
-
-
-async def _error_text(resp: aiohttp.ClientResponse) -> str:
-    body = await resp.text()
-    with contextlib.suppress(ValueError, AttributeError, TypeError, KeyError):
-        return str(json.loads(body)["error"]["message"])
-    return body[:200]
 
 
 def make_backend(
@@ -287,5 +226,7 @@ def make_backend(
     if mode == "remote":
         if not url:
             raise BackendError("mode 'remote' needs a url", "config")
+        from cato_lsp.remote import RemoteOrchestrator  # aiohttp's client: remote mode only
+
         return RemoteOrchestrator(url, token)
     return EmbeddedOrchestrator(config)

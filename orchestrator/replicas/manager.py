@@ -30,7 +30,7 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -56,6 +56,7 @@ __all__ = [
     "ReplicaManager",
     "Transition",
     "free_port",
+    "ready_polls",
 ]
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,11 @@ class ManagedReplica:
 class ManagerSettings:
     host: str = "127.0.0.1"
     ready_timeout_s: float = 900.0
-    ready_poll_s: float = 0.2
+    # Readiness polls start ``ready_poll_first_s`` apart and double up to ``ready_poll_s``:
+    # a replica that starts in a second or two (an emulator) is seen ready within a few
+    # milliseconds, one that takes minutes (vLLM) is not polled harder for it.
+    ready_poll_s: float = 0.1
+    ready_poll_first_s: float = 0.01
     health_interval_s: float = 2.0
     health_timeout_s: float = 5.0
     health_failures_to_fail: int = 3
@@ -315,6 +320,7 @@ class ReplicaManager:
 
     async def _await_ready(self, rep: ManagedReplica, client: ReplicaClient) -> None:
         deadline = rep.started_at + self.settings.ready_timeout_s
+        pauses = ready_polls(self.settings.ready_poll_first_s, self.settings.ready_poll_s)
         while self.clock() < deadline and not self._closing and rep.state == Lifecycle.PENDING:
             if self._exited(rep):
                 self._fail(rep, f"{_exit_reason(rep)} while starting")
@@ -324,7 +330,7 @@ class ReplicaManager:
                 self._set(rep, Lifecycle.READY, f"ready after {rep.cold_start_s or 0.0:.1f} s")
                 self.orch.set_lifecycle(rep.id, "ready", rep.cold_start_s)
                 return
-            await self._pause(rep, self.settings.ready_poll_s)
+            await self._pause(rep, next(pauses))
         if not self._closing and rep.state == Lifecycle.PENDING:
             self._fail(rep, f"not ready within {self.settings.ready_timeout_s:.0f} s")
 
@@ -540,6 +546,15 @@ class ReplicaManager:
         )
         await asyncio.gather(*self._stopping.values(), return_exceptions=True)
         await self.launcher.close()
+
+
+def ready_polls(first_s: float, every_s: float) -> Iterator[float]:
+    """The pauses between a starting replica's readiness polls: ``first_s`` (1 ms at
+    least), doubling each time, then ``every_s`` for as long as it takes."""
+    pause = min(max(first_s, 0.001), every_s)
+    while True:
+        yield pause
+        pause = min(pause * 2.0, every_s)
 
 
 def _exit_reason(rep: ManagedReplica) -> str:
