@@ -7,7 +7,12 @@ user who pauses). It reports when the status said "ready" (the embedded replicas
 at initialize), the first suggestion's latency once ready and from opening the file,
 keystroke to suggestion as the client saw it, and what the server's `cato.status` says
 (its own keystroke-to-suggestion percentiles, TTFT, SLA attainment, prompt budget).
-Wall-clock figures: for a benchmark run, not for tests.
+
+With `--startup-runs N` it measures the start instead, as a user who opens a file and
+types at once: N fresh servers, each asked for a suggestion right after the file is
+open; it reports the median, least and most of the time to initialize, to the status
+saying "ready", and to the first suggestion (from opening the file and from spawning
+the server). Wall-clock figures: for a benchmark run, not for tests.
 """
 
 from __future__ import annotations
@@ -186,6 +191,86 @@ async def measure(
     }
 
 
+async def start_once(size_bytes: int, options: dict[str, Any]) -> dict[str, float | None]:
+    """One fresh server: spawn it, initialize, open the file and ask for a suggestion at
+    once (as a user who starts typing), timing each step until the first items."""
+    client = LanguageClient("cato-experience", "1")
+    marks: dict[str, float] = {}
+
+    def on_status(params: Any) -> None:
+        if getattr(params, "state", None) == "ready":
+            marks.setdefault("ready", time.perf_counter())
+
+    def ignore(params: Any) -> None:
+        return None
+
+    client.feature("cato/status")(on_status)
+    for method in (types.WINDOW_SHOW_MESSAGE, types.WINDOW_LOG_MESSAGE):
+        client.feature(method)(ignore)
+    spawned = time.perf_counter()
+    await client.start_io(sys.executable, "-m", "cato_lsp")
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "app.py"
+        text, line = python_file(size_bytes)
+        path.write_text(text, encoding="utf-8")
+        uri = path.as_uri()
+        await client.initialize_async(
+            types.InitializeParams(
+                capabilities=types.ClientCapabilities(
+                    text_document=types.TextDocumentClientCapabilities(
+                        inline_completion=types.InlineCompletionClientCapabilities()
+                    )
+                ),
+                initialization_options=options,
+                root_uri=Path(folder).as_uri(),
+            )
+        )
+        initialized = time.perf_counter()
+        client.initialized(types.InitializedParams())
+        client.text_document_did_open(
+            types.DidOpenTextDocumentParams(
+                types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text)
+            )
+        )
+        opened = time.perf_counter()
+        result = await client.text_document_inline_completion_async(
+            types.InlineCompletionParams(
+                context=types.InlineCompletionContext(
+                    trigger_kind=types.InlineCompletionTriggerKind.Automatic
+                ),
+                text_document=types.TextDocumentIdentifier(uri=uri),
+                position=types.Position(line=line, character=0),
+            )
+        )
+        answered = time.perf_counter()
+        shown = bool(result is not None and getattr(result, "items", None))
+        await client.shutdown_async(None)
+        client.exit(None)
+        await client.stop()  # type: ignore[no-untyped-call]
+    ready = marks.get("ready")
+    return {
+        "initialize_ms": (initialized - spawned) * 1000.0,
+        "ready_after_spawn_ms": None if ready is None else (ready - spawned) * 1000.0,
+        "open_to_first_suggestion_ms": (answered - opened) * 1000.0 if shown else None,
+        "spawn_to_first_suggestion_ms": (answered - spawned) * 1000.0 if shown else None,
+    }
+
+
+async def startup(size_bytes: int, options: dict[str, Any], runs: int) -> dict[str, Any]:
+    """`runs` fresh servers one after the other: the median, least and most of each step."""
+    results = [await start_once(size_bytes, options) for _ in range(runs)]
+    summary: dict[str, Any] = {"file_kb": round(size_bytes / 1024), "runs": runs}
+    summary["shown"] = sum(1 for r in results if r["open_to_first_suggestion_ms"] is not None)
+    for key in results[0]:
+        values = [v for r in results if (v := r[key]) is not None]
+        summary[key] = {
+            "p50": _round(statistics.median(values) if values else None),
+            "min": _round(min(values) if values else None),
+            "max": _round(max(values) if values else None),
+        }
+    return summary
+
+
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
@@ -198,6 +283,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--settings", default="{}", help="the server's settings as JSON, e.g. '{\"config\": ...}'"
     )
+    parser.add_argument(
+        "--startup-runs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead: start a fresh server N times, ask for a suggestion as soon as the "
+        "file is open, and report the medians of the start-up figures",
+    )
     args = parser.parse_args(argv)
     try:
         options = json.loads(args.settings)
@@ -205,7 +298,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--settings: not JSON: {exc}")
     if not isinstance(options, dict):
         parser.error("--settings: expected a JSON object")
-    result = asyncio.run(measure(args.size_kb * 1024, options, args.repeats, args.pause_ms / 1e3))
+    if args.startup_runs < 0:
+        parser.error("--startup-runs: expected N >= 0")
+    if args.startup_runs:
+        result = asyncio.run(startup(args.size_kb * 1024, options, args.startup_runs))
+    else:
+        result = asyncio.run(
+            measure(args.size_kb * 1024, options, args.repeats, args.pause_ms / 1e3)
+        )
     print(json.dumps(result, indent=2))
     return 0
 
