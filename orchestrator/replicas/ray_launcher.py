@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -176,7 +177,7 @@ class RayReplica:
 
     actor: Any
     node: str
-    _pid: int
+    _pid: int | None
     _gpus: tuple[int, ...]
     returncode: int | None = None
     dead: str | None = None  # why the actor is gone
@@ -229,6 +230,9 @@ class RayLauncher:
         self.workdir = workdir
         self._inventory = RayInventory(self.ray.nodes)
         self._actors: dict[str, Any] = {}
+        # Seconds each live replica's actor took to be placed (a worker process started
+        # on its node): part of its cold start that the manager does not see.
+        self.placed_in_s: dict[str, float] = {}
 
     @property
     def inventory(self) -> RayInventory:
@@ -247,12 +251,14 @@ class RayLauncher:
             )
             .remote(str(self.workdir / replica_id))
         )
+        asked = time.monotonic()
         try:
             host, port, node = await asyncio.wait_for(actor.where.remote(), PLACE_TIMEOUT_S)
         except Exception as exc:
             self.ray.kill(actor)
             raise LaunchError(f"no actor for {replica_id} on node {placement.node}: {exc}") from exc
         self._actors[replica_id] = actor
+        self.placed_in_s[replica_id] = time.monotonic() - asked
         return Address(f"http://{host}:{port}", port, node)
 
     async def start(
@@ -268,17 +274,26 @@ class RayLauncher:
             raise LaunchError(f"replica {replica_id}: its actor is gone")
         try:
             pid, gpus = await actor.start.remote(spec, api_key)
+        except self.ray.exceptions.RayActorError as exc:
+            # Its actor or node died (a restart in place raced the node's loss): a
+            # handle whose place is gone, so the manager replaces the replica elsewhere
+            # instead of retrying here until it retires it.
+            log.warning("replica %s: its actor is gone: %s", replica_id, type(exc).__name__)
+            handle = RayReplica(actor, address.node, None, (), dead=type(exc).__name__)
+            handle.done.set()
+            return handle
         except Exception as exc:
             raise LaunchError(f"replica {replica_id}: cannot start: {exc}") from exc
         handle = RayReplica(actor, address.node, pid, tuple(gpus))
         handle.poller = asyncio.create_task(self._poll(handle), name=f"poll {replica_id}")
         log.info(
-            "replica %s: started pid %d on node %s (%s, GPUs %s)",
+            "replica %s: started pid %d on node %s (%s, GPUs %s; actor placed in %.1f s)",
             replica_id,
             pid,
             address.node[:12],
             address.url,
             ",".join(map(str, gpus)) or "none",
+            self.placed_in_s.get(replica_id, 0.0),
         )
         return handle
 
@@ -307,6 +322,7 @@ class RayLauncher:
 
     async def release(self, replica_id: str) -> None:
         actor = self._actors.pop(replica_id, None)
+        self.placed_in_s.pop(replica_id, None)
         if actor is not None:
             try:
                 self.ray.kill(actor)
