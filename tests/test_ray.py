@@ -7,8 +7,8 @@ started. Marked ``ray`` (own stage: ``scripts/test-ray``); skipped without Ray.
 
 from __future__ import annotations
 
-import asyncio
-import time
+import os
+import statistics
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,37 +18,37 @@ import pytest
 from processes import wait_for
 
 from orchestrator.api import TaskEvent, TaskKind, TaskRequest
+from orchestrator.bench.ray_cluster import (
+    FAST,
+    LocalCluster,
+    NodeLossOptions,
+    local_cluster,
+    node_loss,
+    write_report,
+)
+from orchestrator.bench.ray_fleet import FleetOptions, fleet
 from orchestrator.config import config_from_dict
-from orchestrator.replicas.manager import Lifecycle, ManagerSettings
+from orchestrator.replicas.manager import Lifecycle
 from orchestrator.runtime import Runtime
 
 pytestmark = pytest.mark.ray
 ray = pytest.importorskip("ray")
-cluster_utils = pytest.importorskip("ray.cluster_utils")
 
-FAST = ManagerSettings(
-    ready_timeout_s=90.0,
-    ready_poll_s=0.1,
-    health_interval_s=0.3,
-    health_timeout_s=1.0,
-    health_failures_to_fail=2,
-    restart_backoff_s=0.2,
-    restart_backoff_max_s=1.0,
-)
-NODE = {"num_cpus": 2, "num_gpus": 2}
+NODE_GPUS = 2
 
 
 @pytest.fixture
-def cluster() -> Iterator[Any]:
+def cluster() -> Iterator[LocalCluster]:
     """A head and two workers, 2 logical GPUs each."""
-    c = cluster_utils.Cluster(initialize_head=True, head_node_args=NODE)
-    workers = [c.add_node(**NODE) for _ in range(2)]
-    c.wait_for_nodes()
-    c.workers = workers
-    yield c
-    if ray.is_initialized():
-        ray.shutdown()
-    c.shutdown()
+    with local_cluster(NODE_GPUS) as c:
+        yield c
+
+
+def report(name: str, lines: Any) -> None:
+    """Print a measured report; also write it under $CATO_REPORT_DIR when set."""
+    print("\n" + "\n".join(lines.lines()))
+    if folder := os.environ.get("CATO_REPORT_DIR"):
+        write_report(Path(folder), name, lines)
 
 
 def ray_config(address: str, replicas: int) -> Any:
@@ -77,57 +77,61 @@ async def run_one(rt: Runtime, max_tokens: int = 16) -> TaskEvent:
     return [e async for e in rt.orchestrator.submit(request)][-1]
 
 
-async def test_replicas_spread_over_nodes_and_survive_a_node_loss(
-    cluster: Any, tmp_path: Path
-) -> None:
-    rt = Runtime(ray_config(cluster.address, 4), workdir=tmp_path, settings=FAST)
-    try:
-        await rt.start(wait_ready_s=120)
+async def test_replicas_spread_over_nodes_and_survive_a_node_loss(tmp_path: Path) -> None:
+    """Six replicas, two per node (3 logical GPUs each); a worker removed under a
+    closed-loop streamed load that keeps every replica full. Measured and printed: when
+    the lost replicas were FAILED and replaced, and when goodput was back."""
+    options = NodeLossOptions()
+
+    async def spread(rt: Runtime) -> None:
         reps = list(rt.manager.replicas.values())
-        assert len(reps) == 4 and all(r.state is Lifecycle.READY for r in reps)
+        assert len(reps) == 6 and all(r.state is Lifecycle.READY for r in reps)
         by_node: dict[str, list[int]] = {}
         for r in reps:
             assert r.placement is not None
             by_node.setdefault(r.placement.node, []).extend(r.gpus)
-        assert len(by_node) == 3  # spread: no node takes a third replica while one is empty
+        assert sorted(len(g) for g in by_node.values()) == [2, 2, 2]  # spread evenly
         assert all(len(g) == len(set(g)) for g in by_node.values())  # distinct GPU ids
-        assert rt.manager.slots.total == 6 and rt.manager.slots.free == 2
+        assert rt.manager.slots.total == 9 and rt.manager.slots.free == 3
         assert (await run_one(rt)).type == "done"
 
-        # Lose the node that holds the most replicas while a streamed load runs.
-        worker_ids = {w.node_id: w for w in cluster.workers}
-        target = max((n for n in by_node if n in worker_ids), key=lambda n: len(by_node[n]))
-        victims = {r.id for r in reps if r.placement and r.placement.node == target}
-        load = [asyncio.create_task(run_one(rt, 32)) for _ in range(24)]
-        await asyncio.sleep(0.3)
-        lost_at = time.monotonic()
-        cluster.remove_node(worker_ids[target])
-        ends = await asyncio.wait_for(asyncio.gather(*load), 120)  # no hung request
-        done = sum(e.type == "done" for e in ends)
-        assert done >= len(ends) - 2 * len(victims), [e for e in ends if e.type != "done"]
-
-        await wait_for(
-            lambda: (
-                len(rt.manager.of_model("tiny", Lifecycle.READY)) == 4
-                and not victims & set(rt.manager.replicas)
-            ),
-            "replacements READY on the other nodes",
-            60,
-        )
-        replaced_s = time.monotonic() - lost_at
-        nodes = {r.placement.node for r in rt.manager.replicas.values() if r.placement}
-        assert target not in nodes
-        assert len(rt.manager.replicas) == 4  # replaced once: no extra start on the side
-        assert all([(await run_one(rt)).type == "done" for _ in range(4)])
-        print(
-            f"node loss: {len(victims)} replicas replaced in {replaced_s:.1f} s; "
-            f"{done}/{len(ends)} calls done under load"
-        )
-    finally:
-        await rt.stop()
+    with local_cluster(options.gpus_per_node) as c:
+        result = await node_loss(c, tmp_path, options, on_ready=spread)
+    report("node-loss", result)
+    counts = result.counts
+    assert result.lost == 2
+    assert counts["hung"] == 0 and counts["broken"] == 0, result.errors  # every call ended
+    # Only the streams already under way on the lost node may fail; the calls queued
+    # there, and those that had sent no token, went to the other replicas.
+    assert counts["error"] <= result.lost * options.concurrency_limit, result.errors
+    assert counts["done"] > 10 * options.clients
+    # Replaced once, elsewhere, within the run's 60 s (a sanity bound, not the goal).
+    assert result.failed_s is not None and result.replaced_s is not None
+    assert sum(result.replacement_nodes.values()) == 2 and not result.lost_node_used
+    assert result.replicas_after == 6
+    # Goodput came back at least halfway (the report gives when it reached 90%).
+    assert statistics.fmean(result.after[-3:]) >= 0.5 * result.level > 0
 
 
-async def test_scale_up_places_replicas_where_gpus_are_free(cluster: Any, tmp_path: Path) -> None:
+def test_cato_serve_fronts_32_replicas_over_three_nodes(tmp_path: Path) -> None:
+    """One cato serve, 32 emulated replicas over a head and two workers of 12 logical
+    GPUs each, a streamed load over HTTP: spread 11/11/10, no request fails."""
+    options = FleetOptions(replicas=32, gpus_per_node=12, clients=64, duration_s=15.0)
+    with local_cluster(options.gpus_per_node) as c:
+        result = fleet(c, tmp_path, options)
+    report("fleet-32", result)
+    assert sorted(result.nodes.values()) == [10, 11, 11]
+    assert result.gpus_total == 36 and result.gpus_free == 4
+    assert result.counts["done"] > 0, result.errors
+    assert result.counts["error"] == result.counts["hung"] == result.counts["broken"] == 0, (
+        result.errors
+    )
+    assert result.ready_after_load == 32 and result.restarts == 0
+
+
+async def test_scale_up_places_replicas_where_gpus_are_free(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
     """Two replicas to start; each start takes the node with the most free GPUs, and
     once all six are taken a start is refused (the provisioner sees no free GPU)."""
     rt = Runtime(ray_config(cluster.address, 2), workdir=tmp_path, settings=FAST)
@@ -151,7 +155,9 @@ async def test_scale_up_places_replicas_where_gpus_are_free(cluster: Any, tmp_pa
         await rt.stop()
 
 
-async def test_cato_serve_on_ray_answers_the_openai_client(cluster: Any, tmp_path: Path) -> None:
+async def test_cato_serve_on_ray_answers_the_openai_client(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
     from openai import AsyncOpenAI
 
     from orchestrator.bench.live_serve import start_service, wait_ready
@@ -184,11 +190,11 @@ async def test_cato_serve_on_ray_answers_the_openai_client(cluster: Any, tmp_pat
 
 
 async def test_a_killed_actor_is_replaced_not_restarted_in_place(
-    cluster: Any, tmp_path: Path
+    cluster: LocalCluster, tmp_path: Path
 ) -> None:
     """An actor killed on a live node: its place is gone; a fresh replica (new id, new
     actor) takes over and the old one's GPU is free again."""
-    from orchestrator.replicas.ray_launcher import RayReplica
+    from orchestrator.replicas.ray_launcher import RayLauncher, RayReplica
 
     rt = Runtime(ray_config(cluster.address, 2), workdir=tmp_path, settings=FAST)
     try:
@@ -211,5 +217,19 @@ async def test_a_killed_actor_is_replaced_not_restarted_in_place(
             t.why for t in rt.manager.transitions if t.replica_id == victim.id
         ]
         assert (await run_one(rt)).type == "done"
+
+        # An actor that dies before it starts its engine (a restart in place that races
+        # its node's loss) gives a handle whose place is gone: replaced, not retried.
+        launcher = rt.manager.launcher
+        placement = rt.manager.slots.allocate(1)
+        assert placement is not None
+        spec = rt.specs["tiny"]
+        address = await launcher.address("probe", spec, placement)
+        assert isinstance(launcher, RayLauncher)
+        ray.kill(launcher._actors["probe"])
+        handle = await launcher.start("probe", spec, address, placement, None)
+        assert handle.exited() and handle.lost() and "actor lost" in handle.exit_reason()
+        await launcher.release("probe")
+        rt.manager.slots.release(placement)
     finally:
         await rt.stop()

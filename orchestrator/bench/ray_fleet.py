@@ -1,0 +1,204 @@
+"""One ``cato serve`` over a fleet of emulated replicas on a local multi-node Ray cluster.
+
+The service joins the cluster (``[cluster] backend = "ray"``), starts ``replicas``
+emulated replicas (one actor and one emulator process each, one logical GPU each) and
+serves ``clients`` closed-loop streamed completions over HTTP for ``duration_s``. The
+report: how long startup took (``cato serve`` launched until every replica was READY),
+how the replicas spread over the nodes (Ray's own list of live actors), the memory the
+service and its replicas took (``MemAvailable`` before and at its lowest), and how
+every request ended. See ``ray_cluster`` for the command line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from orchestrator.bench.ray_cluster import Ended, LocalCluster, closed_loop, mem_available_gib
+
+CHAOS_TO_OUTCOME = {"finished": "done", "error": "error", "hung": "hung", "garbled": "broken"}
+
+
+@dataclass(frozen=True)
+class FleetOptions:
+    replicas: int = 32
+    gpus_per_node: int = 12  # 36 logical GPUs over three nodes
+    clients: int = 64
+    duration_s: float = 20.0
+    max_tokens: int = 32
+    speed: float = 8.0  # tiny@cpu's 3 s cold start at 8x: the engine is ready in 0.4 s
+    hang_s: float = 30.0
+    ready_timeout_s: float = 480.0
+
+
+@dataclass
+class FleetReport:
+    options: FleetOptions
+    startup_s: float  # cato serve launched -> every replica READY
+    first_ready_s: float
+    nodes: dict[str, int]  # live replica actors per node
+    gpus_total: int
+    gpus_free: int
+    counts: dict[str, int]
+    streams_per_s: float
+    e2e_p50_ms: float
+    e2e_p95_ms: float
+    mem_used_gib: float  # MemAvailable before the service less its lowest during the run
+    ready_after_load: int
+    restarts: int
+    errors: list[str] = field(default_factory=list)  # the first few, for the record
+
+    def lines(self) -> list[str]:
+        o = self.options
+        c = self.counts
+        return [
+            f"fleet: one cato serve over {o.replicas} emulated replicas (tiny@cpu at "
+            f"{o.speed:g}x) on {len(self.nodes)} Ray nodes, {self.gpus_total} logical GPUs",
+            f"  startup: first replica READY after {self.first_ready_s:.1f} s, all "
+            f"{o.replicas} after {self.startup_s:.1f} s; replicas per node "
+            f"{sorted(self.nodes.values(), reverse=True)}; {self.gpus_free} GPUs left free",
+            f"  load: {o.clients} clients streaming {o.max_tokens} tokens for "
+            f"{o.duration_s:g} s: {sum(c.values())} requests, {c['done']} done, "
+            f"{c['error']} errors, {c['hung']} hung, {c['broken']} broken; "
+            f"{self.streams_per_s:.1f} streams/s, end to end p50 {self.e2e_p50_ms:.0f} ms, "
+            f"p95 {self.e2e_p95_ms:.0f} ms",
+            f"  afterwards {self.ready_after_load}/{o.replicas} READY, {self.restarts} "
+            f"restarts; memory taken by the service and its replicas: "
+            f"{self.mem_used_gib:.1f} GiB",
+        ]
+
+
+def fleet_config(address: str, o: FleetOptions) -> str:
+    return (
+        '[server]\nhost = "127.0.0.1"\n\n'
+        f"[cluster]\nbackend = 'ray'\naddress = '{address}'\n\n"
+        '[[models]]\nname = "tiny"\nengine = "emulated"\nprofile = "tiny@cpu"\n'
+        f"speed = {o.speed!r}\ngpus_per_replica = 1\n"
+        f"min_replicas = {o.replicas}\nmax_replicas = {o.replicas}\n\n"
+        '[provisioner]\npolicy = "fixed"\ninterval_s = 0.5\n'
+    )
+
+
+def replicas_per_node(address: str) -> dict[str, int]:
+    """Live replica actors per node, from Ray's state API."""
+    from orchestrator.replicas.ray_launcher import import_ray
+
+    ray = import_ray()
+    from ray.util.state import list_actors
+
+    owns = not ray.is_initialized()
+    if owns:
+        ray.init(address=address, log_to_driver=False, namespace="cato-bench")
+    try:
+        actors = list_actors(filters=[("state", "=", "ALIVE")], limit=10_000)
+    finally:
+        if owns:
+            ray.shutdown()
+    nodes: dict[str, int] = {}
+    for actor in actors:
+        if "ReplicaActor" in str(actor.class_name):
+            node = str(actor.node_id)[:12]
+            nodes[node] = nodes.get(node, 0) + 1
+    return nodes
+
+
+async def _status(session: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:
+    try:
+        async with session.get(url + "/v1/status") as resp:
+            return await resp.json() if resp.status == 200 else None
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None
+
+
+def _ready(status: dict[str, Any] | None) -> int:
+    return sum(r["state"] == "ready" for r in (status or {}).get("replicas", []))
+
+
+async def _drive(
+    url: str, proc_alive: Any, o: FleetOptions, launched: float
+) -> tuple[float, float, dict[str, Any], list[Ended], float, dict[str, Any]]:
+    from orchestrator.bench.chaos import request_once
+
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
+    connector = aiohttp.TCPConnector(limit=o.clients + 8)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        first_ready = None
+        while True:
+            if not proc_alive():
+                raise RuntimeError("cato serve exited while its replicas started")
+            status = await _status(session, url)
+            ready = _ready(status)
+            if ready and first_ready is None:
+                first_ready = time.monotonic() - launched
+            if ready >= o.replicas and status is not None:
+                break
+            if time.monotonic() - launched > o.ready_timeout_s:
+                raise TimeoutError(
+                    f"{ready} of {o.replicas} replicas READY after {o.ready_timeout_s:g} s"
+                )
+            await asyncio.sleep(0.25)
+        startup_s = time.monotonic() - launched
+
+        async def one(n: int, i: int) -> tuple[str, str]:
+            prompt = f"def handler_{n}_{i}(request):\n"
+            outcome, detail = await request_once(session, url, prompt, o.max_tokens, o.hang_s)
+            return CHAOS_TO_OUTCOME[outcome], detail
+
+        ended: list[Ended] = []
+        stop = asyncio.Event()
+        lowest = mem_available_gib()
+        t0 = time.monotonic()
+        load = asyncio.create_task(closed_loop(one, o.clients, stop, t0, o.hang_s, ended))
+        while time.monotonic() - t0 < o.duration_s:
+            await asyncio.sleep(0.5)
+            lowest = min(lowest, mem_available_gib())
+        stop.set()
+        await asyncio.wait_for(load, o.hang_s + 10)
+        after = await _status(session, url) or {}
+    return first_ready or startup_s, startup_s, status, ended, lowest, after
+
+
+def fleet(cluster: LocalCluster, workdir: Path, options: FleetOptions | None = None) -> FleetReport:
+    """Start ``cato serve`` on ``cluster``, wait for every replica, load it; see the module."""
+    from orchestrator.bench.live_serve import start_service
+    from orchestrator.bench.peers import free_port
+
+    o = options or FleetOptions()
+    workdir.mkdir(parents=True, exist_ok=True)
+    mem_before = mem_available_gib()
+    launched = time.monotonic()
+    service = start_service(fleet_config(cluster.address, o), workdir, free_port())
+    try:
+        first_ready, startup_s, status, ended, lowest, after = asyncio.run(
+            _drive(service.url, lambda: service.proc.poll() is None, o, launched)
+        )
+        nodes = replicas_per_node(cluster.address)
+    finally:
+        service.stop()
+    done = sorted(e.end - e.start for e in ended if e.outcome == "done")
+    counts = dict.fromkeys(("done", "error", "hung", "broken"), 0)
+    for e in ended:
+        counts[e.outcome] += 1
+    replicas = after.get("replicas", [])
+    return FleetReport(
+        options=o,
+        startup_s=startup_s,
+        first_ready_s=first_ready,
+        nodes=nodes,
+        gpus_total=int(status.get("gpus_total", 0)),
+        gpus_free=int(status.get("gpus_free", 0)),
+        counts=counts,
+        streams_per_s=counts["done"] / o.duration_s,
+        e2e_p50_ms=1000 * statistics.median(done) if done else 0.0,
+        e2e_p95_ms=1000 * done[int(0.95 * (len(done) - 1))] if done else 0.0,
+        mem_used_gib=mem_before - lowest,
+        ready_after_load=_ready(after),
+        restarts=sum(int(r.get("restarts", 0)) for r in replicas),
+        errors=[e.detail for e in ended if e.outcome != "done"][:5],
+    )
