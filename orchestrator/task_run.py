@@ -92,6 +92,13 @@ def _service_time(call: Call, now: float) -> float:
     return max(end - start, 0.0)
 
 
+def _is_chain(graph: TaskGraph) -> bool:
+    """Whether each node waits for the one before it (complete, generate, summarize), so
+    that running them in order loses no parallelism."""
+    nodes = graph.nodes
+    return all(nodes[i - 1].id in nodes[i].deps for i in range(1, len(nodes)))
+
+
 def _leaves(exc: BaseException) -> list[BaseException]:
     """The exceptions inside (nested) exception groups, in order."""
     if isinstance(exc, BaseExceptionGroup):
@@ -274,6 +281,15 @@ class TaskRun:
     async def _run_graph(self, graph: TaskGraph) -> str:
         deadlines = self.orch.profiler.deadlines(graph, self.arrival)
         self.llm_total = len(graph.llm_nodes())
+        if _is_chain(graph):  # one node after the other: no task per node needed
+            results: dict[str, str] = {}
+            for node in graph.nodes:
+                inputs = [results[d] for d in node.deps]
+                if node.op == "llm":
+                    results[node.id] = await self._llm(graph, node, deadlines[node.id])
+                else:
+                    results[node.id] = self._local(graph, node, inputs)
+            return results[graph.result_node]
         tasks: dict[str, asyncio.Task[str]] = {}
         async with asyncio.TaskGroup() as tg:
             for node in graph.nodes:
