@@ -3,9 +3,8 @@
 Targets (median): 20 us at 16 replicas, 100 us at 1,024 (64 and 256 show how it
 grows). ``meets`` is a deadline some replica can meet (the usual case: one C-level scan
 of the kept route keys); ``misses`` is one that no replica can meet, which goes on to
-examine every replica. Also the
-``pick`` that finds half of a 10,000-call queue late (each late call moves once, in
-O(log queue)).
+examine every replica. Also the ``pick`` that finds half of a 10,000-call queue late
+(each late call moves once, in O(log queue)).
 """
 
 from __future__ import annotations
