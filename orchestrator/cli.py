@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -52,7 +53,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"cato {name}", description=help_text)
     module.configure(parser)
-    code: int = module.run(parser.parse_args(args[1:]))
+    try:
+        code: int = module.run(parser.parse_args(args[1:]))
+    except BrokenPipeError:
+        # The reader left (``cato config show | head``): stop quietly, as a Unix tool does,
+        # and keep Python from complaining again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by it
     return code
 
 
