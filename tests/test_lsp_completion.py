@@ -579,15 +579,18 @@ async def test_embedded_built_in_default_starts_replicas_at_initialize(
     await wait_for_state(editor, "ready", 120)
     states = [s["state"] for s in editor.statuses]
     assert states[0] == "starting", states
-    assert editor.statuses[-1]["replicasReady"] == 2
+    # Ready once one replica is: the second joins when it is ready too.
+    assert editor.statuses[-1]["replicasReady"] >= 1
+    assert editor.statuses[-1]["replicasTotal"] == 2
     uri = (tmp_path / "d.py").as_uri()
     editor.open(uri, SOURCE)
 
     result = await asyncio.wait_for(editor.inline(uri, *MID_LINE), 120)
 
     assert texts(result) == [expected(SOURCE, MID_LINE, {"debounceMs": 0}, uri)]
-    status = await editor.command("cato.status")
-    assert status["replicasReady"] == 2
+    async with asyncio.timeout(120):
+        while (status := await editor.command("cato.status"))["replicasReady"] < 2:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
     urls = [replica["url"] for replica in status["orchestrator"]["replicas"]]
     assert all(await asyncio.gather(*(asyncio.to_thread(health_status, u) for u in urls)))
 
