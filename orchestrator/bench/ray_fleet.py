@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import aiohttp
 
 from orchestrator.bench.ray_cluster import Ended, LocalCluster, closed_loop, mem_available_gib
 
+IDLE_S = 5.0  # the service's idle CPU is measured over this long
 CHAOS_TO_OUTCOME = {"finished": "done", "error": "error", "hung": "hung", "garbled": "broken"}
 
 
@@ -52,6 +54,8 @@ class FleetReport:
     mem_used_gib: float  # MemAvailable before the service less its lowest during the run
     ready_after_load: int
     restarts: int
+    idle_cpu_share: float = 0.0  # of one core: the service with every replica READY, no load
+    cpu_ms_per_request: float = 0.0  # the service's CPU per request under the load, idle off
     errors: list[str] = field(default_factory=list)  # the first few, for the record
 
     def lines(self) -> list[str]:
@@ -68,6 +72,9 @@ class FleetReport:
             f"{c['error']} errors, {c['hung']} hung, {c['broken']} broken; "
             f"{self.streams_per_s:.1f} streams/s, end to end p50 {self.e2e_p50_ms:.0f} ms, "
             f"p95 {self.e2e_p95_ms:.0f} ms",
+            f"  cato serve's CPU: {self.idle_cpu_share:.1%} of a core idle (health checks "
+            f"of {o.replicas} replicas), {self.cpu_ms_per_request:.2f} ms per request under "
+            "the load (idle taken off)",
             f"  afterwards {self.ready_after_load}/{o.replicas} READY, {self.restarts} "
             f"restarts; memory taken by the service and its replicas: "
             f"{self.mem_used_gib:.1f} GiB",
@@ -120,48 +127,69 @@ def _ready(status: dict[str, Any] | None) -> int:
     return sum(r["state"] == "ready" for r in (status or {}).get("replicas", []))
 
 
-async def _drive(
-    url: str, proc_alive: Any, o: FleetOptions, launched: float
-) -> tuple[float, float, dict[str, Any], list[Ended], float, dict[str, Any]]:
-    from orchestrator.bench.chaos import request_once
+@dataclass
+class _Run:
+    first_ready_s: float = 0.0
+    startup_s: float = 0.0
+    status: dict[str, Any] = field(default_factory=dict)
+    after: dict[str, Any] = field(default_factory=dict)
+    ended: list[Ended] = field(default_factory=list)
+    lowest_gib: float = float("inf")
+    idle_cpu_share: float = 0.0  # of one core, all replicas READY, no load
+    load_cpu_s: float = 0.0  # the service's CPU over the load, its idle rate taken off
 
+
+async def _drive(
+    url: str, pid: int, proc_alive: Callable[[], bool], o: FleetOptions, launched: float
+) -> _Run:
+    from orchestrator.bench.chaos import request_once
+    from orchestrator.bench.peers import proc_cpu_s
+
+    run = _Run()
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
     connector = aiohttp.TCPConnector(limit=o.clients + 8)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-        first_ready = None
         while True:
             if not proc_alive():
                 raise RuntimeError("cato serve exited while its replicas started")
             status = await _status(session, url)
             ready = _ready(status)
-            if ready and first_ready is None:
-                first_ready = time.monotonic() - launched
+            if ready and not run.first_ready_s:
+                run.first_ready_s = time.monotonic() - launched
             if ready >= o.replicas and status is not None:
+                run.status = status
                 break
             if time.monotonic() - launched > o.ready_timeout_s:
                 raise TimeoutError(
                     f"{ready} of {o.replicas} replicas READY after {o.ready_timeout_s:g} s"
                 )
             await asyncio.sleep(0.25)
-        startup_s = time.monotonic() - launched
+        run.startup_s = time.monotonic() - launched
+        # Idle: health checks of every replica, the provisioner, Ray's driver threads.
+        cpu0, t_idle = proc_cpu_s(pid), time.monotonic()
+        await asyncio.sleep(IDLE_S)
+        idle_rate = (proc_cpu_s(pid) - cpu0) / (time.monotonic() - t_idle)
+        run.idle_cpu_share = idle_rate
 
         async def one(n: int, i: int) -> tuple[str, str]:
             prompt = f"def handler_{n}_{i}(request):\n"
             outcome, detail = await request_once(session, url, prompt, o.max_tokens, o.hang_s)
             return CHAOS_TO_OUTCOME[outcome], detail
 
-        ended: list[Ended] = []
         stop = asyncio.Event()
-        lowest = mem_available_gib()
+        run.lowest_gib = mem_available_gib()
+        cpu0 = proc_cpu_s(pid)
         t0 = time.monotonic()
-        load = asyncio.create_task(closed_loop(one, o.clients, stop, t0, o.hang_s, ended))
+        load = asyncio.create_task(closed_loop(one, o.clients, stop, t0, o.hang_s, run.ended))
         while time.monotonic() - t0 < o.duration_s:
             await asyncio.sleep(0.5)
-            lowest = min(lowest, mem_available_gib())
+            run.lowest_gib = min(run.lowest_gib, mem_available_gib())
         stop.set()
         await asyncio.wait_for(load, o.hang_s + 10)
-        after = await _status(session, url) or {}
-    return first_ready or startup_s, startup_s, status, ended, lowest, after
+        busy_s = time.monotonic() - t0
+        run.load_cpu_s = max(proc_cpu_s(pid) - cpu0 - idle_rate * busy_s, 0.0)
+        run.after = await _status(session, url) or {}
+    return run
 
 
 def fleet(cluster: LocalCluster, workdir: Path, options: FleetOptions | None = None) -> FleetReport:
@@ -175,30 +203,31 @@ def fleet(cluster: LocalCluster, workdir: Path, options: FleetOptions | None = N
     launched = time.monotonic()
     service = start_service(fleet_config(cluster.address, o), workdir, free_port())
     try:
-        first_ready, startup_s, status, ended, lowest, after = asyncio.run(
-            _drive(service.url, lambda: service.proc.poll() is None, o, launched)
+        run = asyncio.run(
+            _drive(service.url, service.proc.pid, lambda: service.proc.poll() is None, o, launched)
         )
         nodes = replicas_per_node(cluster.address)
     finally:
         service.stop()
-    done = sorted(e.end - e.start for e in ended if e.outcome == "done")
+    done = sorted(e.end - e.start for e in run.ended if e.outcome == "done")
     counts = dict.fromkeys(("done", "error", "hung", "broken"), 0)
-    for e in ended:
+    for e in run.ended:
         counts[e.outcome] += 1
-    replicas = after.get("replicas", [])
     return FleetReport(
         options=o,
-        startup_s=startup_s,
-        first_ready_s=first_ready,
+        startup_s=run.startup_s,
+        first_ready_s=run.first_ready_s,
         nodes=nodes,
-        gpus_total=int(status.get("gpus_total", 0)),
-        gpus_free=int(status.get("gpus_free", 0)),
+        gpus_total=int(run.status.get("gpus_total", 0)),
+        gpus_free=int(run.status.get("gpus_free", 0)),
         counts=counts,
         streams_per_s=counts["done"] / o.duration_s,
         e2e_p50_ms=1000 * statistics.median(done) if done else 0.0,
         e2e_p95_ms=1000 * done[int(0.95 * (len(done) - 1))] if done else 0.0,
-        mem_used_gib=mem_before - lowest,
-        ready_after_load=_ready(after),
-        restarts=sum(int(r.get("restarts", 0)) for r in replicas),
-        errors=[e.detail for e in ended if e.outcome != "done"][:5],
+        mem_used_gib=mem_before - run.lowest_gib,
+        ready_after_load=_ready(run.after),
+        restarts=sum(int(r.get("restarts", 0)) for r in run.after.get("replicas", [])),
+        idle_cpu_share=run.idle_cpu_share,
+        cpu_ms_per_request=1000 * run.load_cpu_s / max(len(run.ended), 1),
+        errors=[e.detail for e in run.ended if e.outcome != "done"][:5],
     )

@@ -38,7 +38,9 @@ RAY_MISSING = (
     "pip install 'cato[ray]' (or: pip install 'ray[serve]>=2.40,<3')"
 )
 PLACE_TIMEOUT_S = 120.0  # an actor not placed by then: no node could take it
-POLL_S = 0.5
+# A watch call waits on the engine in the actor this long before it is asked again; an
+# engine that exits, or an actor (or node) that dies, ends it at once.
+WATCH_S = 30.0
 
 
 def import_ray() -> Any:
@@ -99,8 +101,16 @@ def _actor_class() -> Any:
                 )
             return self.proc.pid, gpus
 
-        def poll(self) -> int | None:
-            return None if self.proc is None else self.proc.poll()
+        def watch(self, pid: int, timeout_s: float) -> int | None:
+            """The engine ``pid``'s exit code once it exits, or None after ``timeout_s``
+            while it runs (called on its own thread: the actor has several)."""
+            proc = self.proc
+            if proc is None or proc.pid != pid:
+                return -1  # stopped, or replaced by a restart in place
+            try:
+                return proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                return None
 
         def stop(self, grace_s: float) -> int | None:
             proc, self.proc = self.proc, None
@@ -248,6 +258,7 @@ class RayLauncher:
                 num_gpus=placement.count,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(placement.node, soft=False),
                 max_restarts=0,
+                max_concurrency=4,  # a watch call waits while stop or start runs
             )
             .remote(str(self.workdir / replica_id))
         )
@@ -298,15 +309,16 @@ class RayLauncher:
         return handle
 
     async def _poll(self, handle: RayReplica) -> None:
+        """Wait on the actor's engine: one call per ``WATCH_S`` while it runs, answered
+        as soon as it exits or the actor dies (no polling of every actor)."""
         while not handle.done.is_set():
             try:
-                handle.returncode = await handle.actor.poll.remote()
+                handle.returncode = await handle.actor.watch.remote(handle.pid, WATCH_S)
             except Exception as exc:  # RayActorError: the actor or its node died
                 handle.dead = type(exc).__name__
             if handle.dead is not None or handle.returncode is not None:
                 handle.done.set()
                 return
-            await asyncio.sleep(POLL_S)
 
     async def stop(self, handle: ReplicaHandle, grace_s: float) -> None:
         if not isinstance(handle, RayReplica):
