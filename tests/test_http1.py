@@ -197,3 +197,19 @@ def test_only_http_urls() -> None:
 
     with pytest.raises(ValueError, match="http"):
         asyncio.run(make())
+
+
+async def test_a_body_without_length_ends_at_close(
+    raw_server: Callable[[Raw], Awaitable[str]],
+) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it")
+        await writer.drain()
+        writer.close()
+
+    pool = Pool(await raw_server(handler))
+    resp = await pool.request("GET", "/")
+    assert await resp.read(100) == b"all of it"
+    assert resp.eof
+    resp.release()

@@ -58,6 +58,7 @@ class Response(asyncio.Protocol):
         self.head: asyncio.Future[None] | None = None
         self.eof = False  # the whole response is in
         self.keep_alive = False
+        self._framed = False  # a length or chunks say where the body ends (else: at close)
         self._chunks: collections.deque[bytes] = collections.deque()
         self._buffered = 0
         self._waiter: asyncio.Future[None] | None = None
@@ -85,6 +86,9 @@ class Response(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self.pool.forget(self)
+        if self.status and not self._framed and exc is None and not self.eof:
+            self.eof = True  # a body without a length ends where the connection does
+            self._wake()
         if not self.eof:
             self._fail(Disconnected("the replica closed the connection"))
 
@@ -92,8 +96,11 @@ class Response(asyncio.Protocol):
         self.reason = status.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if len(name) == 12 and name.lower() == b"content-type":
+        lower = name.lower()
+        if lower == b"content-type":
             self.content_type = value.decode("latin-1").split(";", 1)[0].strip().lower()
+        elif lower in (b"content-length", b"transfer-encoding"):
+            self._framed = True
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
