@@ -156,9 +156,11 @@ describe("package.json contributes", () => {
   });
 
   it("keeps secrets out of workspace settings, and executables out of untrusted ones", () => {
-    // machine-overridable: read from User settings in every window (remote ones too),
-    // from a workspace only when it is trusted (restricted below)
-    expect(contributed["cato.server.command"]?.scope).toBe("machine-overridable");
+    // window: read from User settings in every window, remote ones too (VS Code drops
+    // machine and machine-overridable values of the local User settings in a remote
+    // window, such as code-server's), and from a workspace only when it is trusted
+    // (restricted below)
+    expect(contributed["cato.server.command"]?.scope).toBe("window");
     expect(restricted).toContain("cato.server.command");
     expect(contributed["cato.token"]?.scope).toBe("machine");
   });
