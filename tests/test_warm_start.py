@@ -7,13 +7,15 @@ import argparse
 import contextlib
 import dataclasses
 import itertools
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from processes import group_alive, wait_for
 
-from cato_lsp.backend import first_ready
+from cato_lsp.backend import first_ready, make_backend
 from orchestrator.api import TaskKind, TaskRequest
 from orchestrator.config import config_from_dict
 from orchestrator.emulator import cli as emulate_cli
@@ -47,6 +49,21 @@ def test_readiness_polls_start_fast_and_back_off_to_the_configured_pause() -> No
     assert next(ready_polls(0.0, 0.1)) == 0.001  # never a busy loop
     assert list(itertools.islice(ready_polls(1.0, 0.2), 2)) == [0.2, 0.2]
     assert ManagerSettings().ready_poll_first_s < ManagerSettings().ready_poll_s
+
+
+def test_the_language_server_imports_no_http_client_until_remote_mode_needs_one() -> None:
+    code = (
+        "import sys, cato_lsp.server, cato_lsp.__main__\n"
+        "print(sorted(m for m in ('aiohttp', 'orchestrator.runtime') if m in sys.modules))\n"
+        "from cato_lsp.backend import make_backend\n"
+        "make_backend('remote', url='http://127.0.0.1:9')\n"
+        "print('aiohttp' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout.split()
+    assert out == ["[]", "True"]
+    assert make_backend("remote", url="http://h:1").describe() == "remote (http://h:1)"
 
 
 # -- real emulator processes ----------------------------------------------------------------
