@@ -1,9 +1,9 @@
 """The language server's one view of the orchestrator, and its two transports.
 
 ``EmbeddedOrchestrator`` runs the orchestrator in the server's own event loop (with its
-replicas from a ``cato.toml`` or the built-in default); ``RemoteOrchestrator`` talks to
-a team's ``cato serve`` over HTTP and SSE. Both cancel upstream work when the event
-iterator is closed.
+replicas from a ``cato.toml`` or the built-in default); ``RemoteOrchestrator`` (in
+``cato_lsp.remote``, imported in remote mode only) talks to a team's ``cato serve`` over
+HTTP and SSE. Both cancel upstream work when the event iterator is closed.
 """
 
 from __future__ import annotations
