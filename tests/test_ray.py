@@ -7,8 +7,10 @@ started. Marked ``ray`` (own stage: ``scripts/test-ray``); skipped without Ray.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import statistics
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -172,8 +174,16 @@ async def test_cato_serve_on_ray_answers_the_openai_client(
     try:
         async with aiohttp.ClientSession() as session:
             await wait_ready(service, session, 120)
-            async with session.get(service.url + "/v1/status") as resp:
-                status = await resp.json()
+            # The service starts replicas one after the other, each once its actor is
+            # placed: wait_ready may see the first READY before the others are listed.
+            deadline = time.monotonic() + 120
+            while True:
+                async with session.get(service.url + "/v1/status") as resp:
+                    status = await resp.json()
+                states = [r["state"] for r in status["replicas"]]
+                if states.count("ready") == 3 or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.2)
         assert status["gpus_total"] == 6 and status["gpus_free"] == 3
         assert len([r for r in status["replicas"] if r["state"] == "ready"]) == 3
         client = AsyncOpenAI(base_url=service.url + "/v1", api_key="unused", max_retries=0)

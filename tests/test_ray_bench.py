@@ -57,3 +57,20 @@ async def test_closed_loop_classifies_every_call() -> None:
     assert counts["hung"] == 1 and counts["broken"] == 1
     assert counts["error"] >= 1 and counts["done"] >= 2
     assert all(e.end >= e.start for e in ended)
+
+
+def test_times_come_from_the_managers_transitions() -> None:
+    from orchestrator.bench.ray_cluster import FAILED_OR_GONE, _last_first
+    from orchestrator.replicas.manager import Lifecycle, Transition
+
+    records = [
+        Transition(5.0, "a", Lifecycle.FAILED),  # before the loss: not this one
+        Transition(10.3, "a", Lifecycle.FAILED),
+        Transition(10.6, "b", Lifecycle.FAILED),
+        Transition(10.9, "b", Lifecycle.STOPPED),  # its first after the loss counts
+        Transition(17.5, "c", Lifecycle.READY),
+    ]
+    assert _last_first(records, {"a", "b"}, FAILED_OR_GONE, 10.0) == pytest.approx(0.6)
+    assert _last_first(records, {"c"}, {Lifecycle.READY}, 10.0) == pytest.approx(7.5)
+    assert _last_first(records, {"a", "d"}, FAILED_OR_GONE, 10.0) is None  # d never failed
+    assert _last_first(records, set(), {Lifecycle.READY}, 10.0) is None

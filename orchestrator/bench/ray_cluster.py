@@ -36,7 +36,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -207,8 +207,8 @@ class RetryCounter(logging.Handler):
             logger.removeHandler(self)
 
 
-def _fmt(value: float | None, unit: str = " s") -> str:
-    return "not within the run" if value is None else f"{value:.1f}{unit}"
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "not within the run" if value is None else f"{value:.{digits}f} s"
 
 
 # --------------------------------------------------------------------------- node loss
@@ -270,9 +270,9 @@ class NodeLossReport:
             f"  calls: {sum(c.values())}: {c['done']} done, {c['error']} clean errors, "
             f"{c['hung']} hung, {c['broken']} broken; {self.retried} retried on another "
             "replica",
-            f"  lost replicas FAILED after {_fmt(self.failed_s)}; replacements READY after "
+            f"  lost replicas FAILED after {_fmt(self.failed_s, 2)}; replacements READY after "
             f"{_fmt(self.replaced_s)} (their cold start {_fmt(self.cold_start_s)}, beyond it "
-            f"{_fmt(self.margin_s)}; goal <= 10 s) on nodes "
+            f"{_fmt(self.margin_s, 2)}; goal <= 10 s) on nodes "
             f"{sorted(self.replacement_nodes.values(), reverse=True)}",
             f"  goodput before: {self.level:.1f} streams/s; lowest 1 s window after: "
             f"{min(self.after, default=0)}; back to {RECOVERED_SHARE:.0%} of it after "
@@ -361,19 +361,12 @@ async def node_loss(
             lost_at = time.monotonic() - t0
             # Off the event loop: the load keeps running while the raylet is stopped.
             await asyncio.to_thread(cluster.cluster.remove_node, workers[target])
-            failed_s = replaced_s = back_s = None
             while (now := time.monotonic() - t0) - lost_at < o.settle_s:
-                current = rt.manager.replicas
-                if failed_s is None and all(
-                    v not in current or current[v].state is Lifecycle.FAILED for v in victims
-                ):
-                    failed_s = now - lost_at
                 ready = rt.manager.of_model("tiny", Lifecycle.READY)
-                if replaced_s is None and len(ready) == o.replicas and not victims & set(current):
-                    replaced_s = now - lost_at
+                replaced = len(ready) == o.replicas and not victims & set(rt.manager.replicas)
                 level = _mean(per_window(ended, lost_at - o.baseline_s, lost_at))
-                back_s = back_at(level, per_window(ended, lost_at, now), o.hold)
-                if replaced_s is not None and back_s is not None and now - lost_at >= o.min_after_s:
+                back = back_at(level, per_window(ended, lost_at, now), o.hold)
+                if replaced and back is not None and now - lost_at >= o.min_after_s:
                     break
                 await asyncio.sleep(0.05)
             end = time.monotonic() - t0
@@ -385,6 +378,14 @@ async def node_loss(
         colds = [
             placed.get(r.id, 0.0) + r.cold_start_s for r in fresh if r.cold_start_s is not None
         ]
+        # When, from the manager's own records (its clock is time.monotonic).
+        lost_abs = t0 + lost_at
+        failed_s = _last_first(rt.manager.transitions, victims, FAILED_OR_GONE, lost_abs)
+        ready_ids = {r.id for r in fresh}
+        if len(fresh) < len(victims):
+            replaced_s = None  # not every lost replica was replaced within the run
+        else:
+            replaced_s = _last_first(rt.manager.transitions, ready_ids, {Lifecycle.READY}, lost_abs)
         before = per_window(ended, lost_at - o.baseline_s, lost_at)
         after = per_window(ended, lost_at, end)
         return NodeLossReport(
@@ -408,6 +409,23 @@ async def node_loss(
         )
     finally:
         await rt.stop()
+
+
+FAILED_OR_GONE = {Lifecycle.FAILED, Lifecycle.STOPPED}
+
+
+def _last_first(
+    transitions: Iterable[Any], ids: set[str], states: set[Lifecycle], since: float
+) -> float | None:
+    """Seconds from ``since`` until every replica of ``ids`` had entered one of
+    ``states`` (its first such transition after ``since``); None if one never did."""
+    first: dict[str, float] = {}
+    for t in transitions:
+        if t.replica_id in ids and t.state in states and t.at >= since:
+            first.setdefault(t.replica_id, t.at)
+    if not ids or set(first) != ids:
+        return None
+    return max(first.values()) - since
 
 
 def _mean(values: list[int]) -> float:
