@@ -6,9 +6,12 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from orchestrator.api import SLAMetric, TaskKind, TaskRequest
 from orchestrator.bench import peers
@@ -166,3 +169,33 @@ def test_a_caching_run_reports_the_hit_rate_and_waits_for_every_call(
     # every completion after the first of its file finds that file's earlier blocks (57% of
     # the prompt tokens here, the translation's two chunks finding none)
     assert result.prefix_hit_rate is not None and result.prefix_hit_rate > 0.4
+
+
+STREAMS = {
+    "/empty": [b'{"choices":[{"text":"","finish_reason":"stop"}]}', b"[DONE]"],
+    "/text": [b'{"choices":[{"text":""}]}', b'{"choices":[{"text":"x"}]}', b"[DONE]"],
+    "/error": [b'{"error":{"message":"boom"}}', b"[DONE]"],
+    "/cut": [b'{"choices":[{"text":"x"}]}'],  # the server went away before [DONE]
+}
+
+
+async def test_an_answer_counts_once_done_even_without_text(
+    serve: Callable[[web.Application], Awaitable[str]],
+) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for chunk in STREAMS[request.path]:
+            await resp.write(b"data: " + chunk + b"\n\n")
+        return resp
+
+    app = web.Application()
+    for path in STREAMS:
+        app.router.add_post(path, handler)
+    url = await serve(app)
+    async with aiohttp.ClientSession() as session:
+        found = {p: await peers._stream(session, url + p, {}) for p in STREAMS}
+    assert found["/empty"].ok and found["/empty"].first is not None  # a translation left empty
+    assert found["/text"].ok and found["/text"].first is not None
+    assert not found["/error"].ok
+    assert not found["/cut"].ok

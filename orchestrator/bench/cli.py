@@ -191,6 +191,12 @@ def _configure_peers(peers_cmd: argparse.ArgumentParser) -> None:
         help="the load and replicas (default rq2); sessions: editing sessions on replicas "
         "that cache prefixes, with each system's prefix-cache hit rate",
     )
+    peers_cmd.add_argument(
+        "--only",
+        type=lambda s: [n.strip() for n in s.split(",") if n.strip()],
+        default=[],
+        help="comma list of systems to run (e.g. cato), to rerun some of a comparison",
+    )
     peers_cmd.add_argument("--out", type=Path, default=Path("bench-results/peers"))
 
 
@@ -411,7 +417,7 @@ def _run_peers(args: argparse.Namespace) -> int:
         rate = args.load * capacity_rps(scenario(args.scenario), workload)
     options = peers.PeersOptions(rate=rate, duration_s=duration, seed=args.seed, speed=args.speed)
     result = peers.run_peers(
-        workload, args.peers, options, log=err.print, scenario_name=args.scenario
+        workload, args.peers, options, log=err.print, scenario_name=args.scenario, only=args.only
     )
     print(peers.markdown(result))
     err.print(f"wrote {', '.join(str(f) for f in peers.write(result, args.out))}")

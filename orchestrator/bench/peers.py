@@ -207,9 +207,15 @@ class _Timing:
 
 
 async def _stream(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> _Timing:
-    """POST a streaming completion; note when the first text arrives and when it ends."""
+    """POST a streaming completion; note when the first text arrives and when it ends.
+
+    It is ok once ``[DONE]`` arrives after no error chunk. An answer without text (a
+    translation whose chunks the graph's checks leave empty) counts as answered at its
+    first chunk."""
     loop = asyncio.get_running_loop()
     t = _Timing(loop.time())
+    answered: float | None = None
+    failed = done = False
     try:
         async with session.post(url, json=body) as resp:
             if resp.status != 200:
@@ -218,11 +224,19 @@ async def _stream(session: aiohttp.ClientSession, url: str, body: dict[str, Any]
                 return t
             async for raw in resp.content:
                 line = raw.strip()
-                if not line.startswith(b"data:") or line == b"data: [DONE]":
+                if line == b"data: [DONE]":
+                    done = True
+                if not line.startswith(b"data:") or done:
                     continue
-                if t.first is None and _has_text(line[5:]):
+                text, error = _chunk(line[5:])
+                failed = failed or error
+                if answered is None:
+                    answered = loop.time()
+                if t.first is None and text:
                     t.first = loop.time()
-            t.ok = t.first is not None
+            if t.first is None:
+                t.first = answered
+            t.ok = done and not failed and t.first is not None
     except (TimeoutError, aiohttp.ClientError):
         t.ok = False
     t.done = loop.time()
@@ -250,12 +264,16 @@ async def _stream_all(
     )
 
 
-def _has_text(payload: bytes) -> bool:
+def _chunk(payload: bytes) -> tuple[bool, bool]:
+    """(whether an SSE chunk carries text, whether it reports an error)."""
     try:
-        choices = json.loads(payload).get("choices") or []
+        data = json.loads(payload)
     except ValueError:
-        return False
-    return any(c.get("text") for c in choices)
+        return False, True
+    if not isinstance(data, dict):
+        return False, True
+    choices = data.get("choices") or []
+    return any(c.get("text") for c in choices), "error" in data
 
 
 async def drive(
@@ -762,9 +780,10 @@ def run_peers(
     options: PeersOptions,
     log: Any = print,
     scenario_name: str = "rq2",
+    only: Sequence[str] = (),
 ) -> PeersRun:
     """Every system over the same emulators and arrivals, one after the other (each on
-    fresh emulators where they cache prefixes)."""
+    fresh emulators where they cache prefixes); with ``only``, just those systems."""
     chosen = scenario(scenario_name)
     if len(chosen.models) != 1:
         raise ValueError(
@@ -790,6 +809,8 @@ def run_peers(
     try:
         with tempfile.TemporaryDirectory(prefix="cato-peers-") as tmp:
             for name in systems(peers):
+                if only and name not in only:
+                    continue
                 log(f"{name}: starting")
                 if fresh:
                     stop_replicas(replicas)
