@@ -31,9 +31,9 @@ from orchestrator.policy.state import Call
 REPLICAS = (16, 64, 256)
 # cato 0.1.0 on uvloop, 16 and 128 tokens at 16 in flight (docs/BENCHMARKS.md, Overhead).
 REQUEST_CPU_MS = (1.57, 2.58)
-# cato serve over 32 Ray replicas, no load: 1.0% of a core (ray_cluster fleet), all of it
-# counted per replica (part is fixed: 0.8% at 16).
-IDLE_PER_REPLICA = 0.010 / 32
+# cato serve over 64 Ray replicas, no load: 2.4% of a core (ray_cluster fleet; 0.8% at 16,
+# 1.0-1.2% at 32), all of it counted per replica.
+IDLE_PER_REPLICA = 0.024 / 64
 
 
 def decision_us(n: int, misses: bool, rounds: int = 15, per_round: int = 200) -> float:
