@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import statistics
 import time
 from collections.abc import Iterator
@@ -199,11 +200,12 @@ async def test_cato_serve_on_ray_answers_the_openai_client(
         service.stop()
 
 
-async def test_a_killed_actor_is_replaced_not_restarted_in_place(
+async def test_a_killed_actor_is_replaced_and_a_crashed_engine_restarted_in_place(
     cluster: LocalCluster, tmp_path: Path
 ) -> None:
     """An actor killed on a live node: its place is gone; a fresh replica (new id, new
-    actor) takes over and the old one's GPU is free again."""
+    actor) takes over and the old one's GPU is free again. An engine that exits under a
+    live actor is restarted in place: same replica, same actor, same URL."""
     from orchestrator.replicas.ray_launcher import RayLauncher, RayReplica
 
     rt = Runtime(ray_config(cluster.address, 2), workdir=tmp_path, settings=FAST)
@@ -227,6 +229,19 @@ async def test_a_killed_actor_is_replaced_not_restarted_in_place(
             t.why for t in rt.manager.transitions if t.replica_id == victim.id
         ]
         assert (await run_one(rt)).type == "done"
+
+        # The engine dies, its actor lives: the actor's watch call answers at once.
+        assert isinstance(survivor.handle, RayReplica) and survivor.pid is not None
+        old_pid, url, actor = survivor.pid, survivor.url, survivor.handle.actor
+        os.kill(old_pid, signal.SIGKILL)  # the nodes are this machine
+        await wait_for(
+            lambda: survivor.restarts == 1 and survivor.state is Lifecycle.READY,
+            "the engine restarted in place",
+            60,
+        )
+        assert isinstance(survivor.handle, RayReplica) and survivor.handle.actor is actor
+        assert survivor.pid != old_pid and survivor.url == url
+        assert survivor.id in rt.manager.replicas and len(rt.manager.replicas) == 2
 
         # An actor that dies before it starts its engine (a restart in place that races
         # its node's loss) gives a handle whose place is gone: replaced, not retried.
