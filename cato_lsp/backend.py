@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Protocol
 from orchestrator.api import Status, TaskEvent, TaskKind, TaskRequest
 
 if TYPE_CHECKING:
-    from orchestrator.config import ModelConfig
     from orchestrator.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -70,7 +69,7 @@ class Orchestrator(Protocol):
 class EmbeddedOrchestrator:
     """The orchestrator in-process; its replicas start once, shared, at `warm` (the
     server calls it at initialize) or on first use, whichever comes first. It is ready
-    once every model has one replica ready (`first_ready`); the others join as they
+    once every model has one replica ready (`Runtime.first_ready`); the others join as they
     become ready.
 
     A request cancelled while the replicas start does not cancel the start; a start
@@ -98,7 +97,7 @@ class EmbeddedOrchestrator:
     async def _start(self, runtime: Runtime) -> Runtime:
         try:
             await runtime.start(wait_ready_s=None)
-            await first_ready(runtime, self.wait_ready_s)
+            await runtime.first_ready(self.wait_ready_s)
         except BaseException as exc:
             with contextlib.suppress(Exception):
                 await runtime.stop()
@@ -186,33 +185,6 @@ class EmbeddedOrchestrator:
         if runtime is not None and self._started:
             await runtime.stop()
         self._started = False
-
-
-async def first_ready(runtime: Runtime, timeout_s: float, poll_s: float = 0.01) -> None:
-    """Wait until every model has a READY replica (a model kept at zero replicas need not):
-    one is enough to serve, the model's other replicas join as they become ready.
-
-    TimeoutError after ``timeout_s``, naming the models still waiting and the logs."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while waiting := [m.name for m in runtime.config.models if not _serving(runtime, m)]:
-        if loop.time() >= deadline:
-            raise TimeoutError(
-                f"no replica of {', '.join(waiting)} ready within {timeout_s:g} s; "
-                f"see their logs in {runtime.workdir}"
-            )
-        await asyncio.sleep(poll_s)
-
-
-def _serving(runtime: Runtime, model: ModelConfig) -> bool:
-    """A READY replica, or none needed: no minimum and none on its first start."""
-    from orchestrator.replicas.manager import Lifecycle
-
-    replicas = runtime.manager.of_model(model.name, Lifecycle.PENDING, Lifecycle.READY)
-    if any(r.state is Lifecycle.READY for r in replicas):
-        return True
-    first_start = any(r.state is Lifecycle.PENDING and r.restarts == 0 for r in replicas)
-    return model.min_replicas == 0 and not first_start
 
 
 def _failed(task: asyncio.Task[Runtime]) -> bool:

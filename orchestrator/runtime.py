@@ -224,6 +224,29 @@ class Runtime:
             f"replicas not ready within {timeout_s:.0f} s; see their logs in {self.workdir}"
         )
 
+    async def first_ready(self, timeout_s: float, poll_s: float = 0.01) -> None:
+        """Wait until every model has a READY replica (a model kept at zero replicas need
+        not): one is enough to serve, the model's other replicas join as they become
+        ready. What an editor waits for; ``wait_ready`` waits for every first start.
+
+        TimeoutError after ``timeout_s``, naming the models still waiting and the logs."""
+        deadline = self.clock() + timeout_s
+        while waiting := [m.name for m in self.config.models if not self._model_serving(m)]:
+            if self.clock() >= deadline:
+                raise TimeoutError(
+                    f"no replica of {', '.join(waiting)} ready within {timeout_s:g} s; "
+                    f"see their logs in {self.workdir}"
+                )
+            await asyncio.sleep(poll_s)
+
+    def _model_serving(self, model: ModelConfig) -> bool:
+        """A READY replica, or none needed: no minimum and none on its first start."""
+        replicas = self.manager.of_model(model.name, Lifecycle.PENDING, Lifecycle.READY)
+        if any(r.state is Lifecycle.READY for r in replicas):
+            return True
+        first_start = any(r.state is Lifecycle.PENDING and r.restarts == 0 for r in replicas)
+        return model.min_replicas == 0 and not first_start
+
     def _model_ready(self, model: ModelConfig) -> bool:
         replicas = self.manager.of_model(model.name, Lifecycle.PENDING, Lifecycle.READY)
         first_start = any(r.state is Lifecycle.PENDING and r.restarts == 0 for r in replicas)

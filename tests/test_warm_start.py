@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from processes import group_alive, wait_for
 
-from cato_lsp.backend import first_ready, make_backend
+from cato_lsp.backend import make_backend
 from orchestrator.api import TaskKind, TaskRequest
 from orchestrator.config import config_from_dict
 from orchestrator.emulator import cli as emulate_cli
@@ -95,7 +95,7 @@ async def test_the_first_ready_replica_serves_while_the_other_still_starts(
         slow = await rt.manager.start(emulated(cold_start_s=600.0))
         fast = await rt.manager.start(emulated(cold_start_s=0.0))
         assert slow is not None and fast is not None
-        await first_ready(rt, timeout_s=60.0)
+        await rt.first_ready(timeout_s=60.0)
         assert (fast.state, slow.state) == (Lifecycle.READY, Lifecycle.PENDING)
         request = TaskRequest(kind=TaskKind.COMPLETE, prompt="def add(a, b):", max_tokens=8)
         async with contextlib.aclosing(rt.orchestrator.submit(request)) as stream:
@@ -110,7 +110,7 @@ async def test_no_replica_ready_in_time_is_a_clear_error_naming_the_model_and_lo
     async with runtime(tmp_path) as rt:
         assert await rt.manager.start(emulated(cold_start_s=600.0)) is not None
         with pytest.raises(TimeoutError, match=r"no replica of tiny ready within 0\.5 s") as err:
-            await first_ready(rt, timeout_s=0.5)
+            await rt.first_ready(timeout_s=0.5)
         assert str(tmp_path) in str(err.value)
 
 
