@@ -20,11 +20,9 @@ messages become its context).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
-import re
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +34,6 @@ from pydantic import ValidationError
 from orchestrator import dashboard
 from orchestrator.api import (
     SLA,
-    SLA_UNREACHABLE,
     SLAMetric,
     Status,
     TaskEvent,
@@ -44,10 +41,21 @@ from orchestrator.api import (
     TaskRequest,
 )
 from orchestrator.config import User
-from orchestrator.executor import Orchestrator, RunItem, TextSink, TokenDelta
+from orchestrator.executor import Orchestrator, RunItem, TextSink
 from orchestrator.graphs import TaskGraph, build_graph
 from orchestrator.history import DEFAULT_INTERVAL_S, History, UserUsage
 from orchestrator.http_guard import GuardedSite, HttpLimits
+from orchestrator.http_responses import (
+    TextStream,
+    last_event,
+    not_found,
+    open_sse,
+    read_body,
+    task_error,
+    task_event_json,
+    tokens_used,
+    validation_message,
+)
 from orchestrator.openai_api import (
     ChatCompletionBody,
     CompletionBody,
@@ -64,19 +72,6 @@ from orchestrator.task_run import ByteSink
 log = logging.getLogger(__name__)
 
 TTFT_KINDS = {TaskKind.COMPLETE, TaskKind.GENERATE}
-
-# HTTP status of a task that failed before its first token, by ``TaskEvent.code``.
-_ERROR_STATUS = {
-    "bad_request": 400,
-    "unknown_model": 404,
-    "no_replica": 503,
-    "replica_error": 502,
-    SLA_UNREACHABLE: 503,
-}
-
-# "replica tiny-0 rejected the request: ..." names an internal replica; clients see
-# the model server's reason alone.
-_REPLICA_PREFIX = re.compile(r"^replica \S+ (rejected the request|failed): ")
 
 
 @dataclass(frozen=True)
@@ -202,7 +197,7 @@ class Service:
             raise bad_request(str(exc)) from None
         served = self.served_models()
         if served and graph.model not in served:
-            raise _not_found(graph.model, served)
+            raise not_found(graph.model, served)
         self._check_context(graph)
         self.queue.check()
         return graph
@@ -252,12 +247,12 @@ class Service:
         try:
             async with contextlib.aclosing(submitted) as batches:
                 async for batch in batches:
-                    last = _last_event(batch, last)
+                    last = last_event(batch, last)
                     yield batch
         finally:
             self.metrics.observe_end(req.kind.value, last)
             self.history.usage.observe(req.user, last)
-            self.users.settle(user, reserved, _tokens_used(last))
+            self.users.settle(user, reserved, tokens_used(last))
             _log_task(req, last)
 
     # -- /v1/tasks ----------------------------------------------------------------
@@ -269,20 +264,20 @@ class Service:
         try:
             req = TaskRequest.model_validate(await self._body(request))
         except ValidationError as exc:
-            raise bad_request(_validation_message(exc)) from None
+            raise bad_request(validation_message(exc)) from None
         if user is not None:
             req = req.model_copy(update={"user": user.name})
         req = self.options.with_floor(req, user)
         graph = self._check(req)
         reserved = self._reserve(graph, user)
         try:
-            resp = await _open_sse(request)
+            resp = await open_sse(request)
         except BaseException:
             self.users.settle(user, reserved, 0)  # the client left before the task began
             raise
         async with contextlib.aclosing(self._run(req, user, reserved, graph=graph)) as batches:
             async for batch in batches:
-                await resp.write(b"".join(sse(_task_event_json(item)) for item in batch))
+                await resp.write(b"".join(sse(task_event_json(item)) for item in batch))
         await resp.write_eof(b"data: [DONE]\n\n")
         return resp
 
@@ -309,12 +304,12 @@ class Service:
         try:
             body = model.model_validate(await self._body(request))
         except ValidationError as exc:
-            raise bad_request(_validation_message(exc)) from None
+            raise bad_request(validation_message(exc)) from None
         if body.n != 1:
             raise bad_request(f"only n=1 is supported, got n={body.n}")
         served = self.served_models()
         if body.model and served and body.model not in served:
-            raise _not_found(body.model, served)
+            raise not_found(body.model, served)
         req = self.options.with_floor(self._task_from_openai(body, chat=chat, user=user), user)
         graph = self._check(req)
         reserved = self._reserve(graph, user)
@@ -337,23 +332,23 @@ class Service:
     ) -> web.StreamResponse:
         """SSE chunks; the response starts with the first token, so a task that fails
         before any output still gets a plain HTTP error. The task's model call writes
-        the chunks itself (``_TextStream``); this waits for the end.
+        the chunks itself (``TextStream``); this waits for the end.
 
         A completion's chunks are the replica's own (its ``id``, its ``finish_reason``,
         its usage chunk), forwarded as bytes; a chat's are framed here from the text,
         since the replica is asked for a completion of the chat's prompt."""
-        out = _TextStream(request, writer, keep_usage=include_usage)
+        out = TextStream(request, writer, keep_usage=include_usage)
         relay = None if writer.chat else out
         last: TaskEvent | None = None
         run = self._run(req, *bill, out.write, relay, graph=graph, progress=False)
         async with contextlib.aclosing(run) as batches:
             async for batch in batches:
-                last = _last_event(batch, last)
+                last = last_event(batch, last)
         resp = out.resp
         if resp is None:
             if (last is None or last.type != "done") and not out.tail:
-                return _task_error(last)
-            resp = await _open_sse(request)
+                return task_error(last)
+            resp = await open_sse(request)
         # What is left goes out in one write with the end of the body (and with the
         # head, when the whole stream came in one read).
         parts = [out.tail]
@@ -379,9 +374,9 @@ class Service:
         run = self._run(req, *bill, graph=graph, progress=False)
         async with contextlib.aclosing(run) as batches:
             async for batch in batches:
-                last = _last_event(batch, last)
+                last = last_event(batch, last)
         if last is None or last.type != "done":
-            return _task_error(last)
+            return task_error(last)
         return web.json_response(writer.whole(last))
 
     def _task_from_openai(self, body: OpenAIBody, *, chat: bool, user: User | None) -> TaskRequest:
@@ -415,7 +410,7 @@ class Service:
         try:
             return TaskRequest.model_validate(fields)
         except ValidationError as exc:
-            raise bad_request(_validation_message(exc)) from None
+            raise bad_request(validation_message(exc)) from None
 
     # -- info ---------------------------------------------------------------------
 
@@ -462,72 +457,6 @@ class Service:
         return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
 
-async def read_body(request: web.Request, max_bytes: int, limits: HttpLimits) -> bytes:
-    """The request's body: 413 over ``max_bytes``, 408 (and the connection closed)
-    when it does not arrive within ``limits.body_timeout_s``."""
-    try:
-        if request.content.is_eof():  # all of it came with the head: nothing to wait for
-            return await request.read()
-        async with asyncio.timeout(limits.body_timeout_s):
-            return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise Rejected(
-            error(413, f"request body over the limit of {max_bytes} bytes", "RequestTooLargeError")
-        ) from None
-    except TimeoutError:
-        resp = error(
-            408,
-            f"the request body did not arrive within {limits.body_timeout_s:g} s",
-            "RequestTimeoutError",
-        )
-        resp.force_close()
-        raise Rejected(resp) from None
-
-
-def _not_found(model: str, served: Sequence[str]) -> Rejected:
-    return Rejected(
-        error(
-            404,
-            f"The model `{model}` does not exist (served: {', '.join(served)}).",
-            "NotFoundError",
-        )
-    )
-
-
-def _tokens_used(last: TaskEvent | None) -> int:
-    if last is None or last.usage is None:
-        return 0
-    return last.usage.prompt_tokens + last.usage.completion_tokens
-
-
-def _last_event(batch: list[RunItem], last: TaskEvent | None) -> TaskEvent | None:
-    """The last ``TaskEvent`` of ``batch`` (tokens only say a task is still running, as
-    any event before ``done`` does), else ``last``."""
-    for item in reversed(batch):
-        if isinstance(item, TaskEvent):
-            return item
-    return last
-
-
-def _task_event_json(item: RunItem) -> str:
-    if isinstance(item, TokenDelta):
-        return item.json()  # per token: no pydantic model on the way out
-    return item.model_dump_json(exclude_none=True)
-
-
-def _task_error(last: TaskEvent | None) -> web.Response:
-    """The HTTP answer for a task that ended without output."""
-    if last is None:
-        return error(499, "the task was cancelled", "CancelledError")
-    message = last.error or "the task did not finish"
-    status = _ERROR_STATUS.get(last.code or "", 500)
-    if status in (400, 502):
-        message = _REPLICA_PREFIX.sub("the model server rejected the request: ", message)
-    kinds = {400: "BadRequestError", 404: "NotFoundError", 503: "ServiceUnavailableError"}
-    headers = {"Retry-After": "1"} if status == 503 else {}
-    return error(status, message, kinds.get(status, "InternalServerError"), **headers)
-
-
 def _log_task(req: TaskRequest, last: TaskEvent | None) -> None:
     """Failures as warnings; the rest only at debug level (``--log-level debug``)."""
     who = req.user or "-"
@@ -551,81 +480,6 @@ def _log_task(req: TaskRequest, last: TaskEvent | None) -> None:
 
 
 SERVICE = web.AppKey("service", Service)  # the app's handlers and their state
-
-
-class _TextStream:
-    """The SSE response of one streamed OpenAI request, written by the task's final
-    model call as its output arrives (one write per read from the replica), so a token
-    is not handed from task to task on its way out: text deltas framed here
-    (``write``), or the replica's chunks as they are (``forward``, a ``ByteSink``). The
-    response starts with the first output."""
-
-    def __init__(
-        self, request: web.Request, writer: OpenAIWriter, *, keep_usage: bool = False
-    ) -> None:
-        self.request = request
-        self.writer = writer
-        self.model = writer.model
-        self.keep_usage = keep_usage
-        self.resp: web.StreamResponse | None = None
-        self.gone = False
-        self.forwarded = False  # the replica's chunks went out, not chunks framed here
-        self.tail = b""  # the stream's last read, written with the body's end
-        self._handler = asyncio.current_task()
-
-    async def write(self, texts: list[str]) -> None:
-        await self._send(b"".join([self.writer.chunk(text) for text in texts if text]))
-
-    async def forward(self, data: bytes, *, last: bool = False) -> None:
-        self.forwarded = True
-        if last:
-            self.tail += data
-            return
-        await self._send(data)
-
-    async def _send(self, data: bytes) -> None:
-        if self.gone or not data:
-            return
-        try:
-            if self.resp is None:
-                self.resp = await _open_sse(self.request)
-            await self.resp.write(data)
-        except ConnectionError:
-            # The client left: end the request (and so the task) as a failed write in
-            # the handler would, instead of generating text no one reads.
-            self.gone = True
-            if self._handler is not None:
-                self._handler.cancel()
-
-
-_OpenAIWriter = OpenAIWriter  # the name tests and older code know
-
-
-def _validation_message(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:5]:
-        where = ".".join(str(x) for x in err["loc"]) or "body"
-        parts.append(f"{where}: {err['msg']}")
-    return "; ".join(parts)
-
-
-class _EventStream(web.StreamResponse):
-    """An SSE response whose head goes out with its first bytes, in one write (aiohttp
-    sends a ``StreamResponse``'s head at ``prepare`` by itself, a write of its own)."""
-
-    _send_headers_immediately = False
-
-
-async def _open_sse(request: web.Request) -> web.StreamResponse:
-    resp = _EventStream(
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-        }
-    )
-    await resp.prepare(request)
-    return resp
 
 
 @web.middleware

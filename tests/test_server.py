@@ -40,13 +40,13 @@ from orchestrator.emulator.process import (
     launch_emulator,
 )
 from orchestrator.executor import Orchestrator, ReplicaSpec
+from orchestrator.http_responses import TextStream
+from orchestrator.openai_api import OpenAIWriter
 from orchestrator.runtime import task_defaults
 from orchestrator.server import (
     SERVICE,
     Service,
     ServiceOptions,
-    _OpenAIWriter,
-    _TextStream,
     create_app,
     serve_app,
 )
@@ -678,8 +678,8 @@ def test_cato_serve_on_a_taken_port_fails_clearly(tmp_path: Path) -> None:
 def test_openai_chunks_are_the_frames_byte_for_byte(text: str, model: str, chat: bool) -> None:
     """``chunk`` fills a template; it must give exactly what a full ``json.dumps`` of the
     frame gives, for any text and model name (the chat's first chunk names the role)."""
-    fast = _OpenAIWriter(chat=chat, model=model)
-    slow = _OpenAIWriter(chat=chat, model=model)
+    fast = OpenAIWriter(chat=chat, model=model)
+    slow = OpenAIWriter(chat=chat, model=model)
     slow.id, slow.created = fast.id, fast.created
     for piece in ("first", text, text + '\u2192\n"', text):
         assert fast.chunk(piece) == slow._frame([slow._choice(piece, None)])
@@ -700,10 +700,10 @@ async def test_a_write_to_a_client_that_left_ends_the_request() -> None:
             raise ConnectionResetError("Cannot write to closing transport")
 
     started = asyncio.Event()
-    out: list[_TextStream] = []
+    out: list[TextStream] = []
 
     async def handler() -> None:
-        stream = _TextStream(None, _OpenAIWriter(chat=False, model=MODEL))  # type: ignore[arg-type]
+        stream = TextStream(None, OpenAIWriter(chat=False, model=MODEL))  # type: ignore[arg-type]
         stream.resp = GoneResponse()  # type: ignore[assignment]
         out.append(stream)
         started.set()
