@@ -24,7 +24,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from orchestrator import calibrate
+from orchestrator import calibrate, calibrate_prefix
 from orchestrator.bench import (
     capacity,
     capacity_report,
@@ -113,6 +113,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     workloads.configure(shape)
     calibrate.configure(
         sub.add_parser("calibrate", help="measure a running engine and write an engine profile")
+    )
+    calibrate_prefix.configure(
+        sub.add_parser(
+            "calibrate-prefix", help="a running engine's prefix cache against the emulator's"
+        )
     )
 
 
@@ -299,6 +304,8 @@ def _run(args: argparse.Namespace) -> int:
         return _run_live(args)
     if args.bench_command == "calibrate":
         return calibrate.run(args)
+    if args.bench_command == "calibrate-prefix":
+        return calibrate_prefix.run(args)
     if args.bench_command == "chaos":
         return chaos.run(args)
     if args.bench_command == "soak":
