@@ -24,9 +24,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from benchmarks.test_bench_scheduler import busy_replicas
+from benchmarks.test_bench_scheduler import busy_replicas, routing_call
 from orchestrator.policy.scheduler import CatoScheduler
-from orchestrator.policy.state import Call
 
 REPLICAS = (16, 64, 256)
 # cato 0.1.0 on uvloop, 16 and 128 tokens at 16 in flight (docs/BENCHMARKS.md, Overhead).
@@ -40,17 +39,7 @@ def decision_us(n: int, misses: bool, rounds: int = 15, per_round: int = 200) ->
     """Microseconds of one routing decision over ``n`` busy replicas: the best round's
     mean (on a shared machine, the slower rounds measure the other work)."""
     replicas = busy_replicas(n)
-    shortest = min(r.wait_s for r in replicas)
-    slack = shortest + 0.03 if misses else shortest * 1.25 + 5.0
-    call = Call(
-        id="new",
-        model="m",
-        deadline=1.0 + slack,
-        prompt_tokens=400,
-        expected_output_tokens=64,
-        arrival=1.0,
-        metric="ttft",
-    )
+    call = routing_call(replicas, meets=not misses)
     scheduler = CatoScheduler()
     times = []
     for _ in range(rounds):

@@ -48,6 +48,24 @@ def busy_replicas(n: int, seed: int = 0) -> list[ReplicaState]:
     return replicas
 
 
+def routing_call(replicas: list[ReplicaState], meets: bool) -> Call:
+    """The call being routed: a completion that one of ``replicas`` can serve in time
+    (``meets``) or that none can. Its own service is 0.05-0.07 s: half of it is too
+    little on every replica; one that meets its deadline keeps over a tenth of its
+    budget spare (not urgent)."""
+    shortest = min(r.wait_s for r in replicas)
+    slack = shortest * 1.25 + 5.0 if meets else shortest + 0.03
+    return Call(
+        id="new",
+        model="m",
+        deadline=1.0 + slack,
+        prompt_tokens=400,
+        expected_output_tokens=64,
+        arrival=1.0,
+        metric="ttft",
+    )
+
+
 def _call(rng: random.Random, call_id: str) -> Call:
     return Call(
         id=call_id,
@@ -64,23 +82,11 @@ def _call(rng: random.Random, call_id: str) -> Call:
 @pytest.mark.parametrize("n_replicas", [16, 64, 256, 1_024])
 def test_cato_route(benchmark: BenchmarkFixture, n_replicas: int, deadline_case: str) -> None:
     replicas = busy_replicas(n_replicas)
-    shortest = min(r.wait_s for r in replicas)
-    # The call's own service is 0.05-0.07 s: half of it is too little on every replica.
-    # One that meets its deadline keeps over a tenth of its budget spare (not urgent).
-    slack = shortest * 1.25 + 5.0 if deadline_case == "meets" else shortest + 0.03
-    call = Call(
-        id="new",
-        model="m",
-        deadline=1.0 + slack,
-        prompt_tokens=400,
-        expected_output_tokens=64,
-        arrival=1.0,
-        metric="ttft",
-    )
+    call = routing_call(replicas, meets=deadline_case == "meets")
     scheduler = CatoScheduler()
     route = benchmark(scheduler.route, call, replicas, 1.0)
     assert route.priority == (2 if deadline_case == "meets" else 1)
-    assert route.expected_wait_s == pytest.approx(shortest, rel=1e-6)
+    assert route.expected_wait_s == pytest.approx(min(r.wait_s for r in replicas), rel=1e-6)
 
 
 @pytest.mark.parametrize("policy", ["cato_paper", "cato_triage"])
