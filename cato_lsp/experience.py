@@ -24,7 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,15 +66,13 @@ def _percentile(values: Sequence[float], share: float) -> float | None:
     return ordered[max(0, int(share * len(ordered) + 0.999999) - 1)]
 
 
-async def measure(
-    size_bytes: int, options: dict[str, Any], repeats: int, pause_s: float
-) -> dict[str, Any]:
+async def _start_client(on_ready: Callable[[], None]) -> LanguageClient:
+    """A client of a fresh `cato-lsp`, calling `on_ready` when the status says ready."""
     client = LanguageClient("cato-experience", "1")
-    ready = asyncio.Event()
 
     def on_status(params: Any) -> None:
         if getattr(params, "state", None) == "ready":
-            ready.set()
+            on_ready()
 
     def ignore(params: Any) -> None:
         return None
@@ -83,43 +81,65 @@ async def measure(
     for method in (types.WINDOW_SHOW_MESSAGE, types.WINDOW_LOG_MESSAGE):
         client.feature(method)(ignore)
     await client.start_io(sys.executable, "-m", "cato_lsp")
+    return client
+
+
+async def _initialize(client: LanguageClient, folder: str, options: dict[str, Any]) -> None:
+    await client.initialize_async(
+        types.InitializeParams(
+            capabilities=types.ClientCapabilities(
+                text_document=types.TextDocumentClientCapabilities(
+                    inline_completion=types.InlineCompletionClientCapabilities()
+                )
+            ),
+            initialization_options=options,
+            root_uri=Path(folder).as_uri(),
+        )
+    )
+    client.initialized(types.InitializedParams())
+
+
+def _open(client: LanguageClient, folder: str, size_bytes: int) -> tuple[str, int, str]:
+    """Write and open a Python file of `size_bytes`: its URI, the line to type on, its text."""
+    path = Path(folder) / "app.py"
+    text, line = python_file(size_bytes)
+    path.write_text(text, encoding="utf-8")
+    uri = path.as_uri()
+    client.text_document_did_open(
+        types.DidOpenTextDocumentParams(
+            types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text)
+        )
+    )
+    return uri, line, text
+
+
+async def _suggest(client: LanguageClient, uri: str, line: int, column: int) -> bool:
+    """Ask for an inline completion at the position; whether items came back."""
+    result = await client.text_document_inline_completion_async(
+        types.InlineCompletionParams(
+            context=types.InlineCompletionContext(
+                trigger_kind=types.InlineCompletionTriggerKind.Automatic
+            ),
+            text_document=types.TextDocumentIdentifier(uri=uri),
+            position=types.Position(line=line, character=column),
+        )
+    )
+    return bool(result is not None and getattr(result, "items", None))
+
+
+async def measure(
+    size_bytes: int, options: dict[str, Any], repeats: int, pause_s: float
+) -> dict[str, Any]:
+    ready = asyncio.Event()
+    client = await _start_client(ready.set)
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "app.py"
-        text, line = python_file(size_bytes)
-        path.write_text(text, encoding="utf-8")
-        uri = path.as_uri()
-        capabilities = types.ClientCapabilities(
-            text_document=types.TextDocumentClientCapabilities(
-                inline_completion=types.InlineCompletionClientCapabilities()
-            )
-        )
         started = time.perf_counter()
-        await client.initialize_async(
-            types.InitializeParams(
-                capabilities=capabilities,
-                initialization_options=options,
-                root_uri=Path(folder).as_uri(),
-            )
-        )
-        client.initialized(types.InitializedParams())
-        client.text_document_did_open(
-            types.DidOpenTextDocumentParams(
-                types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text)
-            )
-        )
+        await _initialize(client, folder, options)
+        uri, line, text = _open(client, folder, size_bytes)
 
         async def ask(column: int) -> tuple[float, bool]:
             t0 = time.perf_counter()
-            result = await client.text_document_inline_completion_async(
-                types.InlineCompletionParams(
-                    context=types.InlineCompletionContext(
-                        trigger_kind=types.InlineCompletionTriggerKind.Automatic
-                    ),
-                    text_document=types.TextDocumentIdentifier(uri=uri),
-                    position=types.Position(line=line, character=column),
-                )
-            )
-            shown = bool(result is not None and getattr(result, "items", None))
+            shown = await _suggest(client, uri, line, column)
             return (time.perf_counter() - t0) * 1000.0, shown
 
         opened = time.perf_counter()
@@ -194,56 +214,20 @@ async def measure(
 async def start_once(size_bytes: int, options: dict[str, Any]) -> dict[str, float | None]:
     """One fresh server: spawn it, initialize, open the file and ask for a suggestion at
     once (as a user who starts typing), timing each step until the first items."""
-    client = LanguageClient("cato-experience", "1")
     marks: dict[str, float] = {}
 
-    def on_status(params: Any) -> None:
-        if getattr(params, "state", None) == "ready":
-            marks.setdefault("ready", time.perf_counter())
+    def on_ready() -> None:
+        marks.setdefault("ready", time.perf_counter())
 
-    def ignore(params: Any) -> None:
-        return None
-
-    client.feature("cato/status")(on_status)
-    for method in (types.WINDOW_SHOW_MESSAGE, types.WINDOW_LOG_MESSAGE):
-        client.feature(method)(ignore)
     spawned = time.perf_counter()
-    await client.start_io(sys.executable, "-m", "cato_lsp")
+    client = await _start_client(on_ready)
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "app.py"
-        text, line = python_file(size_bytes)
-        path.write_text(text, encoding="utf-8")
-        uri = path.as_uri()
-        await client.initialize_async(
-            types.InitializeParams(
-                capabilities=types.ClientCapabilities(
-                    text_document=types.TextDocumentClientCapabilities(
-                        inline_completion=types.InlineCompletionClientCapabilities()
-                    )
-                ),
-                initialization_options=options,
-                root_uri=Path(folder).as_uri(),
-            )
-        )
+        await _initialize(client, folder, options)
         initialized = time.perf_counter()
-        client.initialized(types.InitializedParams())
-        client.text_document_did_open(
-            types.DidOpenTextDocumentParams(
-                types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text)
-            )
-        )
+        uri, line, _ = _open(client, folder, size_bytes)
         opened = time.perf_counter()
-        result = await client.text_document_inline_completion_async(
-            types.InlineCompletionParams(
-                context=types.InlineCompletionContext(
-                    trigger_kind=types.InlineCompletionTriggerKind.Automatic
-                ),
-                text_document=types.TextDocumentIdentifier(uri=uri),
-                position=types.Position(line=line, character=0),
-            )
-        )
+        shown = await _suggest(client, uri, line, 0)
         answered = time.perf_counter()
-        shown = bool(result is not None and getattr(result, "items", None))
         await client.shutdown_async(None)
         client.exit(None)
         await client.stop()  # type: ignore[no-untyped-call]
