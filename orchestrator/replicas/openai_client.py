@@ -454,20 +454,12 @@ def _before_response_error(exc: BaseException, url: str) -> ReplicaError:
 
 
 async def _read_limited(resp: Response, limit: int) -> bytes:
-    """Up to ``limit`` bytes of the body; whatever arrived if reading it fails."""
-    parts: list[bytes] = []
-    size = 0
-    try:
+    """Up to ``limit`` bytes of an error's body; none when reading it fails (the error
+    then has the status line alone)."""
+    with contextlib.suppress(TimeoutError, OSError):
         async with asyncio.timeout(DRAIN_S * 5):
-            while size < limit:
-                chunk = await resp.readany()
-                if not chunk:
-                    break
-                parts.append(chunk)
-                size += len(chunk)
-    except (TimeoutError, OSError):
-        pass
-    return b"".join(parts)[:limit]
+            return await resp.read(limit)
+    return b""
 
 
 async def _http_error(resp: Response, url: str) -> ReplicaHTTPError:
