@@ -29,6 +29,22 @@ async def raw_server() -> AsyncIterator[Callable[[Raw], Awaitable[str]]]:
         server.close()
 
 
+def answering(data: bytes, *, close: bool = True) -> Raw:
+    """A raw server's handler: read one request head, answer ``data``, then close the
+    connection (or hold it open without a word)."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(data)
+        await writer.drain()
+        if close:
+            writer.close()
+        else:
+            await asyncio.sleep(5)
+
+    return handler
+
+
 async def _aiohttp(app: web.Application) -> tuple[web.AppRunner, str]:
     runner = web.AppRunner(app)
     await runner.setup()
@@ -121,13 +137,8 @@ async def test_refused_connection_is_a_connect_error() -> None:
 async def test_closed_mid_body_raises_disconnected(
     raw_server: Callable[[Raw], Awaitable[str]],
 ) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
-        await writer.drain()
-        writer.close()
-
-    pool = Pool(await raw_server(handler))
+    cut = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    pool = Pool(await raw_server(answering(cut)))
     resp = await pool.request("GET", "/")
     assert await resp.readany() == b"hello"
     with pytest.raises(Disconnected):
@@ -136,13 +147,7 @@ async def test_closed_mid_body_raises_disconnected(
 
 
 async def test_garbage_is_a_bad_response(raw_server: Callable[[Raw], Awaitable[str]]) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"SSH-2.0-OpenSSH\r\n\r\n")
-        await writer.drain()
-        await asyncio.sleep(1)
-
-    pool = Pool(await raw_server(handler))
+    pool = Pool(await raw_server(answering(b"SSH-2.0-OpenSSH\r\n\r\n", close=False)))
     with pytest.raises(BadResponse):
         await pool.request("GET", "/")
 
@@ -202,13 +207,8 @@ def test_only_http_urls() -> None:
 async def test_a_body_without_length_ends_at_close(
     raw_server: Callable[[Raw], Awaitable[str]],
 ) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it")
-        await writer.drain()
-        writer.close()
-
-    pool = Pool(await raw_server(handler))
+    unframed = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it"
+    pool = Pool(await raw_server(answering(unframed)))
     resp = await pool.request("GET", "/")
     assert await resp.read(100) == b"all of it"
     assert resp.eof
