@@ -557,15 +557,12 @@ class Orchestrator:
     def _observe(
         self, st: ReplicaState, call: Call, usage: Usage, started: float, first_at: float | None
     ) -> None:
-        """Teach the replica's rates what one finished call took."""
+        """Teach the replica's rates what one finished call took (as the simulator
+        does: by the prompt tokens the engine computed, not the usage's whole prompt,
+        which on a prefix-cache hit made the prefill rate look several times faster)."""
         done = self.clock()
-        st.observe(
-            usage.prompt_tokens,
-            (first_at or done) - started,
-            usage.completion_tokens,
-            done - (first_at or done),
-            contended=call.peers_at_start > 0,
-        )
+        st.rates.observe_call(call, started, first_at or done, done, usage.completion_tokens)
+        st.refresh()
 
 
 def _rejects_request(exc: ReplicaError) -> bool:

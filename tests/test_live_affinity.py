@@ -147,6 +147,23 @@ async def test_a_documents_completions_follow_its_prefix_while_that_replica_has_
     assert gained[0] > 0  # A's second prompt on r0 reused its first
 
 
+async def test_a_cached_prompt_teaches_the_prefill_rate_by_what_the_engine_computed(
+    caching_pair: list[RunningEmulator],
+) -> None:
+    await idle(caching_pair)
+    async with orchestrator(caching_pair[:1]) as orch:
+        rates = orch._replicas["r0"].state.rates
+        await run(orch, complete(fim(3_000, DOC_A)))
+        for cursor in range(3_100, 3_600, 100):  # alone on the replica, mostly cached
+            await run(orch, complete(fim(cursor, DOC_A)))
+        # Each prompt's whole length (about 900 tokens) over a TTFT that paid for about
+        # 30 of them would have taught a rate near 0.05x the engine's, and five such
+        # calls would have more than halved it. Measured per computed token, it stays
+        # near the profile's (HTTP and scheduling time only add to it).
+        assert rates.prefill_s_per_token >= 0.7 * PROFILE.prefill_s_per_token
+    await idle(caching_pair)
+
+
 async def test_calls_carry_the_block_hashes_the_emulator_uses() -> None:
     orch = Orchestrator([ReplicaSpec(id="r0", url="http://127.0.0.1:9", model=MODEL)])
     prompt = fim(1_000)

@@ -89,6 +89,21 @@ class Rates:
             tpot = decode_s / (output_tokens - 1)
             self.tpot_s += a * (tpot - self.tpot_s)
 
+    def observe_call(
+        self, call: Call, started: float, first_token: float, done: float, produced: int
+    ) -> None:
+        """Fold ``call`` in, run from ``started`` to ``done``, its first token at
+        ``first_token``: its prefill counts the tokens the engine was expected to
+        compute (its cached prefix aside), in the units ``service_s`` charges, which
+        is what live replicas and the simulator both teach."""
+        self.observe(
+            call.prefill_tokens,
+            first_token - started,
+            produced,
+            done - first_token,
+            contended=call.peers_at_start > 0,
+        )
+
 
 @dataclass(eq=False, slots=True)
 class Call:

@@ -455,13 +455,7 @@ class Simulator:
         first = call.first_token_at if call.first_token_at is not None else now
         # ``tokens``, ``observe`` and ``finish`` of the executor, with the one refresh
         # of the replica's wait estimate (in ``finish``) that the end state needs.
-        st.rates.observe(
-            call.prefill_tokens,
-            first - started,
-            produced,
-            now - first,
-            contended=call.peers_at_start > 0,
-        )
+        st.rates.observe_call(call, started, first, now, produced)
         if not self.core.finish(st, call.id, now, produced):  # else it told the tracker
             self.tracker.running(rep.id, len(st.in_flight), st.concurrency_limit, now)
         reached = first if call.metric == "ttft" else now
