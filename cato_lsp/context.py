@@ -214,23 +214,57 @@ def _trim_suffix(text: str, offset: int, end: int) -> str:
     return window[: last_break + 1]
 
 
+def _check_window(offset: int, size: int, budget_tokens: int, *shares: float) -> None:
+    if not 0 <= offset <= size:
+        raise PositionError(f"offset {offset} is outside the document (length {size})")
+    if budget_tokens < 0:
+        raise ValueError(f"budget_tokens must be >= 0, got {budget_tokens}")
+    for name, share in zip(("prefix_share", "anchor_share"), shares, strict=False):
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"{name} must be within [0, 1], got {share}")
+
+
+def anchor_step(budget_tokens: int, prefix_share: float, anchor_share: float) -> int:
+    """Characters between two starts the prefix window may take (0: it slides)."""
+    if anchor_share <= 0.0:
+        return 0
+    return max(1, int(int(budget_tokens * CHARS_PER_TOKEN * prefix_share) * anchor_share))
+
+
+def anchor_point(offset: int, step: int) -> int:
+    """The grid point at or before `offset`: it moves when the window's start does, so
+    what is chosen from the text before it stays the same as the cursor moves on."""
+    return offset if step <= 0 else offset - offset % step
+
+
 def prefix_suffix_window(
-    text: str, offset: int, budget_tokens: int, prefix_share: float = 0.75
+    text: str,
+    offset: int,
+    budget_tokens: int,
+    prefix_share: float = 0.75,
+    anchor_share: float = 0.0,
 ) -> tuple[str, str]:
     """Prefix and suffix around `offset` that fit `budget_tokens` together.
 
     The lines nearest the cursor are kept; cuts fall on line boundaries when the window
     holds at least one of them. Only a slice around the offset is read.
+
+    With `anchor_share` > 0 the prefix starts on a grid of document offsets, a step of
+    that share of the prefix window apart (`anchor_step`), at the first line start after
+    the lowest grid point the window reaches. Typing forward then leaves the prompt's
+    head as it was until the cursor has moved a step, so an engine's prefix cache can
+    reuse it; a window that slides with the cursor changes its first line, and with it
+    every cached block, on almost every keystroke. The prefix is then between the
+    window less a step and the whole window.
     """
-    if not 0 <= offset <= len(text):
-        raise PositionError(f"offset {offset} is outside the document (length {len(text)})")
-    if budget_tokens < 0:
-        raise ValueError(f"budget_tokens must be >= 0, got {budget_tokens}")
-    if not 0.0 <= prefix_share <= 1.0:
-        raise ValueError(f"prefix_share must be within [0, 1], got {prefix_share}")
+    _check_window(offset, len(text), budget_tokens, prefix_share, anchor_share)
     total = budget_tokens * CHARS_PER_TOKEN
     take_prefix, take_suffix = _split_sizes(offset, len(text) - offset, total, prefix_share)
-    prefix = _trim_prefix(text, offset - take_prefix, offset)
+    start = offset - take_prefix
+    step = anchor_step(budget_tokens, prefix_share, anchor_share)
+    if step and start > 0:
+        start = min(-(-start // step) * step, offset)
+    prefix = _trim_prefix(text, start, offset)
     suffix = _trim_suffix(text, offset, offset + take_suffix)
     return prefix, suffix
 

@@ -195,6 +195,48 @@ def test_window_rejects_bad_arguments() -> None:
         prefix_suffix_window("abc", 1, -1)
     with pytest.raises(ValueError):
         prefix_suffix_window("abc", 1, 10, prefix_share=1.5)
+    with pytest.raises(ValueError, match="anchor_share"):
+        prefix_suffix_window("abc", 1, 10, anchor_share=-0.1)
+
+
+def _starts(text: str, cursors: range, anchor_share: float) -> list[int]:
+    """Where each cursor's prefix starts in `text` (budget 100 tokens: 300 characters)."""
+    found = []
+    for cursor in cursors:
+        prefix, _ = prefix_suffix_window(text, cursor, 100, 0.75, anchor_share)
+        assert text[cursor - len(prefix) : cursor] == prefix
+        found.append(cursor - len(prefix))
+    return found
+
+
+def test_an_anchored_prefix_keeps_its_start_while_the_cursor_moves_on() -> None:
+    text = _numbered(400)  # 23-character lines
+    cursors = range(2_000, 4_000, 7)
+    anchored = _starts(text, cursors, 0.5)
+    sliding = _starts(text, cursors, 0.0)
+    # The start moves once per step of 150 characters, to a line start, and the prefix
+    # is between half the window (less the line it skips) and the whole window.
+    assert len(set(anchored)) <= 2_000 // 150 + 1 < len(set(sliding))
+    assert all(text[s - 1] == "\n" for s in anchored)
+    for cursor, start in zip(cursors, anchored, strict=True):
+        assert 150 - 23 <= cursor - start <= 300
+    # A sliding window keeps the lines nearest the cursor: never shorter than anchored.
+    assert all(a >= s for a, s in zip(anchored, sliding, strict=True))
+
+
+@given(
+    st.text(alphabet="ab \n\r", max_size=400),
+    st.integers(min_value=0, max_value=200),
+    st.floats(min_value=0.0, max_value=1.0),
+    st.integers(min_value=0, max_value=400),
+)
+def test_an_anchored_window_is_the_text_around_the_cursor_within_budget(
+    text: str, budget: int, share: float, cursor: int
+) -> None:
+    cursor = min(cursor, len(text))
+    prefix, suffix = prefix_suffix_window(text, cursor, budget, 0.75, share)
+    assert text[cursor - len(prefix) : cursor + len(suffix)] == prefix + suffix
+    assert len(prefix) + len(suffix) <= budget * CHARS_PER_TOKEN
 
 
 # --------------------------------------------------------------------------- binary
@@ -240,6 +282,15 @@ def test_snippet_selection_prefers_the_file_sharing_identifiers() -> None:
         CURSOR, [("cli.py", UNRELATED), ("order.py", RELATED)], budget_tokens=500, max_snippets=1
     )
     assert chosen == [Snippet("order.py", RELATED)]
+
+
+def test_snippet_selection_follows_an_open_file_as_it_is_edited() -> None:
+    # The windows of a file are cut once per content: an edit is seen at once.
+    candidates = [("cli.py", UNRELATED), ("order.py", RELATED)]
+    assert select_snippets(CURSOR, candidates, 500, 1) == [Snippet("order.py", RELATED)]
+    edited = [("cli.py", UNRELATED + RELATED), ("order.py", UNRELATED)]
+    [chosen] = select_snippets(CURSOR, edited, 500, 1)
+    assert chosen.path == "cli.py" and "total_price" in chosen.content
 
 
 def test_snippet_selection_finds_nothing_without_shared_identifiers() -> None:
@@ -350,6 +401,36 @@ def test_a_python_prompt_carries_the_imported_definitions(tmp_path: Path) -> Non
     assert prepared is not None and prepared.request.prompt is not None
     assert "def area(width: float, height: float) -> float:" in prepared.request.prompt
     assert "<file_sep>geometry/shapes.py\n" in prepared.request.prompt
+
+
+def _head(prompt: str) -> str:
+    """A CodeLlama prompt up to its suffix: what the next prompt may reuse from the cache."""
+    return prompt[: prompt.index(" <SUF>")]
+
+
+def test_typing_on_keeps_the_prompt_head_with_its_snippets_until_the_anchor_moves() -> None:
+    body = "".join(
+        f"def step_{i}(value):\n    return helper_{i % 7}(value) + {i}\n\n" for i in range(300)
+    )
+    doc = DocumentView("file:///ws/main.py", body, "python")
+    helpers = "".join(f"def helper_{i}(value):\n    return value * {i}\n\n\n" for i in range(7))
+    others = [DocumentView("file:///ws/helpers.py", helpers, "python")]
+    cursors = [body.index(f"def step_{i}(") for i in range(100, 140)]
+
+    def heads(anchor_share: float) -> list[str]:
+        settings = parse_settings({"context": {"anchorShare": anchor_share}})
+        found = []
+        for cursor in cursors:
+            prepared = prepare(doc, cursor, others, settings, "codellama")
+            assert prepared is not None and prepared.request.prompt is not None
+            found.append(_head(prepared.request.prompt))
+        return found
+
+    anchored, sliding = heads(0.5), heads(0.0)
+    assert all("helper_" in head.split("def step_")[0] for head in anchored)  # snippets first
+    kept = sum(later.startswith(head) for head, later in itertools.pairwise(anchored))
+    assert kept >= len(cursors) - 3  # 40 cursors over 1,960 characters; a step is 2,304
+    assert sum(later.startswith(h) for h, later in itertools.pairwise(sliding)) == 0
 
 
 # --------------------------------------------------------------------------- recent edits

@@ -533,8 +533,12 @@ def test_the_prompt_budget_fits_the_sla_and_never_exceeds_the_settings() -> None
     assert fitted_budget(settings, 0) == Budget(256, 0)  # overloaded: the window's floor
     fixed = parse_settings({"context": {"fitSla": False}})
     assert fitted_budget(fixed, 0) == Budget(1536, 512)
+    # In eighths, so that the window's anchor grid does not move with every estimate.
+    assert fitted_budget(settings, 1023) == Budget(576, 192)  # 3/8, not 1023/2048
+    assert fitted_budget(settings, 1792) == Budget(1344, 448)  # 7/8
     no_snippets = parse_settings({"context": {"maxSnippets": 0, "minBudgetTokens": 64}})
-    assert fitted_budget(no_snippets, 100) == Budget(100, 0)
+    assert fitted_budget(no_snippets, 300) == Budget(192, 0)  # 1/8 of 1536
+    assert fitted_budget(no_snippets, 100) == Budget(64, 0)  # under an eighth: the floor
 
 
 def test_the_experience_benchmark_types_into_an_empty_line_of_a_file_of_the_size_asked() -> None:

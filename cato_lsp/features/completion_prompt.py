@@ -17,7 +17,14 @@ from typing import Final
 from pygls.uris import to_fs_path
 
 from cato_lsp.backend import Orchestrator
-from cato_lsp.context import Snippet, looks_binary, prefix_suffix_window, select_snippets
+from cato_lsp.context import (
+    Snippet,
+    anchor_point,
+    anchor_step,
+    looks_binary,
+    prefix_suffix_window,
+    select_snippets,
+)
 from cato_lsp.features.documents import (
     DocumentView,
     comment_prefix,
@@ -63,14 +70,17 @@ class Budget:
 
 def fitted_budget(settings: Settings, fits: int | None) -> Budget:
     """The configured budgets, scaled down together to `fits` prompt tokens (what fits the
-    SLA now, from the orchestrator) when `context.fitSla` is on; never above the
-    configured budgets, and the window never below `context.minBudgetTokens`."""
+    SLA now, from the orchestrator) when `context.fitSla` is on, in steps of an eighth;
+    never above the configured budgets, and the window never below
+    `context.minBudgetTokens`."""
     ctx = settings.context
     snippets = ctx.snippet_tokens if ctx.max_snippets > 0 and ctx.max_candidates > 0 else 0
     full = Budget(ctx.budget_tokens, snippets)
     if not ctx.fit_sla or fits is None or fits >= full.total:
         return full
-    share = max(fits, 0) / full.total
+    # In eighths: a budget that moved with every estimate would move the window's
+    # anchor grid (`context.anchor_step`) and lose the prompt head an engine caches.
+    share = int(8 * max(fits, 0) / full.total) / 8
     floor = min(ctx.min_budget_tokens, ctx.budget_tokens)
     return Budget(max(floor, int(ctx.budget_tokens * share)), int(snippets * share))
 
@@ -154,9 +164,12 @@ def _render(
     return template.render(_as_comments(snippets, doc.language) + prefix, suffix)
 
 
+_NEAR_BEFORE: Final = 2_000  # characters before the cursor (or anchor) the snippets match
+_NEAR_AFTER: Final = 500
+
+
 def _snippets(
-    prefix: str,
-    suffix: str,
+    near_cursor: str,
     doc: DocumentView,
     others: Sequence[DocumentView],
     settings: Settings,
@@ -174,7 +187,6 @@ def _snippets(
     candidates += [(relative_path(o.uri, root), o.text) for o in same[-ctx.max_candidates :]]
     if not candidates:
         return []
-    near_cursor = prefix[-2_000:] + suffix[:500]
     return select_snippets(near_cursor, candidates, tokens, ctx.max_snippets)
 
 
@@ -254,7 +266,16 @@ def prepare(
         return None
     ctx = settings.context
     budget = budget or fitted_budget(settings, None)
-    prefix, suffix = prefix_suffix_window(doc.text, offset, budget.window, ctx.prefix_share)
+    shape = (budget.window, ctx.prefix_share, ctx.anchor_share)
+    prefix, suffix = prefix_suffix_window(doc.text, offset, *shape)
+    # Snippets come before the prefix in the prompt: chosen by the text before the
+    # window's anchor point, they change when its start does, not on every keystroke.
+    # Before the first anchor point (the top of a file), or with a sliding window, the
+    # text around the cursor chooses them.
+    point = anchor_point(offset, anchor_step(*shape))
+    near_cursor = doc.text[max(0, point - _NEAR_BEFORE) : point]
+    if point in (0, offset):
+        near_cursor = doc.text[max(0, offset - _NEAR_BEFORE) : offset] + suffix[:_NEAR_AFTER]
     lead = next_line_lead(prefix, suffix) or ""
     prefix += lead  # at the end of `def f(n):` the body starts on the next line
     template = get_template(family)
@@ -262,7 +283,7 @@ def prepare(
     if edits is not None:
         window = (offset - len(prefix) + len(lead), offset + len(suffix))
         edited = edited_regions(doc.text, offset, edits[0], edits[1], window)
-    snippets = _snippets(prefix, suffix, doc, others, settings, root, budget.snippets, edited)
+    snippets = _snippets(near_cursor, doc, others, settings, root, budget.snippets, edited)
     prompt = valid_unicode(_render(template, prefix, suffix, snippets, doc, root))
     if not prompt.strip():
         return None

@@ -31,6 +31,7 @@ export const SERVER_KEYS: readonly string[] = [
   "context.fitSla",
   "context.minBudgetTokens",
   "context.prefixShare",
+  "context.anchorShare",
   "context.snippetTokens",
   "context.maxSnippets",
   "context.maxCandidates",
