@@ -139,6 +139,25 @@ def test_cato_is_told_the_slas_and_the_profile_in_wall_time(tmp_path: Path) -> N
     assert plain.tasks.complete.sla_ms == 500 and prior_rates(plain.models[0]) == Rates()
 
 
+def test_a_live_ablation_sets_catos_scheduler_and_bad_settings_are_refused(
+    tmp_path: Path,
+) -> None:
+    from orchestrator.config import parse_config
+
+    lines = peers.scheduler_lines(["admission='none'", " late_bound = 3 "])
+    setup = peers.CatoSetup(scenario("rq2").defaults(), "codellama-7b@a100", scheduler=lines)
+    config = parse_config(peers.cato_config(_MODEL, POOL, "cato", setup, tmp_path), "p.toml")
+    assert (config.scheduler.admission, config.scheduler.late_bound) == ("none", 3)
+    for bad, says in [
+        ("admission=none", "needs quotes"),
+        ("admission='nope'", "admission: Input should be"),
+        ("late_bound", "not KEY=VALUE"),
+        ("bogus=1", "bogus: Extra inputs"),
+    ]:
+        with pytest.raises(ValueError, match=says):
+            peers.scheduler_lines([bad])
+
+
 def test_a_caching_run_reports_the_hit_rate_and_waits_for_every_call(
     start_emulator: StartEmulator, tmp_path: Path
 ) -> None:

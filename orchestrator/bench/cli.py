@@ -202,6 +202,14 @@ def _configure_peers(peers_cmd: argparse.ArgumentParser) -> None:
         default=[],
         help="comma list of systems to run (e.g. cato), to rerun some of a comparison",
     )
+    peers_cmd.add_argument(
+        "--cato-scheduler",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a [scheduler] setting of CATO's config, as TOML (e.g. admission='none'), "
+        "for a live ablation; repeatable",
+    )
     peers_cmd.add_argument("--out", type=Path, default=Path("bench-results/peers"))
 
 
@@ -422,7 +430,14 @@ def _run_peers(args: argparse.Namespace) -> int:
     rate = args.rate or 4.0
     if args.load is not None:
         rate = args.load * capacity_rps(scenario(args.scenario), workload)
-    options = peers.PeersOptions(rate=rate, duration_s=duration, seed=args.seed, speed=args.speed)
+    try:
+        scheduler = peers.scheduler_lines(args.cato_scheduler)
+    except ValueError as exc:
+        err.print(f"--cato-scheduler: {exc}")
+        return 2
+    options = peers.PeersOptions(
+        rate=rate, duration_s=duration, seed=args.seed, speed=args.speed, cato_scheduler=scheduler
+    )
     result = peers.run_peers(
         workload, args.peers, options, log=err.print, scenario_name=args.scenario, only=args.only
     )

@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -48,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pydantic
 from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.api import KindStats, SLAMetric, TaskKind, TaskRequest
@@ -55,6 +57,7 @@ from orchestrator.bench.live import LiveOptions, launch_replicas, stop_replicas
 from orchestrator.bench.scenarios import Scenario, capacity_rps, scenario
 from orchestrator.bench.workloads import Workload
 from orchestrator.calibrate import profile_toml
+from orchestrator.config import SchedulerConfig
 from orchestrator.engine_model import load_profile, sped_up
 from orchestrator.graphs import TaskDefaults, build_graph
 from orchestrator.metrics import TaskRecord, kind_stats
@@ -84,6 +87,8 @@ class PeersOptions:
     start_timeout_s: float = 120.0
     seed: int = 0
     speed: float = 1.0
+    # ``[scheduler]`` lines of CATO's config (``key = value``), for a live ablation
+    cato_scheduler: tuple[str, ...] = ()
 
     @property
     def drain_wall_s(self) -> float:
@@ -503,6 +508,7 @@ class CatoSetup:
     profile: str
     speed: float = 1.0
     prefix_cache: bool = False
+    scheduler: tuple[str, ...] = ()  # more ``[scheduler]`` lines (``key = value``)
 
 
 def start_frontend(
@@ -638,7 +644,29 @@ def cato_config(
                 f"\n[tasks.{kind.value}]\nsla_metric = {json.dumps(d.sla.metric.value)}\n"
                 f"sla_ms = {d.sla.target_ms / setup.speed:g}\nmax_tokens = {d.max_tokens}\n"
             )
-    return text + f'\n[scheduler]\npolicy = "{policy}"\n'
+    text += f'\n[scheduler]\npolicy = "{policy}"\n'
+    return text + "".join(f"{line}\n" for line in (setup.scheduler if setup else ()))
+
+
+def scheduler_lines(settings: Sequence[str]) -> tuple[str, ...]:
+    """``KEY=VALUE`` settings as ``[scheduler]`` lines of a config, checked as CATO's
+    config checks them (a ValueError says what is wrong)."""
+    lines = []
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{setting!r} is not KEY=VALUE")
+        lines.append(f"{key.strip()} = {value.strip()}")
+    try:
+        table = tomllib.loads("".join(f"{line}\n" for line in lines))
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"not TOML ({exc}); a string needs quotes: admission='none'") from None
+    try:
+        SchedulerConfig.model_validate({"policy": "cato", **table})
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        raise ValueError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    return tuple(lines)
 
 
 # --------------------------------------------------------------------------- front ends
@@ -793,7 +821,11 @@ def run_peers(
     model = chosen.models[0].name
     live = LiveOptions(speed=options.speed, start_timeout_s=options.start_timeout_s)
     setup = CatoSetup(
-        chosen.defaults(), chosen.models[0].profile, options.speed, chosen.prefix_caching
+        chosen.defaults(),
+        chosen.models[0].profile,
+        options.speed,
+        chosen.prefix_caching,
+        options.cato_scheduler,
     )
     run = PeersRun(
         options.rate,
