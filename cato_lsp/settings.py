@@ -79,7 +79,7 @@ class ContextSettings(_Section):
     fit_sla: bool = True
     min_budget_tokens: int = Field(default=256, ge=16, le=131_072)
     prefix_share: float = Field(default=0.75, ge=0.0, le=1.0)
-    anchor_share: float = Field(default=0.5, ge=0.0, le=1.0)
+    anchor_share: float = Field(default=0.25, ge=0.0, le=1.0)
     snippet_tokens: int = Field(default=512, ge=0, le=65_536)
     max_snippets: int = Field(default=3, ge=0, le=32)
     max_candidates: int = Field(default=20, ge=0, le=1_000)
