@@ -116,6 +116,25 @@ def test_output_looks_like_indented_code() -> None:
     assert 2.5 < len(text) / 400 < 6  # about CHARS_PER_TOKEN characters per token
 
 
+_LOOP = "def load(path):\n    for line in open(path):\n        "
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        f"<fim_prefix>{_LOOP}<fim_suffix>\n<fim_middle>",
+        f"<PRE> {_LOOP} <SUF>\n <MID>",
+        f"<|fim_prefix|>{_LOOP}<|fim_suffix|><|fim_middle|>",
+    ],
+)
+def test_a_fim_completion_continues_the_prefix_at_its_depth(prompt: str) -> None:
+    # A model fills in after the text before the cursor, not after the prompt's markers.
+    text = TextGenerator(seed=0).plan(prompt, 12, ignore_eos=True).text
+    first, second = text.split("\n")[:2]
+    assert not first.startswith((" ", "def ")) and second.startswith(" " * 8)
+    assert "fim" not in text and "SUF" not in text  # no names from the format's markers
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_generated_code_parses_as_python(seed: int) -> None:
     pieces = list(itertools.islice(generate_tokens(random.Random(seed)), 3000))

@@ -232,12 +232,14 @@ async def test_a_block_stream_stops_once_the_block_is_whole(
     options = options_for(tmp_path, slow_emulator)
     editor = await start(options)
     uri = (tmp_path / "early.py").as_uri()
-    editor.open(uri, SOURCE)
+    # A loop body whose emulated completion (64 tokens) leaves the loop after 28 tokens.
+    source = SOURCE.replace("load_items", "collect").replace("items", "found")
+    editor.open(uri, source)
     before = await wait_idle(slow_emulator.url)
 
     result = await asyncio.wait_for(editor.inline(uri, *BLOCK), 120)
 
-    want = expected(SOURCE, BLOCK, options, uri)
+    want = expected(source, BLOCK, options, uri)
     assert want and texts(result) == [want]
     after = await wait_idle(slow_emulator.url)
     # the model's next line left the loop body: the stream was closed, not read to its end

@@ -50,6 +50,7 @@ _COMMENTS = (
     "normalize before comparing",
 )
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{2,24}")
+_MARKER = re.compile(r"<[|\uff5c]?[A-Za-z_\u2581]{2,20}[|\uff5c]?>|\[(?:PREFIX|SUFFIX)\]")
 _PIECE = re.compile(r" ?_?[A-Za-z][a-z0-9]*| ?\d+| ?[^\w\s]{1,2}| +|_")
 _KEYWORDS = frozenset(keyword.kwlist) | {"self", "cls"}
 
@@ -165,14 +166,32 @@ def _apply_stop(
 
 
 def _names_from(prompt: str) -> tuple[str, ...]:
-    """Identifiers near the end of the prompt, so the output reuses the code's names."""
-    seen = dict.fromkeys(m for m in _IDENT.findall(prompt[-2000:]) if m not in _KEYWORDS)
+    """Identifiers near the end of the prompt, so the output reuses the code's names
+    (not those of its format's markers, such as ``<fim_suffix>``)."""
+    text = _MARKER.sub(" ", prompt[-2000:])
+    seen = dict.fromkeys(m for m in _IDENT.findall(text) if m not in _KEYWORDS)
     return tuple(list(seen)[-24:]) + _NAMES
 
 
+# What separates the text before the cursor from the text after it in the FIM formats
+# that put the prefix first (StarCoder, CodeLlama, DeepSeek, Qwen); a model fills in
+# after the prefix, not after the prompt's last marker.
+_FIM_HOLES = ("<fim_suffix>", " <SUF>", "<\uff5cfim\u2581hole\uff5c>", "<|fim_suffix|>")
+
+
+def _fim_prefix(prompt: str) -> str:
+    """The text a completion of ``prompt`` continues: its FIM prefix where it has one."""
+    for hole in _FIM_HOLES:
+        at = prompt.rfind(hole)
+        if at >= 0:
+            return prompt[:at]
+    return prompt
+
+
 def _depth_after(prompt: str) -> int:
-    """Indentation depth at which the prompt leaves off, so a completion continues there."""
-    last = prompt.rstrip("\n").rsplit("\n", 1)[-1]
+    """Indentation depth at which the prompt leaves off (a FIM prompt: its prefix), so a
+    completion continues there."""
+    last = _fim_prefix(prompt).rstrip("\n").rsplit("\n", 1)[-1]
     depth = (len(last) - len(last.lstrip(" "))) // 4 + (1 if last.rstrip().endswith(":") else 0)
     return min(depth, 4)
 
