@@ -6,8 +6,8 @@ in the middle of a call). Where a tree-sitter grammar wheel is installed
 (`tree-sitter-python` comes with CATO; `tree-sitter-javascript`, `-go`, `-rust`, ...
 are used when present), a multi-line suggestion is parsed in place, in the prompt's
 window around the cursor, and its last lines are dropped until none of the syntax
-errors overlaps it. Without a grammar, or when no shorter suggestion parses, the
-heuristic result stands.
+errors overlaps it. Without a grammar the heuristic result stands; when no version of
+the suggestion parses, it is dropped if the code parses without it.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ _GRAMMARS: Final[dict[str, tuple[str, str]]] = {
     "java": ("tree_sitter_java", "language"),
 }
 _MAX_WINDOW_CHARS: Final = 8_000  # the prompt window is about this size; parses stay cheap
+_NEAR_LINES: Final = 3  # lines after the cursor that must parse for a suggestion to be judged
 
 
 @functools.cache
@@ -47,15 +48,18 @@ def parser_for(language: str) -> Any | None:
         return None
 
 
-def _errors_in(parser: Any, text: str, start: int, end: int) -> bool:
-    """Whether a syntax error (an ERROR or MISSING node) overlaps bytes start..end."""
+def _errors_in(parser: Any, text: str, start: int, end: int, empty_blocks: bool = True) -> bool:
+    """Whether a syntax error (an ERROR or MISSING node, and with `empty_blocks` a body
+    with nothing in it) overlaps bytes start..end."""
     tree = parser.parse(text.encode("utf-8"))
     stack = [tree.root_node]
     while stack:
         node = stack.pop()
         if node.end_byte < start or node.start_byte > end:
             continue
-        if node.type == "ERROR" or node.is_missing or _empty_block(node, start, end):
+        if node.type == "ERROR" or node.is_missing:
+            return True
+        if empty_blocks and _empty_block(node, start, end):
             return True
         stack.extend(node.children)
     return False
@@ -73,11 +77,14 @@ def trim_to_parse(prefix: str, suggestion: str, suffix: str, language: str) -> s
 
     Only the errors that overlap the suggestion count (the window's own edges, or code
     the user is still typing elsewhere, do not). Returns `suggestion` itself when there
-    is no grammar, it parses already, or no shorter version does.
+    is no grammar or it parses already. When no version of it parses: "" if the code
+    parses without it (an empty body aside: accepting any version would break code that
+    parses, as a model cut off by its token limit mid-statement does), else `suggestion`
+    (the code there is broken already, and the parse cannot judge it).
     """
     parser = parser_for(language)
     lines = _LINE_BREAK.split(suggestion)
-    if parser is None or len(lines) < 2:
+    if parser is None or not suggestion.strip():
         return suggestion
     prefix, suffix = prefix[-_MAX_WINDOW_CHARS:], suffix[:_MAX_WINDOW_CHARS]
     line_ends = [m.start() for m in _LINE_BREAK.finditer(suggestion)]
@@ -89,4 +96,10 @@ def trim_to_parse(prefix: str, suggestion: str, suffix: str, language: str) -> s
         end = start + len(candidate.encode("utf-8"))
         if not _errors_in(parser, prefix + candidate + suffix, start, end):
             return candidate
+    # The code around the cursor without the suggestion: up to the end of the next
+    # lines after it, where an error would show the surroundings broken already.
+    near = "".join(suffix.splitlines(keepends=True)[:_NEAR_LINES])
+    end = start + len(near.encode("utf-8"))
+    if not _errors_in(parser, prefix + suffix, start, end, empty_blocks=False):
+        return ""
     return suggestion

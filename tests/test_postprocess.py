@@ -332,10 +332,38 @@ def test_a_python_block_is_cut_where_it_stops_parsing(suggestion: str, kept: str
     assert trim_to_parse(_LOOP, suggestion, _AFTER, "python") == kept
 
 
-def test_without_a_grammar_or_a_parsing_version_the_suggestion_stands() -> None:
+def test_without_a_grammar_the_suggestion_stands() -> None:
     cut = "total += x\n        if total > 10:"
     assert trim_to_parse(_LOOP, cut, _AFTER, "cobol") == cut  # no grammar installed
     assert trim_to_parse(_LOOP, "total += x", _AFTER, "python") == "total += x"  # one line
-    broken = "print(\n        (("  # no version of it parses: keep the heuristic's result
-    assert trim_to_parse(_LOOP, broken, _AFTER, "python") == broken
     assert parser_for("python") is not None and parser_for("cobol") is None
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        "print(\n        ((",  # no version of it parses
+        "result =",  # one line, cut off by the token limit mid-statement
+        "total += x *",
+    ],
+)
+def test_a_suggestion_no_version_of_which_parses_is_dropped_where_the_code_parses(
+    broken: str,
+) -> None:
+    assert trim_to_parse(_LOOP, broken, _AFTER, "python") == ""
+    # Where the code is broken there already, the parse cannot judge: it stands.
+    assert trim_to_parse(_LOOP, broken, "\n    return total +\n", "python") == broken
+
+
+def test_a_block_cut_mid_statement_gives_no_suggestion_but_its_parsing_lines_do() -> None:
+    from cato_lsp.features.completion_prompt import prepare
+    from cato_lsp.features.documents import DocumentView
+    from cato_lsp.settings import parse_settings
+
+    text = "def fib(n):\n\n\nprint(fib(10))\n"
+    doc = DocumentView("file:///ws/fib.py", text, "python")
+    prepared = prepare(doc, len("def fib(n):"), [], parse_settings({}), "codellama")
+    assert prepared is not None and prepared.mode == "block"
+    assert prepared.finish("result =") is None
+    kept = prepared.finish("if n < 2:\n        return n\n    result =")
+    assert kept == "\n    if n < 2:\n        return n"

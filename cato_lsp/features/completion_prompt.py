@@ -121,7 +121,7 @@ class Prepared:
         text = postprocess(raw, self.prefix, self.suffix, self.mode, None, self.family)
         if text is not None and self.mode == "block":
             text = trim_to_parse(self.prefix, text, self.suffix, self.request.language or "")
-        return None if text is None else self.lead + text
+        return self.lead + text if text else None
 
 
 def choose_family(settings: Settings, backend: Orchestrator | None) -> str:
