@@ -42,6 +42,8 @@ def test_peer_body_is_the_call_cato_would_make() -> None:
     assert job.cato_body["prompt"] == request.code
     assert job.cato_body["cato"] == {"task": "summarize", "language": "python"}
     assert job.sla_metric is SLAMetric.E2E and job.sla_ms == 6000
+    plain = peers.make_job(request, _MODEL, defaults, kind_priority=False)
+    assert plain.peer_body["priority"] == 0 and plain.cato_body == job.cato_body
 
 
 def test_a_task_of_several_calls_reaches_a_peer_as_those_calls() -> None:

@@ -210,6 +210,12 @@ def _configure_peers(peers_cmd: argparse.ArgumentParser) -> None:
         help="a [scheduler] setting of CATO's config, as TOML (e.g. admission='none'), "
         "for a live ablation; repeatable",
     )
+    peers_cmd.add_argument(
+        "--no-kind-priority",
+        action="store_true",
+        help="peers send every call at engine priority 0 (default: by kind, completions "
+        "and generation first, as their users would configure)",
+    )
     peers_cmd.add_argument("--out", type=Path, default=Path("bench-results/peers"))
 
 
@@ -436,7 +442,12 @@ def _run_peers(args: argparse.Namespace) -> int:
         err.print(f"--cato-scheduler: {exc}")
         return 2
     options = peers.PeersOptions(
-        rate=rate, duration_s=duration, seed=args.seed, speed=args.speed, cato_scheduler=scheduler
+        rate=rate,
+        duration_s=duration,
+        seed=args.seed,
+        speed=args.speed,
+        cato_scheduler=scheduler,
+        kind_priority=not args.no_kind_priority,
     )
     result = peers.run_peers(
         workload, args.peers, options, log=err.print, scenario_name=args.scenario, only=args.only

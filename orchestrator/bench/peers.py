@@ -89,6 +89,8 @@ class PeersOptions:
     speed: float = 1.0
     # ``[scheduler]`` lines of CATO's config (``key = value``), for a live ablation
     cato_scheduler: tuple[str, ...] = ()
+    # peers send each call with its kind's engine priority, as their users would
+    kind_priority: bool = True
 
     @property
     def drain_wall_s(self) -> float:
@@ -170,9 +172,12 @@ class Job:
         return self.peer_bodies[0]
 
 
-def make_job(request: TaskRequest, model: str, defaults: TaskDefaults) -> Job:
+def make_job(
+    request: TaskRequest, model: str, defaults: TaskDefaults, kind_priority: bool = True
+) -> Job:
     """The CATO request, and the model calls a peer gets for it: those of the graph,
-    which must not depend on each other (a translation's chunks do not)."""
+    which must not depend on each other (a translation's chunks do not), each with its
+    kind's engine priority (``KIND_PRIORITY``; without ``kind_priority``, none)."""
     graph = build_graph(request, defaults)
     nodes = graph.llm_nodes()
     if len(nodes) > 1 and any(graph.node(d).op == "llm" for n in nodes for d in n.deps):
@@ -195,7 +200,7 @@ def make_job(request: TaskRequest, model: str, defaults: TaskDefaults) -> Job:
             "prompt": node.prompt,
             "max_tokens": node.max_tokens,
             "stop": list(node.stop),
-            "priority": KIND_PRIORITY.get(request.kind.value, 0),
+            "priority": KIND_PRIORITY.get(request.kind.value, 0) if kind_priority else 0,
         }
         for node in nodes
     )
@@ -782,7 +787,7 @@ def jobs_for(
     model = chosen.models[0].name
 
     def job(task: SimTask) -> Job:
-        return make_job(task.request, model, defaults)
+        return make_job(task.request, model, defaults, options.kind_priority)
 
     arrivals = [
         (at, job(t))
