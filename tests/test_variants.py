@@ -7,8 +7,10 @@ import math
 import pytest
 
 from orchestrator.bench.capacity import run_capacity
-from orchestrator.bench.scenarios import SCENARIOS
+from orchestrator.bench.scenarios import SCENARIOS, capacity_rps
+from orchestrator.bench.workloads import build_workload
 from orchestrator.policy.scheduler import CatoScheduler
+from orchestrator.sim.config import SimConfig
 from orchestrator.sim.simulator import Simulator
 from orchestrator.sim.variants import VariantError, parse_variant
 
@@ -27,6 +29,23 @@ def test_a_variant_changes_only_its_lever() -> None:
     assert varied.config.models == plain.config.models
 
 
+def test_engine_priority_kind_sends_each_kind_its_fixed_priority() -> None:
+    rq2 = SCENARIOS["rq2"]
+    assert not Simulator(rq2.config("cache_aware", "fixed", 0)).config.kind_priority
+    varied = rq2.config("cache_aware/engine_priority=kind", "fixed", 0)
+    assert varied.kind_priority and varied.scheduler == "cache_aware"
+    workload = build_workload(seed=0, per_kind=20)
+    rate = 1.2 * capacity_rps(rq2, workload)  # past capacity: the engines' queues fill
+
+    def run(config: SimConfig) -> tuple[int, float | None]:
+        result = Simulator(config).run(rq2.arrivals(rate, 5.0, workload, 0))
+        return result.overall.requests, result.goodput_rate
+
+    kind, route = run(varied), run(rq2.config("cache_aware", "fixed", 0))
+    assert kind[0] == route[0]  # the same tasks, all accounted for
+    assert kind[1] != route[1]  # completions go first in the engines now
+
+
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
@@ -40,6 +59,7 @@ def test_a_variant_changes_only_its_lever() -> None:
         ("cato/best_fit=yes", "best_fit must be true or false"),
         ("pow2/late_bound=2", "bad options for scheduler 'pow2'"),
         ("clairvoyant/late_bound=2", "clairvoyant takes no options"),
+        ("cato/engine_priority=deadline", "engine_priority must be route or kind"),
     ],
 )
 def test_bad_variants_say_what_is_wrong(text: str, problem: str) -> None:

@@ -61,6 +61,7 @@ from orchestrator.config import SchedulerConfig
 from orchestrator.engine_model import load_profile, sped_up
 from orchestrator.graphs import TaskDefaults, build_graph
 from orchestrator.metrics import TaskRecord, kind_stats
+from orchestrator.policy.scheduler import KIND_PRIORITY
 from orchestrator.sim.simulator import SimTask
 
 PEER_GROUPS: dict[str, tuple[str, ...]] = {
@@ -70,8 +71,6 @@ PEER_GROUPS: dict[str, tuple[str, ...]] = {
     "vllm-router-cache": ("vllm-router-cache",),
     "ray-serve": ("ray-serve", "ray-serve-tuned"),
 }
-# A fixed priority per kind, what a peer's user would configure (lower runs first).
-KIND_PRIORITY: dict[str, int] = {"complete": 0, "generate": 0, "summarize": 1, "translate": 2}
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 

@@ -66,6 +66,10 @@ AT_RISK = 1
 SAFE = 2
 LATE = 3
 FIFO_PRIORITY = SAFE
+# The engine priority a router without slack would give each kind of call, as its user
+# would configure it (the peers' setting in ``bench.peers``, a lever of the simulator):
+# what the user waits on first (a completion's or generation's first token) first.
+KIND_PRIORITY: dict[str, int] = {"complete": 0, "generate": 0, "summarize": 1, "translate": 2}
 
 _by_route_key = attrgetter("route_key")
 

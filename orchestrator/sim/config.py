@@ -67,6 +67,9 @@ class SimConfig:
     seed: int = 0
     engine_policy: Policy = "priority"
     send_priority: bool = True
+    # Send the engine each call's kind priority (``KIND_PRIORITY``) instead of the one
+    # the scheduler routed it with (a lever of ``sim.variants``: ``engine_priority=kind``).
+    kind_priority: bool = False
     outputs: OutputModel = "workload"
     emulator_seed: int = 0
     sync_s: float = 0.25

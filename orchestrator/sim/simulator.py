@@ -44,6 +44,7 @@ from orchestrator.policy.provisioner import (
     ScaleDecision,
     make_provisioner,
 )
+from orchestrator.policy.scheduler import KIND_PRIORITY
 from orchestrator.policy.state import Call, PrefixIndex, Rates, ReplicaState
 from orchestrator.profiler import Profiler
 from orchestrator.sim.clairvoyant import is_clairvoyant, make_sim_scheduler
@@ -139,6 +140,7 @@ class Simulator:
         self._refresh_s = config.profiler_refresh_s
         self._local_s = config.local_s
         self._send_priority = config.send_priority
+        self._kind_priority = config.kind_priority
         self._sync_always = admission is not None
 
     # -- the event loop -----------------------------------------------------------------
@@ -337,13 +339,11 @@ class Simulator:
 
     def _on_start(self, call: Call, st: ReplicaState, now: float) -> None:
         """The core started ``call`` on ``st``: it joins that replica's engine."""
+        priority = call.priority if self._send_priority else 0
+        if self._kind_priority:
+            priority = KIND_PRIORITY.get(call.kind, 0)
         self.replicas[st.id].engine.add(
-            call.id,
-            call.prompt_tokens,
-            self._runs[call.id].out,
-            call.priority if self._send_priority else 0,
-            now,
-            call.block_hashes,
+            call.id, call.prompt_tokens, self._runs[call.id].out, priority, now, call.block_hashes
         )
 
     def _on_batch(self, st: ReplicaState, now: float) -> None:

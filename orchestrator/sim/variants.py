@@ -3,9 +3,12 @@
 A variant is a scheduler name with ``/key=value`` options, e.g. ``cato/admission=none``
 (CATO without engine admission) or ``cato/late_bound=inf/urgent_margin=0``. It names a
 row of a benchmark table, so each lever's worth is measured on the same seeds by the
-same command as the policies themselves. Keys: ``admission`` (any admission policy) and
-the options of ``make_scheduler`` (``urgent_margin``, ``late_bound``, ``best_fit``,
-``fit_margin``, ``affinity``, ``affinity_margin`` for ``cato`` and ``cato_triage``).
+same command as the policies themselves. Keys: ``admission`` (any admission policy),
+``engine_priority`` (``route``: the priority the scheduler gives a call, the default;
+``kind``: the kind's fixed priority that a plain router's user would configure, as the
+peers of ``bench peers`` send) and the options of ``make_scheduler`` (``urgent_margin``,
+``late_bound``, ``best_fit``, ``fit_margin``, ``affinity``, ``affinity_margin`` for
+``cato`` and ``cato_triage``).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from orchestrator.sim.config import SimConfig
 
 _FLOATS = ("urgent_margin", "late_bound", "fit_margin", "affinity_margin")
 _BOOLS = ("best_fit", "affinity")
-KEYS: tuple[str, ...] = ("admission", *_FLOATS, *_BOOLS)
+_ENGINE_PRIORITIES = ("route", "kind")
+KEYS: tuple[str, ...] = ("admission", "engine_priority", *_FLOATS, *_BOOLS)
 
 
 class VariantError(ValueError):
@@ -37,6 +41,7 @@ class Variant:
     scheduler: str
     options: dict[str, Any] = field(default_factory=dict)
     admission: str = "auto"
+    kind_priority: bool = False
 
     def apply(self, config: SimConfig) -> SimConfig:
         """``config`` running this variant."""
@@ -45,6 +50,7 @@ class Variant:
             scheduler=self.scheduler,
             scheduler_options=dict(self.options),
             admission=self.admission,
+            kind_priority=self.kind_priority,
         )
 
 
@@ -55,12 +61,17 @@ def parse_variant(text: str) -> Variant:
         raise VariantError(f"unknown policy {scheduler!r}; known: {', '.join(SIM_SCHEDULERS)}")
     options: dict[str, Any] = {}
     admission = "auto"
+    kind_priority = False
     for part in parts:
         key, sep, value = part.partition("=")
         if not sep or key not in KEYS:
             raise VariantError(f"{text!r}: expected key=value with key one of {', '.join(KEYS)}")
         if key == "admission":
             admission = value
+        elif key == "engine_priority":
+            if value not in _ENGINE_PRIORITIES:
+                raise VariantError(f"{text!r}: engine_priority must be route or kind")
+            kind_priority = value == "kind"
         elif key in _BOOLS:
             if value not in ("true", "false"):
                 raise VariantError(f"{text!r}: {key} must be true or false, got {value!r}")
@@ -73,7 +84,7 @@ def parse_variant(text: str) -> Variant:
             if math.isnan(number):
                 raise VariantError(f"{text!r}: {key} must be a number, got {value!r}")
             options[key] = number
-    variant = Variant(text.strip(), scheduler, options, admission)
+    variant = Variant(text.strip(), scheduler, options, admission, kind_priority)
     try:  # the scheduler and admission check their own options
         make_sim_scheduler(scheduler, **options)
         resolve_admission(admission, scheduler)
