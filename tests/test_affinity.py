@@ -99,8 +99,23 @@ def test_affinity_is_a_cost_not_a_rule() -> None:
     serve(b, call(SESSION))
     for _ in range(3):  # b owes 3 x 1000 tokens of prefill: 3 s, past the deadline
         b.start(call((), prompt=1000), 0.0)
-    route = CatoScheduler().route(call((*SESSION, 61), deadline=1.5), [a, b], 0.0)
+    strict = CatoScheduler(affinity_tolerance=0.0)
+    route = strict.route(call((*SESSION, 61), deadline=1.5), [a, b], 0.0)
     assert route.replica_id == "a"  # no prefix, but it meets the deadline
+    # By default the prefix's replica may be late by up to 2 budgets (3 s): b is 1.55 s
+    # late, and keeps the document; with 2 more calls queued (3.55 s late) it does not.
+    tolerant = CatoScheduler()
+    assert tolerant.route(call((*SESSION, 61), deadline=1.5), [a, b], 0.0).replica_id == "b"
+    for _ in range(2):
+        b.start(call((), prompt=1000), 0.0)
+    assert tolerant.route(call((*SESSION, 61), deadline=1.5), [a, b], 0.0).replica_id == "a"
+    # A replica holding under AFFINITY_SHARE of the prompt gets no tolerance.
+    short = call((*SESSION[:5], 61), prompt=1000)  # 5 blocks of 16 held: 8%
+    c = replica("c")
+    serve(c, call(SESSION[:5]))
+    c.start(call((), prompt=1000), 0.0)  # 1 s of prefill first: c is late, a meets it
+    short.deadline = 1.2
+    assert tolerant.route(short, [a, c], 0.0).replica_id == "a"
     # without an index (or with affinity off) the call is charged in full, as before
     off = CatoScheduler(affinity=False)
     assert not off.tracks_prefixes

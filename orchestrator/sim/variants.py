@@ -7,8 +7,8 @@ same command as the policies themselves. Keys: ``admission`` (any admission poli
 ``engine_priority`` (``route``: the priority the scheduler gives a call, the default;
 ``kind``: the kind's fixed priority that a plain router's user would configure, as the
 peers of ``bench peers`` send) and the options of ``make_scheduler`` (``urgent_margin``,
-``late_bound``, ``best_fit``, ``fit_margin``, ``affinity``, ``affinity_margin`` for
-``cato`` and ``cato_triage``).
+``late_bound``, ``best_fit``, ``fit_margin``, ``affinity``, ``affinity_margin``,
+``affinity_tolerance`` for ``cato`` and ``cato_triage``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from orchestrator.policy.scheduler import SchedulerConfigError
 from orchestrator.sim.clairvoyant import SIM_SCHEDULERS, make_sim_scheduler
 from orchestrator.sim.config import SimConfig
 
-_FLOATS = ("urgent_margin", "late_bound", "fit_margin", "affinity_margin")
+_FLOATS = ("urgent_margin", "late_bound", "fit_margin", "affinity_margin", "affinity_tolerance")
 _BOOLS = ("best_fit", "affinity")
 _ENGINE_PRIORITIES = ("route", "kind")
 KEYS: tuple[str, ...] = ("admission", "engine_priority", *_FLOATS, *_BOOLS)
