@@ -220,3 +220,26 @@ async def test_an_answer_counts_once_done_even_without_text(
     assert found["/text"].ok and found["/text"].first is not None
     assert not found["/error"].ok
     assert not found["/cut"].ok
+
+
+def test_runs_of_an_ablation_merge_into_one_table_that_says_so() -> None:
+    def kind(goodput: float, p95: float | None = None) -> dict[str, float | None]:
+        return {"goodput_rate": goodput, "ttft_p95_ms": p95, "ttft_p99_ms": None}
+
+    def run(name: str, goodput: float, skipped: str | None = None) -> dict[str, object]:
+        system = {
+            "name": name,
+            "skipped": skipped,
+            "prefix_hit_rate": 0.5,
+            "overall": {"goodput_rate": goodput},
+            "kinds": {"complete": kind(0.9, 612.4), "summarize": kind(0.4)},
+        }
+        direct = {**system, "name": "direct"}
+        return {"systems": [direct, system]}
+
+    table = peers.merged_table([("base", run("cato", 0.77)), ("none", run("cato", 0.8))])
+    lines = table.splitlines()
+    assert lines[0] == "Merged from 2 runs of `cato bench peers` (one per label)."
+    assert lines[4] == "| base | cato | 77.0% | 90.0% | 612 | - | 40.0% | 50.0% |"
+    assert lines[5].startswith("| none | cato | 80.0% |") and len(lines) == 6  # no direct
+    assert len(peers.merged_table([("x", run("cato", 0.5, skipped="absent"))]).splitlines()) == 4

@@ -216,6 +216,14 @@ def _configure_peers(peers_cmd: argparse.ArgumentParser) -> None:
         help="peers send every call at engine priority 0 (default: by kind, completions "
         "and generation first, as their users would configure)",
     )
+    peers_cmd.add_argument(
+        "--merge",
+        action="append",
+        default=[],
+        metavar="LABEL=FILE",
+        help="run nothing: one table of earlier runs' peers.json files, a row per system "
+        "of each (for ablations); repeatable",
+    )
     peers_cmd.add_argument("--out", type=Path, default=Path("bench-results/peers"))
 
 
@@ -424,8 +432,30 @@ def _run_live(args: argparse.Namespace) -> int:
     return 0
 
 
+def _merge_peers(specs: list[str], err: Console) -> int:
+    runs = []
+    for spec in specs:
+        label, sep, name = spec.partition("=")
+        if not sep or not label.strip():
+            err.print(f"--merge: {spec!r} is not LABEL=FILE")
+            return 2
+        try:
+            runs.append((label.strip(), json.loads(Path(name).read_text())))
+        except (OSError, json.JSONDecodeError) as exc:
+            err.print(f"--merge: cannot read {name}: {exc}")
+            return 2
+    try:
+        print(peers.merged_table(runs))
+    except (KeyError, TypeError) as exc:
+        err.print(f"--merge: not a `cato bench peers` result file ({exc!r})")
+        return 2
+    return 0
+
+
 def _run_peers(args: argparse.Namespace) -> int:
     err = Console(stderr=True)
+    if args.merge:
+        return _merge_peers(args.merge, err)
     workload = _workload(err, args.seed, 200)
     if workload is None:
         return 2

@@ -972,6 +972,32 @@ def markdown(run: PeersRun) -> str:
     return "\n".join(lines) + "\n"
 
 
+def merged_table(runs: Sequence[tuple[str, dict[str, Any]]]) -> str:
+    """One row per system of each labelled run (``peers.json`` as ``write`` saves it):
+    what an ablation changed, side by side. The rows come from separate runs, and the
+    table says so."""
+    lines = [
+        f"Merged from {len(runs)} runs of `cato bench peers` (one per label).",
+        "",
+        "| run | system | goodput | complete goodput | complete TTFT p95 | p99 "
+        "| summarize goodput | prompt tokens cached |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label, run in runs:
+        for system in run["systems"]:
+            if system["skipped"] or system["name"] == "direct":
+                continue
+            kinds = system["kinds"]
+            complete, summarize = kinds.get("complete", {}), kinds.get("summarize", {})
+            lines.append(
+                f"| {label} | {system['name']} | {_pct(system['overall']['goodput_rate'])} "
+                f"| {_pct(complete.get('goodput_rate'))} | {_ms(complete.get('ttft_p95_ms'))} "
+                f"| {_ms(complete.get('ttft_p99_ms'))} | {_pct(summarize.get('goodput_rate'))} "
+                f"| {_pct(system['prefix_hit_rate'])} |"
+            )
+    return "\n".join(lines)
+
+
 def overhead_table(run: PeersRun) -> list[str]:
     """CPU per request of the router's processes, and P50 latency above ``direct``'s."""
     direct = next((r for r in run.results if r.name == "direct" and not r.skipped), None)
