@@ -96,6 +96,17 @@ def test_output_plan_is_deterministic_and_seeded() -> None:
     assert greedy == gen.plan("x = 1\n", 100, request_seed=99, temperature=0.0)
 
 
+def test_a_natural_end_finishes_its_statement() -> None:
+    gen = TextGenerator(seed=0, mean_tokens=12, sigma=0.8)
+    for i in range(200):
+        plan = gen.plan(f"def f{i}(x):\n    ", 10_000)
+        assert plan.finish_reason == "stop"
+        free = gen.plan(f"def f{i}(x):\n    ", plan.num_tokens + 1, ignore_eos=True)
+        # the last token or the one after it starts a new line: EOS came at a line's end
+        ends = (plan.deltas[-1], free.deltas[-1])
+        assert any(t.startswith("\n") for t in ends), (plan.text, free.deltas[-1])
+
+
 def test_output_lengths_follow_the_mean_and_respect_max_tokens() -> None:
     gen = TextGenerator(seed=0, mean_tokens=50, sigma=0.5)
     lengths = [gen.plan(f"p{i}", 10_000).num_tokens for i in range(400)]
@@ -163,8 +174,12 @@ def test_min_tokens_holds_back_eos_and_stop_strings_as_vllm_does() -> None:
     free = gen.plan(prompt, 300, ignore_eos=True)
     lines = gen.plan(prompt, 300, ignore_eos=True, stop=["\n"])
     assert lines.num_tokens < 30 and lines.stop_reason == "\n"
-    # EOS is held back until min_tokens, then the natural length is long past
-    assert gen.plan(prompt, 300, min_tokens=40).num_tokens == 40
+    # EOS is held back until min_tokens (the natural length is long past), then comes at
+    # the end of that line
+    late = gen.plan(prompt, 300, min_tokens=40)
+    assert late.num_tokens >= 40 and late.finish_reason == "stop"
+    assert "\n" not in "".join(late.deltas[40:])
+    assert late.deltas[:40] == free.deltas[:40]
     # a stop string counts only where it ends after the first min_tokens tokens
     held = gen.plan(prompt, 300, ignore_eos=True, stop=["\n"], min_tokens=30)
     first_30 = "".join(free.deltas[:30])

@@ -109,8 +109,9 @@ class TextGenerator:
         min_tokens: int = 0,
         include_stop: bool = False,
     ) -> Completion:
-        """The completion of ``prompt``: EOS after a lognormal length, capped by
-        ``max_tokens`` (exactly ``max_tokens`` with ``ignore_eos``), cut at a stop string.
+        """The completion of ``prompt``: EOS at the end of the line where a lognormal
+        length falls, capped by ``max_tokens`` (exactly ``max_tokens`` with
+        ``ignore_eos``), cut at a stop string.
 
         As in vLLM, ``min_tokens`` holds back both EOS and stop strings until that many
         tokens exist (a stop string counts only if it ends after them), so
@@ -124,6 +125,16 @@ class TextGenerator:
         stream = generate_tokens(rng, _names_from(prompt), _depth_after(prompt))
         tokens = list(itertools.islice(stream, count))
         reason: FinishReason = "stop" if finish == "stop" else "length"
+        if reason == "stop" and tokens and not tokens[-1].startswith("\n"):
+            # A model ends at the end of a statement, not inside one: finish the line
+            # (up to ``max_tokens``, where the limit ends it instead).
+            for token in stream:
+                if token.startswith("\n"):
+                    break
+                if len(tokens) == max_tokens:
+                    reason = "length"
+                    break
+                tokens.append(token)
         return _apply_stop(tokens, stop, reason, include_stop, min_tokens)
 
     def _rng(self, prompt: str, request_seed: int | None) -> random.Random:
