@@ -126,15 +126,7 @@ class TextGenerator:
         tokens = list(itertools.islice(stream, count))
         reason: FinishReason = "stop" if finish == "stop" else "length"
         if reason == "stop" and tokens and not tokens[-1].startswith("\n"):
-            # A model ends at the end of a statement, not inside one: finish the line
-            # (up to ``max_tokens``, where the limit ends it instead).
-            for token in stream:
-                if token.startswith("\n"):
-                    break
-                if len(tokens) == max_tokens:
-                    reason = "length"
-                    break
-                tokens.append(token)
+            tokens, reason = _end_of_line(tokens, stream, max_tokens, min_tokens)
         return _apply_stop(tokens, stop, reason, include_stop, min_tokens)
 
     def _rng(self, prompt: str, request_seed: int | None) -> random.Random:
@@ -142,6 +134,25 @@ class TextGenerator:
         digest.update(f"{self.seed}\x00{request_seed}\x00".encode())
         digest.update(prompt.encode("utf-8", "surrogatepass"))
         return random.Random(int.from_bytes(digest.digest(), "big"))
+
+
+def _end_of_line(
+    tokens: list[str], stream: Iterator[str], max_tokens: int, min_tokens: int
+) -> tuple[list[str], FinishReason]:
+    """A model ends at the end of a statement, not inside one: the line ``tokens`` ends
+    in is finished where ``max_tokens`` allows, else dropped back to the line before
+    (not below ``min_tokens``); where neither can be, the limit cuts it."""
+    extended = list(tokens)
+    for token in stream:
+        if token.startswith("\n"):
+            return extended, "stop"
+        if len(extended) == max_tokens:
+            break
+        extended.append(token)
+    breaks = [i for i, token in enumerate(tokens) if token.startswith("\n")]
+    if breaks and breaks[-1] + 1 >= max(min_tokens, 1):
+        return tokens[: breaks[-1] + 1], "stop"
+    return extended, "length"
 
 
 def _apply_stop(
