@@ -507,7 +507,7 @@ class TasksConfig(_Section):
         return task
 
 
-_CATO_OPTIONS = ("urgent_margin", "late_bound", "best_fit", "fit_margin")
+_CATO_OPTIONS = ("urgent_margin", "late_bound", "best_fit", "fit_margin", "affinity_tolerance")
 
 
 class SchedulerConfig(_Section):
@@ -517,8 +517,10 @@ class SchedulerConfig(_Section):
     its time budget goes first (priority 0); ``late_bound``: a late call waits behind on-time
     work for at most this many budgets past its deadline (``inf``: no bound);
     ``best_fit``: among replicas that meet a deadline with ``fit_margin`` of its budget
-    to spare, prefer the busiest, so that others go idle and can be released. They apply
-    to ``cato`` and ``cato_triage`` only. ``admission``: whether a replica's batch may
+    to spare, prefer the busiest, so that others go idle and can be released;
+    ``affinity_tolerance``: a replica holding a call's prompt prefix (where the engines
+    cache prefixes) keeps it while expected late by at most this many budgets. They
+    apply to ``cato`` and ``cato_triage`` only. ``admission``: whether a replica's batch may
     take one more call now (``policy/admission.py``); ``auto`` is ``slack_net`` for
     ``cato`` and ``none`` (fill up to the replica's limit) for the others.
     """
@@ -529,6 +531,7 @@ class SchedulerConfig(_Section):
     late_bound: float | None = Field(default=None, gt=0)
     best_fit: bool | None = None
     fit_margin: float | None = Field(default=None, ge=0, lt=1)
+    affinity_tolerance: float | None = Field(default=None, ge=0, le=100)
     admission: AdmissionPolicy = "auto"
 
     @model_validator(mode="after")

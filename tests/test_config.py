@@ -473,6 +473,7 @@ def test_scheduler_knobs_are_for_cato_only_and_reach_the_scheduler() -> None:
     config = parse_config(
         VLLM_MODEL
         + "[scheduler]\nlate_bound = inf\nurgent_margin = 0.2\nbest_fit = true\nfit_margin = 0.6\n"
+        + "affinity_tolerance = 0.5\n"
     )
     options = config.scheduler.options()
     assert options == {
@@ -480,11 +481,16 @@ def test_scheduler_knobs_are_for_cato_only_and_reach_the_scheduler() -> None:
         "late_bound": math.inf,
         "best_fit": True,
         "fit_margin": 0.6,
+        "affinity_tolerance": 0.5,
     }
     sched = make_scheduler(config.scheduler.policy, **options)
     assert isinstance(sched, CatoScheduler)
     assert (sched.urgent_margin, sched.late_bound, sched.best_fit) == (0.2, math.inf, True)
-    assert sched.fit_margin == 0.6
+    assert (sched.fit_margin, sched.affinity_tolerance) == (0.6, 0.5)
+    assert CatoScheduler().affinity_tolerance == 2.0  # the default when it is not set
+    assert one_problem(VLLM_MODEL + "[scheduler]\naffinity_tolerance = -1\n").startswith(
+        "cato.toml: scheduler.affinity_tolerance: Input should be greater than or equal to 0"
+    )
     assert parse_config(VLLM_MODEL).scheduler.options() == {}
     problems = problems_of(VLLM_MODEL + '[scheduler]\npolicy = "pow2"\nlate_bound = 2.0\n')
     assert problems == [
