@@ -561,8 +561,7 @@ class Orchestrator:
         does: by the prompt tokens the engine computed, not the usage's whole prompt,
         which on a prefix-cache hit made the prefill rate look several times faster)."""
         done = self.clock()
-        st.rates.observe_call(call, started, first_at or done, done, usage.completion_tokens)
-        st.refresh()
+        st.observe_call(call, started, first_at or done, done, usage.completion_tokens)
 
 
 def _rejects_request(exc: ReplicaError) -> bool:

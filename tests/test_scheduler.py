@@ -140,7 +140,8 @@ def test_kept_wait_and_aggregates_match_a_recount(ops: list[str]) -> None:
             produced = done.tokens_done + rng.randint(0, 90)
             assert r.finish(done.id, 2.0, produced) is done and done.tokens_done == produced
         elif op == "observe":
-            r.observe(rng.randint(1, 100), 0.5, rng.randint(2, 50), 0.4)
+            done = call(prompt=rng.randint(1, 100), output=1)
+            r.observe_call(done, 0.0, 0.5, 0.9, rng.randint(2, 50))
         queued, running = r.queue.calls(), list(r.in_flight.values())
         assert r.queued_prompt_tokens == sum(c.prompt_tokens for c in queued)
         assert r.queued_output_tokens == sum(c.expected_output_tokens for c in queued)

@@ -373,17 +373,12 @@ class ReplicaState:
         self.wait_s = wait
         self.route_key = wait + (queued + running) * TIE_BREAK_S
 
-    def observe(
-        self,
-        prompt_tokens: int,
-        ttft_s: float,
-        output_tokens: int,
-        decode_s: float,
-        *,
-        contended: bool = False,
+    def observe_call(
+        self, call: Call, started: float, first_token: float, done: float, produced: int
     ) -> None:
-        """Fold one finished call into the replica's rates (see ``Rates.observe``)."""
-        self.rates.observe(prompt_tokens, ttft_s, output_tokens, decode_s, contended=contended)
+        """Fold one finished call into the replica's rates (``Rates.observe_call``) and
+        the wait estimate that depends on them."""
+        self.rates.observe_call(call, started, first_token, done, produced)
         self.refresh()
 
     def cached_tokens(self, call: Call) -> int:
