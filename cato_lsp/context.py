@@ -215,14 +215,9 @@ def _trim_suffix(text: str, offset: int, end: int) -> str:
     return window[: last_break + 1]
 
 
-def _check_window(offset: int, size: int, budget_tokens: int, *shares: float) -> None:
-    if not 0 <= offset <= size:
-        raise PositionError(f"offset {offset} is outside the document (length {size})")
-    if budget_tokens < 0:
-        raise ValueError(f"budget_tokens must be >= 0, got {budget_tokens}")
-    for name, share in zip(("prefix_share", "anchor_share"), shares, strict=False):
-        if not 0.0 <= share <= 1.0:
-            raise ValueError(f"{name} must be within [0, 1], got {share}")
+def _check_share(name: str, share: float) -> None:
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"{name} must be within [0, 1], got {share}")
 
 
 def anchor_step(budget_tokens: int, prefix_share: float, anchor_share: float) -> int:
@@ -258,7 +253,12 @@ def prefix_suffix_window(
     every cached block, on almost every keystroke. The prefix is then between the
     window less a step and the whole window.
     """
-    _check_window(offset, len(text), budget_tokens, prefix_share, anchor_share)
+    if not 0 <= offset <= len(text):
+        raise PositionError(f"offset {offset} is outside the document (length {len(text)})")
+    if budget_tokens < 0:
+        raise ValueError(f"budget_tokens must be >= 0, got {budget_tokens}")
+    _check_share("prefix_share", prefix_share)
+    _check_share("anchor_share", anchor_share)
     total = budget_tokens * CHARS_PER_TOKEN
     take_prefix, take_suffix = _split_sizes(offset, len(text) - offset, total, prefix_share)
     start = offset - take_prefix

@@ -72,8 +72,9 @@ FIFO_PRIORITY = SAFE
 KIND_PRIORITY: dict[str, int] = {"complete": 0, "generate": 0, "summarize": 1, "translate": 2}
 
 _by_route_key = attrgetter("route_key")
-# With ``affinity_tolerance``, the share of a prompt a replica must hold to be let run
-# the call late by that much (sglang-router's cache threshold).
+# sglang-router's cache threshold: the share of a prompt a replica must hold for
+# ``cache_aware`` to follow the prefix, and for ``cato`` to let it run the call late by
+# up to ``affinity_tolerance``.
 AFFINITY_SHARE = 0.3
 
 
@@ -474,7 +475,7 @@ class CacheAwareScheduler(_FifoScheduler):
         self,
         *,
         seed: int = 0,
-        cache_threshold: float = 0.3,
+        cache_threshold: float = AFFINITY_SHARE,
         balance_abs_threshold: int = 64,
         balance_rel_threshold: float = 1.5,
     ) -> None:
