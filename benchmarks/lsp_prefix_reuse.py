@@ -78,15 +78,16 @@ def measure(shares: Sequence[float], seed: int = 0) -> tuple[int, dict[str, tupl
         held: dict[str, set[int]] = {k: set() for k in hit}
         cursor = START
         while cursor < min(len(doc.text), END):
-            rendered: dict[str, str] = {}
-            for key, share in designs.items():
-                prepared = prepare(doc, cursor, others, settings[share], "codellama")
-                if prepared is not None:
-                    rendered[key] = prepared.request.prompt or ""
-            if len(rendered) < len(designs):  # inside an identifier: no request
+            built = {
+                k: prepare(doc, cursor, others, settings[v], "codellama")
+                for k, v in designs.items()
+            }
+            ready = {k: p for k, p in built.items() if p is not None}
+            if len(ready) < len(designs):  # inside an identifier: no request
                 cursor += 1
                 continue
-            suffix = prepared.suffix if prepared is not None else ""
+            rendered = {k: p.request.prompt or "" for k, p in ready.items()}
+            suffix = next(iter(ready.values())).suffix  # the anchor moves the prefix only
             pre = doc.text[anchored_start(starts, cursor) : cursor]
             rendered[SESSIONS] = template.render(pre, suffix)
             for key, prompt in rendered.items():

@@ -214,3 +214,33 @@ def test_typing_through_cache_hit(benchmark: BenchmarkFixture, harness: _Harness
     )
     assert len(harness.upstream.requests) == asked  # every round came from the cache
     assert harness.ls.completion.stats.cache_hits >= 300
+
+
+def test_prompt_with_open_files(benchmark: BenchmarkFixture) -> None:
+    """``prepare`` at line ends of one standard-library module with three others open
+    beside it: the open files' windows are cut once per content (``context._cut``, done
+    here before timing), so what each keystroke pays is scoring them, not cutting them."""
+    import importlib
+    import inspect
+    import itertools
+
+    from cato_lsp.features.completion_prompt import prepare
+    from cato_lsp.features.documents import DocumentView
+    from cato_lsp.settings import Settings
+
+    docs = [
+        DocumentView(
+            f"file:///lib/{name}.py", inspect.getsource(importlib.import_module(name)), "python"
+        )
+        for name in ("typing", "argparse", "inspect", "difflib")
+    ]
+    text, settings = docs[0].text, Settings()
+    ends = [i for i, char in enumerate(text) if char == "\n" and 10_000 <= i < 60_000]
+    cursors = itertools.cycle(ends[::7])
+    assert prepare(docs[0], ends[0], docs[1:], settings, "codellama") is not None
+
+    def one() -> None:
+        prepared = prepare(docs[0], next(cursors), docs[1:], settings, "codellama")
+        assert prepared is not None and prepared.request.prompt
+
+    benchmark(one)
