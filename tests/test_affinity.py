@@ -3,10 +3,14 @@ baseline."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
 
+from orchestrator.bench.scenarios import SCENARIOS, capacity_rps
+from orchestrator.bench.workloads import Workload
+from orchestrator.engine_model import EngineModel
 from orchestrator.policy.scheduler import (
     CacheAwareScheduler,
     CatoScheduler,
@@ -14,7 +18,9 @@ from orchestrator.policy.scheduler import (
     make_scheduler,
 )
 from orchestrator.policy.state import Call, PrefixIndex, Rates, ReplicaState
+from orchestrator.sim.simulator import Simulator
 from orchestrator.sim.variants import VariantError, parse_variant
+from tests.test_engine_model import SMALL
 
 RATES = Rates(overhead_s=0.01, prefill_s_per_token=0.001, tpot_s=0.01)
 BLOCK = 16
@@ -179,3 +185,49 @@ def test_affinity_is_a_variant_switch() -> None:
         parse_variant("cato/affinity=maybe")
     with pytest.raises(VariantError):
         parse_variant("cato/affinity_margin=1.5")
+
+
+def test_the_index_overstates_what_an_engine_under_pressure_still_holds() -> None:
+    """The index sees the prompts sent, not the engine's other uses of its KV blocks:
+    a long generation's output evicts a cached prompt the index still counts."""
+    tight = dataclasses.replace(SMALL, num_kv_blocks=130, max_model_len=2048)
+    engine = EngineModel(tight, prefix_caching=True)
+    index = PrefixIndex(tight.block_size, tight.num_kv_blocks)
+    prompt = tuple(range(1, 61))  # 60 blocks, then freed and cached
+    long = tuple(range(500, 510))  # 10 blocks of prompt, 100 blocks of output
+    now = 0.0
+    for seq_id, hashes, output in (("a", prompt, 2), ("long", long, 100 * tight.block_size)):
+        index.add(hashes)
+        engine.add(seq_id, len(hashes) * tight.block_size, output, now=now, block_hashes=hashes)
+        while seq_id in engine:
+            assert engine.step(now) is not None
+            now = engine.busy_until
+    assert len(index) == 70 <= index.capacity  # nothing forgotten here
+    held = engine.cached_prefix_tokens(prompt)
+    assert index.match_tokens(prompt) == 60 * tight.block_size
+    # the generation holds 110 of the 130 blocks: 20 of the prompt's are left
+    assert held == 20 * tight.block_size
+    # The index never tracks blocks it was not sent: where it says nothing, nothing.
+    assert index.match_tokens((900, 901)) == engine.cached_prefix_tokens((900, 901)) == 0
+
+
+def test_over_a_simulated_run_the_index_tracks_the_engines_hits_closely() -> None:
+    """Under sessions at twice the mix's capacity, what routing expected to find cached
+    (``prefix_index_hits``) is within 2 points of what the engines found."""
+    scenario = SCENARIOS["sessions"]
+    workload = Workload(tasks={}, seed=0)  # sessions draw their own tasks
+    rate = 2.0 * capacity_rps(scenario, workload)
+    result = Simulator(scenario.config("cato", "fixed", 0)).run(
+        scenario.arrivals(rate, 8.0, workload, 0)
+    )
+    counters = result.counters
+    queries = counters["prefix_cache_queries"]
+    engine_share = counters["prefix_cache_hits"] / queries
+    index_share = counters["prefix_index_hits"] / queries
+    assert engine_share > 0.4  # sessions share their prefixes
+    assert abs(index_share - engine_share) < 0.02
+    # a router that keeps no index reports none
+    plain = Simulator(scenario.config("round_robin", "fixed", 0)).run(
+        scenario.arrivals(rate, 2.0, workload, 0)
+    )
+    assert "prefix_index_hits" not in plain.counters

@@ -339,6 +339,11 @@ class Simulator:
 
     def _on_start(self, call: Call, st: ReplicaState, now: float) -> None:
         """The core started ``call`` on ``st``: it joins that replica's engine."""
+        if st.prefixes is not None:
+            # what the router's index expected the engine to hold, to set beside the
+            # engine's own ``prefix_cache_hits`` (the index cannot see evictions)
+            held = self._counters.get("prefix_index_hits", 0) + call.cached_tokens
+            self._counters["prefix_index_hits"] = held
         priority = call.priority if self._send_priority else 0
         if self._kind_priority:
             priority = KIND_PRIORITY.get(call.kind, 0)
