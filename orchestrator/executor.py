@@ -28,7 +28,7 @@ import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 
-from orchestrator.api import ReplicaInfo, Status, TaskEvent, TaskRequest, Usage
+from orchestrator.api import SLA_UNREACHABLE, ReplicaInfo, Status, TaskEvent, TaskRequest, Usage
 from orchestrator.dispatch import DispatchCore, DispatchError
 from orchestrator.engine_model import block_hashes
 from orchestrator.graphs import Node, TaskDefaults, TaskGraph
@@ -112,6 +112,7 @@ class Orchestrator:
         self.recorder = Recorder(window_s=window_s)
         self._replicas: dict[str, _Replica] = {}
         self._waiters: dict[str, asyncio.Future[None]] = {}
+        self._expiries: dict[str, asyncio.Timeout] = {}  # shed-when-late TTFT calls
         if isinstance(admission, str):
             name = resolve_admission(admission, self.scheduler.name)
             admission = None if name == "none" else make_admission(name)
@@ -383,6 +384,49 @@ class Orchestrator:
         goes to it as bytes instead, ``on_token`` gets ``""`` once per read that held
         tokens, and the text returned is empty.
         """
+        expiry = self._expiry(call)
+        try:
+            async with expiry:
+                return await self._run_call(call, node, on_token, on_dispatch, on_texts, relay)
+        except TimeoutError:
+            if not expiry.expired():
+                raise
+            raise TaskFailed(
+                f"call {call.id} did not reach its SLA point by its deadline, and its "
+                "request asked to end rather than answer late",
+                SLA_UNREACHABLE,
+            ) from None
+        finally:
+            self._expiries.pop(call.id, None)
+
+    def _expiry(self, call: Call) -> asyncio.Timeout:
+        """``on_late="shed"`` past routing: a call that asked to end rather than answer
+        late ends at its deadline unless it reached its SLA point by then (its first
+        token for ``ttft``, its end for ``e2e``); leaving cancels its stream, and with
+        it the engine's work on it."""
+        if not call.shed_late:
+            return asyncio.timeout(None)
+        expiry = asyncio.timeout(max(call.deadline - self.clock(), 0.0))
+        if call.metric == "ttft":
+            self._expiries[call.id] = expiry
+        return expiry
+
+    def _reached_first_token(self, st: ReplicaState, call: Call, now: float) -> None:
+        self._core.first_token(st, call.id, now)
+        if call.metric == "ttft":
+            expiry = self._expiries.pop(call.id, None)
+            if expiry is not None:
+                expiry.reschedule(None)
+
+    async def _run_call(
+        self,
+        call: Call,
+        node: Node,
+        on_token: OnToken,
+        on_dispatch: OnDispatch | None,
+        on_texts: TextSink | None,
+        relay: ByteSink | None,
+    ) -> tuple[str, Usage]:
         excluded: set[str] = set()
         try:
             for attempt in itertools.count(1):
@@ -503,7 +547,7 @@ class Orchestrator:
                 if texts:
                     if first_at is None:
                         first_at = now
-                        self._core.first_token(st, call.id, now)
+                        self._reached_first_token(st, call, now)
                     st.tokens(call.id, len(texts))
                     parts += texts
                     for text in texts:
@@ -544,7 +588,7 @@ class Orchestrator:
                     now = self.clock()
                     if first_at is None:
                         first_at = now
-                        self._core.first_token(st, call.id, now)
+                        self._reached_first_token(st, call, now)
                     st.tokens(call.id, count)
                     on_token("", now)
                 await sink.forward(data, last=relay.done)

@@ -17,6 +17,7 @@ from orchestrator.emulator.process import launch_emulator
 from orchestrator.engine_model import load_profile
 from orchestrator.executor import Orchestrator, ReplicaSpec
 from orchestrator.policy.admission import (
+    DEFAULT_HARM_FLOOR,
     AdmissionConfigError,
     NetSlackAdmission,
     OpenAdmission,
@@ -77,9 +78,10 @@ def predicted_done(st: ReplicaState, c: Call, now: float) -> float:
     return now + owed + (c.expected_output_tokens - c.tokens_done) * step
 
 
-def slack(margin_s: float = 0.0, *, net: bool = False) -> SlackAdmission:
+def slack(margin_s: float = 0.0, *, net: bool = False, harm_floor: float = 0.0) -> SlackAdmission:
+    """The rule itself: every delay that makes a running call late counts (no floor)."""
     cls = NetSlackAdmission if net else SlackAdmission
-    return cls(profiles={PROFILE.name: PROFILE}, margin_s=margin_s)
+    return cls(profiles={PROFILE.name: PROFILE}, margin_s=margin_s, harm_floor=harm_floor)
 
 
 def test_an_empty_replica_takes_anything() -> None:
@@ -122,6 +124,22 @@ def test_a_prefilling_ttft_call_is_protected_from_the_step_it_shares() -> None:
     assert policy.admits(st, call(prompt=50), 0.0)
 
 
+def test_a_delay_under_the_harm_floor_does_not_hold_a_call_back() -> None:
+    st = replica()
+    first = running(st, call(metric="ttft", prompt=500), first_token=False)
+    step = PROFILE.step_overhead_s + PROFILE.decode_s_per_seq + 500 * PROFILE.kv_read_s_per_token
+    first.deadline = 500 * PROFILE.prefill_s_per_token + step + 0.002  # 2 ms to spare
+    first.arrival = first.deadline - 0.5  # a 500 ms budget: the default floor is 50 ms
+    small, large = call(prompt=50), call(prompt=1000)  # ~5 ms and ~96 ms of its step
+    assert not slack().admits(st, small, 0.0)  # without a floor, 5 ms is harm
+    default = SlackAdmission(profiles={PROFILE.name: PROFILE})
+    assert default.harm_floor == DEFAULT_HARM_FLOOR == 0.1
+    assert default.admits(st, small, 0.0)
+    assert not default.admits(st, large, 0.0)
+    with pytest.raises(AdmissionConfigError, match="harm_floor"):
+        SlackAdmission(harm_floor=1.0)
+
+
 def test_net_mode_lets_an_on_time_call_cost_one_running_call_but_not_two() -> None:
     st = replica()
     a = running(st, call(output=200))
@@ -154,7 +172,7 @@ def test_without_a_profile_the_learned_rates_price_the_prefill() -> None:
     c = running(st, call(output=100))
     step = st.rates.tpot_s
     c.deadline = 1.0 + 100 * step + 0.05
-    policy = SlackAdmission()  # no profiles
+    policy = SlackAdmission(harm_floor=0.0)  # no profiles
     assert policy.costs(st) == StepCosts.from_rates(st.rates)
     assert not policy.admits(st, call(prompt=2000), 1.0)
     assert policy.admits(st, call(prompt=100), 1.0)

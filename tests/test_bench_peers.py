@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -243,3 +244,49 @@ def test_runs_of_an_ablation_merge_into_one_table_that_says_so() -> None:
     assert lines[4] == "| base | cato | 77.0% | 90.0% | 612 | - | 40.0% | 50.0% |"
     assert lines[5].startswith("| none | cato | 80.0% |") and len(lines) == 6  # no direct
     assert len(peers.merged_table([("x", run("cato", 0.5, skipped="absent"))]).splitlines()) == 4
+
+
+def test_a_completion_that_asks_to_be_shed_says_so_to_cato_only() -> None:
+    defaults = scenario("rq2").defaults()
+    request = TaskRequest(kind=TaskKind.COMPLETE, prompt="def f():\n    ", on_late="shed")
+    job = peers.make_job(request, _MODEL, defaults)
+    assert job.shed and job.cato_body["cato"]["on_late"] == "shed"
+    assert "on_late" not in job.peer_body and "cato" not in job.peer_body
+    assert not peers.make_job(request.model_copy(update={"on_late": None}), _MODEL, defaults).shed
+
+
+async def test_the_client_hangs_up_at_the_sla_point_of_a_shed_job(
+    serve: Callable[[web.Application], Awaitable[str]],
+) -> None:
+    """Whatever the front end, a job that asked to be shed is given up at its SLA point
+    (the engine behind it then aborts), and one that reached it in time is kept."""
+    hung_up: list[str] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        delay = float(request.query["first"])
+        try:
+            await asyncio.sleep(delay)
+            await resp.write(b'data: {"choices":[{"text":"x"}]}\n\n')
+            await asyncio.sleep(0.3)  # decoding past the SLA: a TTFT job keeps it
+            await resp.write(b"data: [DONE]\n\n")
+        except (asyncio.CancelledError, ConnectionResetError):
+            hung_up.append(request.query["first"])
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/completions", handler)
+    url = await serve(app) + "/v1/completions"
+    async with aiohttp.ClientSession() as session:
+        slow = await peers._stream(session, url + "?first=1.0", {}, expire_s=0.2, ttft=True)
+        quick = await peers._stream(session, url + "?first=0.0", {}, expire_s=0.2, ttft=True)
+        whole = await peers._stream(session, url + "?first=0.0", {}, expire_s=0.2, ttft=False)
+    assert not slow.ok and slow.first is None and slow.done - slow.arrival < 0.9
+    assert quick.ok and quick.first is not None  # its first token came in time
+    assert not whole.ok  # an e2e job must end by then
+    for _ in range(60):  # the server sees the closed connection when it next writes
+        if "1.0" in hung_up:
+            break
+        await asyncio.sleep(0.05)
+    assert "1.0" in hung_up

@@ -26,6 +26,7 @@ from orchestrator.api import SLA, SLAMetric, TaskEvent, TaskKind, TaskRequest
 from orchestrator.emulator.process import RunningEmulator, StartEmulator, launch_emulator
 from orchestrator.executor import Orchestrator, ReplicaSpec
 from orchestrator.graphs import TaskDefaults, TaskGraph
+from orchestrator.policy.state import Rates
 from orchestrator.replicas.openai_client import Finished, ReplicaClient
 
 MODEL = "tiny"
@@ -445,6 +446,58 @@ async def test_cancelling_a_queued_request_never_reaches_a_replica(
     assert after["vllm:prompt_tokens_total"] == before["vllm:prompt_tokens_total"]
     assert [e.state for e in node_events(queued_events, "llm")] == []
     assert stats.cancelled == 1
+
+
+# Rates far faster than the emulator: routing expects every call to meet its deadline.
+OPTIMISTIC = Rates(overhead_s=0.001, prefill_s_per_token=1e-6, tpot_s=1e-4)
+
+
+async def test_a_call_that_asked_to_be_shed_ends_at_its_deadline_wherever_it_is(
+    pair: list[RunningEmulator],
+) -> None:
+    """``on_late="shed"`` holds past routing: a completion on time when routed but with
+    no first token by its deadline ends then with ``sla_unreachable``, whether it is
+    still queued (it never reaches the replica) or prefilling (the replica aborts it).
+    Without opting in, the same request is answered late."""
+    emulator = pair[0]
+    await idle([emulator])
+    spec = ReplicaSpec(id="r0", url=emulator.url, model=MODEL, concurrency_limit=1)
+    spec.rates = OPTIMISTIC
+    ttft = SLA(metric=SLAMetric.TTFT, target_ms=150)
+    long_prompt = "x = 1\n" * 2_000  # ~3,000 tokens: about 0.6 s of prefill here
+    shed = complete_request(long_prompt, ttft, max_tokens=4).model_copy(update={"on_late": "shed"})
+    orch = Orchestrator([spec], defaults=DEFAULTS)
+    try:
+        before = await scrape(emulator.url)
+        events = await collect(orch, shed)  # in flight, prefilling, at its deadline
+        assert events[-1].type == "error" and events[-1].code == "sla_unreachable"
+        assert "deadline" in (events[-1].error or "") and not tokens_of(events)
+
+        async def aborted() -> bool:
+            m = await scrape(emulator.url)
+            return m["cato_emulator_aborted_total"] == before["cato_emulator_aborted_total"] + 1
+
+        await eventually(aborted, "the emulator aborted the shed call")
+        late = await collect(orch, shed.model_copy(update={"on_late": None, "id": "late"}))
+        assert late[-1].type == "done" and late[-1].sla_met is False and tokens_of(late)
+
+        # Queued behind a summary that routing expects to end at once: it never starts.
+        code = inspect.getsource(textwrap.dedent)
+        long = orch.submit(summarize_request(code, 3_000))
+        assert (await anext(long)).type == "started"
+        await load_is(orch, "r0", (1, 0))
+        prompts = (await scrape(emulator.url))["vllm:prompt_tokens_total"]
+        queued = complete_request(sla=ttft, max_tokens=4, id="queued")
+        events = await collect(orch, queued.model_copy(update={"on_late": "shed"}))
+        assert events[-1].code == "sla_unreachable" and not tokens_of(events)
+        assert orch.replica_load("r0") == (1, 0)
+        await long.aclose()
+        await idle([emulator])
+        assert (await scrape(emulator.url))["vllm:prompt_tokens_total"] == prompts
+        outcomes = [r.outcome for r in orch.recorder.records()]
+        assert outcomes == ["error", "ok", "error", "cancelled"]
+    finally:
+        await orch.close()
 
 
 async def test_a_replica_refusing_connections_is_routed_around(

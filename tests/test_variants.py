@@ -27,6 +27,11 @@ def test_a_variant_changes_only_its_lever() -> None:
     assert varied.scheduler.urgent_margin == plain.scheduler.urgent_margin
     assert varied.config.seed == plain.config.seed == 3
     assert varied.config.models == plain.config.models
+    floored = Simulator(rq2.config("cato/harm_floor=0", "fixed", 3))
+    assert floored.core.admission is not None and plain.core.admission is not None
+    assert getattr(floored.core.admission, "harm_floor", None) == 0.0
+    assert getattr(plain.core.admission, "harm_floor", None) == 0.1
+    assert floored.scheduler.late_bound == plain.scheduler.late_bound
 
 
 def test_engine_priority_kind_sends_each_kind_its_fixed_priority() -> None:
@@ -60,6 +65,7 @@ def test_engine_priority_kind_sends_each_kind_its_fixed_priority() -> None:
         ("pow2/late_bound=2", "bad options for scheduler 'pow2'"),
         ("clairvoyant/late_bound=2", "clairvoyant takes no options"),
         ("cato/engine_priority=deadline", "engine_priority must be route or kind"),
+        ("cato/harm_floor=1", "harm_floor must be in [0, 1)"),
     ],
 )
 def test_bad_variants_say_what_is_wrong(text: str, problem: str) -> None:

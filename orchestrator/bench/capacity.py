@@ -164,6 +164,7 @@ class Probe:
     replica_seconds: float
     # prompt tokens found in the engines' prefix caches / looked up (None: no caching)
     prefix_hit_rate: float | None = None
+    shed: int = 0  # tasks that asked to end rather than answer late, ended so (missed)
 
     @classmethod
     def of(cls, load: float, rate: float, result: SimResult) -> Probe:
@@ -177,6 +178,8 @@ class Probe:
                 unfinished += 1
             else:
                 worst = max(worst, latency / r.target_ms)
+        shed = result.counters.get("shed", 0)
+        unfinished -= shed  # ended on purpose: counted apart
         overall = result.overall
         queries = result.counters.get("prefix_cache_queries")
         hits = result.counters.get("prefix_cache_hits", 0)
@@ -192,6 +195,7 @@ class Probe:
             unfinished=unfinished,
             replica_seconds=sum(result.replica_seconds.values()),
             prefix_hit_rate=hits / queries if queries else None,
+            shed=shed,
         )
 
     @property

@@ -118,7 +118,8 @@ def markdown(run: CapacityRun) -> str:
         f"Default scheduler: `{run.default_scheduler}` (bold). "
         f"{'Quick run (short workloads). ' if run.quick else ''}"
         f"Overload columns at {OVERLOAD:g} x C; worst = largest latency / SLA of a task that "
-        "finished; unfinished = tasks that never finished (summed over seeds).",
+        "finished; unfinished = tasks that never finished, those shed on request aside (summed "
+        "over seeds).",
         "",
     ]
     for case in run.cases:

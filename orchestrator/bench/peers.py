@@ -165,6 +165,10 @@ class Job:
     sla_ms: float
     cato_body: dict[str, Any]
     peer_bodies: tuple[dict[str, Any], ...]
+    # The request asks to end rather than answer late (``on_late="shed"``, as the
+    # language server's completions do): CATO is told so, and the client hangs up on
+    # any front end at the SLA point, as a language server in front of a peer would.
+    shed: bool = False
 
     @property
     def peer_body(self) -> dict[str, Any]:
@@ -183,6 +187,9 @@ def make_job(
         raise ValueError(f"{request.kind} tasks chain {len(nodes)} calls; peers take one")
     text = request.prompt if request.kind is TaskKind.COMPLETE else request.code
     ext: dict[str, Any] = {"task": request.kind.value}
+    shed = request.on_late == "shed"
+    if shed:
+        ext["on_late"] = "shed"
     if request.language:
         ext["language"] = request.language
     if request.target_language:
@@ -204,7 +211,7 @@ def make_job(
         for node in nodes
     )
     sla = defaults.for_kind(request.kind).sla
-    return Job(request.kind.value, sla.metric, sla.target_ms, cato, peers)
+    return Job(request.kind.value, sla.metric, sla.target_ms, cato, peers, shed)
 
 
 @dataclass
@@ -215,18 +222,26 @@ class _Timing:
     ok: bool = False
 
 
-async def _stream(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> _Timing:
+async def _stream(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: dict[str, Any],
+    expire_s: float | None = None,
+    ttft: bool = False,
+) -> _Timing:
     """POST a streaming completion; note when the first text arrives and when it ends.
 
     It is ok once ``[DONE]`` arrives after no error chunk. An answer without text (a
     translation whose chunks the graph's checks leave empty) counts as answered at its
-    first chunk."""
+    first chunk. With ``expire_s``, hang up (the engine aborts) if the SLA point (the
+    first text with ``ttft``, else the end) has not come after that many seconds."""
     loop = asyncio.get_running_loop()
     t = _Timing(loop.time())
     answered: float | None = None
     failed = done = False
+    expiry = asyncio.timeout(expire_s)
     try:
-        async with session.post(url, json=body) as resp:
+        async with expiry, session.post(url, json=body) as resp:
             if resp.status != 200:
                 await resp.read()
                 t.done = loop.time()
@@ -243,6 +258,8 @@ async def _stream(session: aiohttp.ClientSession, url: str, body: dict[str, Any]
                     answered = loop.time()
                 if t.first is None and text:
                     t.first = loop.time()
+                    if ttft:
+                        expiry.reschedule(None)
             if t.first is None:
                 t.first = answered
             t.ok = done and not failed and t.first is not None
@@ -253,16 +270,23 @@ async def _stream(session: aiohttp.ClientSession, url: str, body: dict[str, Any]
 
 
 async def _stream_all(
-    session: aiohttp.ClientSession, targets: Sequence[str], bodies: Sequence[dict[str, Any]]
+    session: aiohttp.ClientSession,
+    targets: Sequence[str],
+    bodies: Sequence[dict[str, Any]],
+    expire_s: float | None = None,
+    ttft: bool = False,
 ) -> _Timing:
     """A task's calls at once (the ``n``-th to ``targets[n % len]``): its first text is
     the first of any, it ends with the last, and is ok if every call was."""
     if len(bodies) == 1:
-        return await _stream(session, targets[0], bodies[0])
+        return await _stream(session, targets[0], bodies[0], expire_s, ttft)
     loop = asyncio.get_running_loop()
     arrival = loop.time()
     parts = await asyncio.gather(
-        *(_stream(session, targets[n % len(targets)], b) for n, b in enumerate(bodies))
+        *(
+            _stream(session, targets[n % len(targets)], b, expire_s, ttft)
+            for n, b in enumerate(bodies)
+        )
     )
     firsts = [p.first for p in parts if p.first is not None]
     return _Timing(
@@ -313,7 +337,9 @@ async def drive(
             delay = t0 + at / speed - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            call = _stream_all(session, _rotate(targets, n), _bodies(job, cato))
+            expire_s = job.sla_ms / 1000 / speed if job.shed else None
+            ttft = job.sla_metric is SLAMetric.TTFT
+            call = _stream_all(session, _rotate(targets, n), _bodies(job, cato), expire_s, ttft)
             tasks.append(asyncio.create_task(call))
         last = arrivals[-1][0] / speed if arrivals else 0.0
         _, late = await asyncio.wait(tasks, timeout=max(t0 + last + drain_s - loop.time(), 1))

@@ -209,7 +209,10 @@ def completion_at(module: _Module, cursor: int) -> SimTask:
         suffix = suffix[: cut + 1]
     prompt = FIM_TEMPLATE.format(prefix=text[anchor:cursor], suffix=suffix)
     key = f"session-complete/{module.source.name}:{cursor}"
-    request = TaskRequest(id=key[-128:], kind=TaskKind.COMPLETE, prompt=prompt, language="python")
+    # As the language server asks: a suggestion after its SLA is stale, so end it then.
+    request = TaskRequest(
+        id=key[-128:], kind=TaskKind.COMPLETE, prompt=prompt, language="python", on_late="shed"
+    )
     return SimTask(key, request, output_tokens=max(approx_tokens(middle), 1))
 
 

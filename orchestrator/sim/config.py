@@ -12,7 +12,7 @@ from orchestrator.config import ProvisionerConfig
 from orchestrator.engine_model import EngineProfile, Policy
 from orchestrator.graphs import DEFAULTS, Node, TaskDefaults
 from orchestrator.graphs import approx_tokens as _approx_tokens
-from orchestrator.policy.admission import resolve_admission
+from orchestrator.policy.admission import DEFAULT_HARM_FLOOR, resolve_admission
 from orchestrator.policy.state import Rates
 
 OutputModel = Literal["workload", "emulator"]
@@ -84,6 +84,7 @@ class SimConfig:
     # running ones late; ``auto``: the scheduler's default (``slack_net`` for cato).
     admission: str = "auto"
     admission_margin_s: float = 0.0
+    admission_harm_floor: float = DEFAULT_HARM_FLOOR  # see ``SlackAdmission``
 
     def __post_init__(self) -> None:
         if not self.models:

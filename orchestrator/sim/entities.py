@@ -46,6 +46,7 @@ class CallRun:
 
 class SimReplica:
     __slots__ = (
+        "aborting",
         "engine",
         "id",
         "model",
@@ -71,6 +72,7 @@ class SimReplica:
         self.stepping = False
         self.run: DecodeRun | None = None  # the fused decode steps under way
         self.version = 0
+        self.aborting: set[str] = set()  # sequences to drop when the step under way ends
 
 
 class SimModel:

@@ -71,7 +71,7 @@ __all__ = ["ModelSpec", "OutputModel", "SimConfig", "SimTask", "Simulator", "sim
 # (phase 1) start after everything else (phase 0), so calls dispatched at ``t`` join the
 # forward pass that starts at ``t``, as continuous batching does.
 _EVENT, _STEP = 0, 1
-_ARRIVAL, _STEP_START, _STEP_END, _READY, _TICK, _LOCAL_DONE = range(6)
+_ARRIVAL, _STEP_START, _STEP_END, _READY, _TICK, _LOCAL_DONE, _EXPIRE = range(7)
 
 
 class Simulator:
@@ -92,6 +92,7 @@ class Simulator:
                 self.admission,
                 profiles={m.name: m.profile for m in config.models},
                 margin_s=config.admission_margin_s,
+                harm_floor=config.admission_harm_floor,
             )
             if self.admission != "none"
             else None
@@ -214,6 +215,8 @@ class Simulator:
                 self._push(t + interval, _TICK, None)
             elif kind == _READY:
                 self._ready(payload, t)
+            elif kind == _EXPIRE:
+                self._expire(payload, t)
             else:
                 self._local_done(payload[0], payload[1], t, payload[2])
             if pending is None and not self._live:
@@ -323,6 +326,37 @@ class Simulator:
             self.core.place(call, now)
         except DispatchError as exc:
             self._on_fail(call, exc)
+            return
+        if call.shed_late:
+            self._push(call.deadline, _EXPIRE, call)
+
+    def _expire(self, call: Call, now: float) -> None:
+        """The executor's ``on_late="shed"`` past routing: a call that has not reached its
+        SLA point by its deadline ends there, wherever it is; its engine drops it when
+        the step under way ends (as vLLM aborts between steps)."""
+        run = self._runs.get(call.id)
+        if run is None or run.call is not call:
+            return  # over already
+        if call.metric == "ttft" and call.first_token_at is not None:
+            return
+        rep = self.replicas.get(call.replica or "")
+        in_engine = rep is not None and call.id in rep.state.in_flight
+        del self._runs[call.id]
+        self.core.release(call, now)
+        self.core.ended(call, now, finished=False)
+        if in_engine:
+            assert rep is not None
+            st = rep.state
+            self.tracker.running(rep.id, len(st.in_flight), st.concurrency_limit, now)
+            rep.aborting.add(call.id)
+            if rep.run is not None:
+                self._cut_run(rep, rep.run, now)
+            if rep.phase == DRAINING and not st.in_flight:
+                self._stop(rep, now)
+        if not run.task.failed:
+            self._counters["shed"] += 1
+            self._counters["expired"] = self._counters.get("expired", 0) + 1
+        self._fail(run.task, now)
 
     def _on_fail(self, call: Call, exc: DispatchError) -> None:
         """No replica of the call's model is ready or starting, or the call was shed
@@ -435,6 +469,12 @@ class Simulator:
                 shown.get(seq_id) or TokenOutput(seq_id, 1, count(seq_id), False, False)
                 for seq_id in result.sampled
             ]
+        aborting = rep.aborting
+        if aborting:  # calls ended at their deadline while this step ran: drop them
+            outputs = [out for out in outputs if out.seq_id not in aborting]
+            for seq_id in aborting:
+                rep.engine.abort(seq_id)
+            aborting.clear()
         for out in outputs:
             if out.first_token:
                 self.core.first_token(st, out.seq_id, now)

@@ -4,7 +4,8 @@ A variant is a scheduler name with ``/key=value`` options, e.g. ``cato/admission
 (CATO without engine admission) or ``cato/late_bound=inf/urgent_margin=0``. It names a
 row of a benchmark table, so each lever's worth is measured on the same seeds by the
 same command as the policies themselves. Keys: ``admission`` (any admission policy),
-``engine_priority`` (``route``: the priority the scheduler gives a call, the default;
+``harm_floor`` (the slack admission's, see ``SlackAdmission``), ``engine_priority``
+(``route``: the priority the scheduler gives a call, the default;
 ``kind``: the kind's fixed priority that a plain router's user would configure, as the
 peers of ``bench peers`` send) and the options of ``make_scheduler`` (``urgent_margin``,
 ``late_bound``, ``best_fit``, ``fit_margin``, ``affinity``, ``affinity_margin``,
@@ -18,7 +19,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.policy.admission import AdmissionConfigError, resolve_admission
+from orchestrator.policy.admission import (
+    DEFAULT_HARM_FLOOR,
+    AdmissionConfigError,
+    SlackAdmission,
+    resolve_admission,
+)
 from orchestrator.policy.scheduler import SchedulerConfigError
 from orchestrator.sim.clairvoyant import SIM_SCHEDULERS, make_sim_scheduler
 from orchestrator.sim.config import SimConfig
@@ -26,7 +32,7 @@ from orchestrator.sim.config import SimConfig
 _FLOATS = ("urgent_margin", "late_bound", "fit_margin", "affinity_margin", "affinity_tolerance")
 _BOOLS = ("best_fit", "affinity")
 _ENGINE_PRIORITIES = ("route", "kind")
-KEYS: tuple[str, ...] = ("admission", "engine_priority", *_FLOATS, *_BOOLS)
+KEYS: tuple[str, ...] = ("admission", "harm_floor", "engine_priority", *_FLOATS, *_BOOLS)
 
 
 class VariantError(ValueError):
@@ -42,6 +48,7 @@ class Variant:
     options: dict[str, Any] = field(default_factory=dict)
     admission: str = "auto"
     kind_priority: bool = False
+    harm_floor: float = DEFAULT_HARM_FLOOR
 
     def apply(self, config: SimConfig) -> SimConfig:
         """``config`` running this variant."""
@@ -51,6 +58,7 @@ class Variant:
             scheduler_options=dict(self.options),
             admission=self.admission,
             kind_priority=self.kind_priority,
+            admission_harm_floor=self.harm_floor,
         )
 
 
@@ -62,6 +70,7 @@ def parse_variant(text: str) -> Variant:
     options: dict[str, Any] = {}
     admission = "auto"
     kind_priority = False
+    harm_floor = DEFAULT_HARM_FLOOR
     for part in parts:
         key, sep, value = part.partition("=")
         if not sep or key not in KEYS:
@@ -83,11 +92,15 @@ def parse_variant(text: str) -> Variant:
                 raise VariantError(f"{text!r}: {key} must be a number, got {value!r}") from None
             if math.isnan(number):
                 raise VariantError(f"{text!r}: {key} must be a number, got {value!r}")
-            options[key] = number
-    variant = Variant(text.strip(), scheduler, options, admission, kind_priority)
+            if key == "harm_floor":
+                harm_floor = number
+            else:
+                options[key] = number
+    variant = Variant(text.strip(), scheduler, options, admission, kind_priority, harm_floor)
     try:  # the scheduler and admission check their own options
         make_sim_scheduler(scheduler, **options)
         resolve_admission(admission, scheduler)
+        SlackAdmission(harm_floor=harm_floor)
     except (SchedulerConfigError, AdmissionConfigError) as exc:
         raise VariantError(f"{text!r}: {exc}") from None
     return variant
