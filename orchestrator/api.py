@@ -15,8 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 API_VERSION: Final = 1
 
-# ``TaskEvent.code`` of a task ended at once because it was late on arrival at a
-# replica and its request asked for that (``on_late="shed"``) rather than a late answer.
+# ``TaskEvent.code`` of a task whose request asked to end rather than answer late
+# (``on_late="shed"``) and that was late: when routed, or at its deadline without its
+# SLA point reached (queued or running: the engine then aborts its call).
 SLA_UNREACHABLE: Final = "sla_unreachable"
 
 # What a request wants when no replica can meet its deadline any more: a late answer

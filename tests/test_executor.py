@@ -478,6 +478,11 @@ async def test_a_call_that_asked_to_be_shed_ends_at_its_deadline_wherever_it_is(
             return m["cato_emulator_aborted_total"] == before["cato_emulator_aborted_total"] + 1
 
         await eventually(aborted, "the emulator aborted the shed call")
+        # It ran alone for its whole budget without a first token: the replica's prefill
+        # rate learns that much (a lower bound), or it would route the next one as on
+        # time too, and shed it, for ever.
+        learned = orch._replicas["r0"].state.rates.prefill_s_per_token
+        assert learned > 5 * OPTIMISTIC.prefill_s_per_token  # ~10x after one such call
         late = await collect(orch, shed.model_copy(update={"on_late": None, "id": "late"}))
         assert late[-1].type == "done" and late[-1].sla_met is False and tokens_of(late)
 
