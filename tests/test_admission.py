@@ -136,6 +136,12 @@ def test_a_delay_under_the_harm_floor_does_not_hold_a_call_back() -> None:
     assert default.harm_floor == DEFAULT_HARM_FLOOR == 0.1
     assert default.admits(st, small, 0.0)
     assert not default.admits(st, large, 0.0)
+    # A decoding e2e call gets no floor: small delays add up over its decode.
+    e2e = replica()
+    summary = running(e2e, call(output=200))
+    summary.deadline = predicted_done(e2e, summary, 0.0) + 0.002
+    summary.arrival = summary.deadline - 6.0  # a 6 s budget
+    assert not default.admits(e2e, call(prompt=50, output=10), 0.0)
     with pytest.raises(AdmissionConfigError, match="harm_floor"):
         SlackAdmission(harm_floor=1.0)
 
