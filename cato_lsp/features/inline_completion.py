@@ -10,8 +10,9 @@ stream so the replica aborts the sequence. A suggestion is kept in an LRU cache 
 typing its first characters is answered with the rest, without a new request.
 
 A suggestion that comes after its SLA is a stale one (the user has typed on), so each
-request asks to be shed when late (`on_late="shed"`): the orchestrator then ends it at
-once with `sla_unreachable`, and the answer is no suggestion, not an error.
+request asks to be shed when late (`on_late="shed"`): the orchestrator ends it with
+`sla_unreachable` as soon as it is late (when routed, or at its deadline without a first
+token, wherever it waits), and the answer is no suggestion, not an error.
 """
 
 from __future__ import annotations
