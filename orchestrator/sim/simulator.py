@@ -342,7 +342,7 @@ class Simulator:
         rep = self.replicas.get(call.replica or "")
         in_engine = rep is not None and call.id in rep.state.in_flight
         del self._runs[call.id]
-        self.core.release(call, now)
+        self.core.release(call, now, queued_only=True)  # off its queue, else out of flight
         self.core.ended(call, now, finished=False)
         if in_engine:
             assert rep is not None
