@@ -391,7 +391,9 @@ class Orchestrator:
         except TimeoutError:
             if not expiry.expired():
                 raise
-            self._observe_expired(call)
+            rep = self._replicas.get(call.replica or "")
+            if rep is not None:
+                rep.state.observe_unanswered(call, self.clock())
             raise TaskFailed(
                 f"call {call.id} did not reach its SLA point by its deadline, and its "
                 "request asked to end rather than answer late",
@@ -411,17 +413,6 @@ class Orchestrator:
         if call.metric == "ttft":
             self._expiries[call.id] = expiry
         return expiry
-
-    def _observe_expired(self, call: Call) -> None:
-        """A call that ran without a first token until it was shed took at least that
-        long: fold it in as its TTFT (a lower bound). Otherwise rates too fast to see
-        their own error would route every such call as on time, shed it, and never
-        learn otherwise."""
-        rep = self._replicas.get(call.replica or "")
-        if rep is None or call.started_at is None or call.first_token_at is not None:
-            return
-        now = self.clock()
-        rep.state.observe_call(call, call.started_at, now, now, 0)
 
     def _reached_first_token(self, st: ReplicaState, call: Call, now: float) -> None:
         self._core.first_token(st, call.id, now)

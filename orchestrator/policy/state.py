@@ -381,6 +381,14 @@ class ReplicaState:
         self.rates.observe_call(call, started, first_token, done, produced)
         self.refresh()
 
+    def observe_unanswered(self, call: Call, now: float) -> None:
+        """``call`` ran here without a first token until ``now``, when it was shed: it
+        took at least that long, so fold that in as its TTFT (a lower bound). Rates too
+        fast to see their own error would otherwise route every such call as on time,
+        shed it, and never learn. The executor and the simulator both call this."""
+        if call.started_at is not None and call.first_token_at is None:
+            self.observe_call(call, call.started_at, now, now, 0)
+
     def cached_tokens(self, call: Call) -> int:
         """Tokens of ``call``'s prompt this replica is expected to have cached."""
         if self.prefixes is None or not call.block_hashes:

@@ -347,8 +347,7 @@ class Simulator:
         if in_engine:
             assert rep is not None
             st = rep.state
-            if call.started_at is not None and call.first_token_at is None:
-                st.observe_call(call, call.started_at, now, now, 0)  # as the executor
+            st.observe_unanswered(call, now)
             self.tracker.running(rep.id, len(st.in_flight), st.concurrency_limit, now)
             rep.aborting.add(call.id)
             if rep.run is not None:
