@@ -112,15 +112,18 @@ class SlackAdmission(Admission):
     still prefilling is not counted as harmed by a delay under ``harm_floor`` of its
     budget: its first token is a step or two away, within what this timing model can
     tell apart, while holding ``call`` back costs it for sure (a held completion rarely
-    meets its deadline later: 26 of 458 did in one run). Cached prompts make such delays
-    a few milliseconds, and admission held completions back to spare other completions
-    them. An ``e2e`` call gets no floor: delays add up over its decode, one admitted
-    call after another. With the floor on both, the sessions scenario's capacity rose
-    further (2.49 x C on tuning seeds 0-4) but rq2 past saturation lost what admission
-    is for (held-out seeds, goodput at 1.2 x C: 33.8 tasks/s without a floor, 8.1 with
-    it, 4.5 with no admission). Simulated over tuning seeds, the floor on ``ttft`` calls
-    only: sessions (0-4) 2.30 -> 2.36 x C, rq2 (0-2) 0.885 -> 0.883 x C at 33.7 tasks/s
-    of goodput at 1.2 x C. A heuristic; 0.1 is the one value tried for this form.
+    meets its deadline later: 26 of 458 did in one instrumented run, a script not kept).
+    Cached prompts make such delays a few milliseconds, and admission held completions
+    back to spare other completions them. An ``e2e`` call gets no floor: delays add up
+    over its decode, one admitted call after another. With the floor on both (commit
+    5020133), the sessions scenario's capacity rose further (2.49 x C on tuning seeds
+    0-4) but rq2 past saturation lost what admission is for (held-out seeds, goodput at
+    1.2 x C: 33.8 tasks/s without a floor, 8.1 with it, 4.5 with no admission). With the
+    floor on ``ttft`` calls only (``cato bench capacity --scenario sessions --seeds 0-4
+    --policies cato,cato/harm_floor=0``, and ``--scenario rq2 --seeds 0-2``): sessions
+    2.30 -> 2.36 x C (+-0.25 over seeds: within the spread on the tuning seeds; held out,
+    1.08 -> 1.11 +-0.02 x cache_aware), rq2 0.885 -> 0.883 x C, with 31.3 -> 33.7
+    tasks/s of goodput at 1.2 x C. A heuristic; 0.1 is the one value tried for it.
 
     With ``moves`` (the default) a call held back starts on another replica whose batch
     takes it, if one has a free slot and nothing queued; otherwise it waits. Step costs
