@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
+import math
 
 import pytest
 
@@ -17,7 +18,9 @@ from orchestrator.emulator.process import launch_emulator
 from orchestrator.engine_model import load_profile
 from orchestrator.executor import Orchestrator, ReplicaSpec
 from orchestrator.policy.admission import (
+    DEFAULT_E2E_FLOOR,
     DEFAULT_HARM_FLOOR,
+    DEFAULT_PREFILL_SHARE,
     AdmissionConfigError,
     NetSlackAdmission,
     OpenAdmission,
@@ -26,8 +29,8 @@ from orchestrator.policy.admission import (
     make_admission,
     resolve_admission,
 )
-from orchestrator.policy.scheduler import make_scheduler
-from orchestrator.policy.state import Call, Rates, ReplicaState
+from orchestrator.policy.scheduler import URGENT, make_scheduler
+from orchestrator.policy.state import Call, PrefixIndex, Rates, ReplicaState
 from orchestrator.sim import Simulator
 
 PROFILE = load_profile("codellama-7b@a100")
@@ -79,9 +82,16 @@ def predicted_done(st: ReplicaState, c: Call, now: float) -> float:
 
 
 def slack(margin_s: float = 0.0, *, net: bool = False, harm_floor: float = 0.0) -> SlackAdmission:
-    """The rule itself: every delay that makes a running call late counts (no floor)."""
+    """The rule itself: every delay that makes a running call late counts (no floor), and
+    a long prompt is not held for the completions that may arrive behind it."""
     cls = NetSlackAdmission if net else SlackAdmission
-    return cls(profiles={PROFILE.name: PROFILE}, margin_s=margin_s, harm_floor=harm_floor)
+    return cls(
+        profiles={PROFILE.name: PROFILE},
+        margin_s=margin_s,
+        harm_floor=harm_floor,
+        e2e_floor=0.0,
+        prefill_share=math.inf,
+    )
 
 
 def test_an_empty_replica_takes_anything() -> None:
@@ -136,14 +146,53 @@ def test_a_delay_under_the_harm_floor_does_not_hold_a_call_back() -> None:
     assert default.harm_floor == DEFAULT_HARM_FLOOR == 0.1
     assert default.admits(st, small, 0.0)
     assert not default.admits(st, large, 0.0)
-    # A decoding e2e call gets no floor: small delays add up over its decode.
-    e2e = replica()
-    summary = running(e2e, call(output=200))
-    summary.deadline = predicted_done(e2e, summary, 0.0) + 0.002
-    summary.arrival = summary.deadline - 6.0  # a 6 s budget
-    assert not default.admits(e2e, call(prompt=50, output=10), 0.0)
     with pytest.raises(AdmissionConfigError, match="harm_floor"):
         SlackAdmission(harm_floor=1.0)
+
+
+def test_a_decoding_call_s_floor_is_a_share_of_the_time_left_to_its_deadline() -> None:
+    """Small delays add up over a long decode, so the floor is no share of the budget;
+    2% of the time left is within the model's error there, and shrinks to nothing as
+    the deadline nears."""
+    default = SlackAdmission(profiles={PROFILE.name: PROFILE})
+    assert default.e2e_floor == DEFAULT_E2E_FLOOR == 0.02
+    small = call(prompt=50, output=10)  # ~5 ms of prefill, and a sequence for 10 steps
+    far = replica()
+    summary = running(far, call(output=200))
+    summary.deadline = predicted_done(far, summary, 0.0) + 0.002  # 2 ms to spare
+    left = summary.deadline  # about 200 steps, several seconds
+    assert left * 0.02 > 0.02  # the floor is tens of ms here
+    assert default.admits(far, small, 0.0)
+    assert not slack().admits(far, small, 0.0)  # without a floor, it is harm
+    near = replica()
+    ending = running(near, call(output=200))
+    ending.tokens_done = 197  # three steps left: the floor is under a millisecond
+    ending.deadline = predicted_done(near, ending, 0.0) + 0.002
+    assert not default.admits(near, small, 0.0)
+    with pytest.raises(AdmissionConfigError, match="e2e_floor"):
+        SlackAdmission(e2e_floor=1.0)
+
+
+def test_a_long_prompt_waits_while_a_completion_prefills() -> None:
+    """Not for that completion (the engine prefills in the order calls started), but
+    for those arriving while the long prompt's chunks run ahead of theirs."""
+    default = SlackAdmission(profiles={PROFILE.name: PROFILE})
+    assert default.prefill_share == DEFAULT_PREFILL_SHARE == 0.2
+    st = replica()
+    completion = running(st, call(metric="ttft", prompt=200), first_token=False)
+    completion.deadline = 10.0  # plenty of slack: no delay harms it
+    completion.arrival = completion.deadline - 0.5  # a 500 ms budget: 100 ms of prefill
+    long = call(prompt=2000, output=100)  # ~190 ms of prefill
+    assert slack().admits(st, long, 0.0)  # the rule alone: it harms no running call
+    assert not default.admits(st, long, 0.0)
+    assert default.admits(st, call(prompt=500, output=100), 0.0)  # ~48 ms: let in
+    urgent = call(prompt=2000, output=100)
+    urgent.priority = URGENT  # its own slack is nearly gone: it waits no more
+    assert default.admits(st, urgent, 0.0)
+    st.first_token(completion.id, 0.05)
+    assert default.admits(st, long, 0.05)  # no completion waits on its prefill now
+    with pytest.raises(AdmissionConfigError, match="prefill_share"):
+        SlackAdmission(prefill_share=0.0)
 
 
 def test_net_mode_lets_an_on_time_call_cost_one_running_call_but_not_two() -> None:
@@ -241,6 +290,29 @@ def test_a_held_call_moves_to_a_replica_whose_batch_takes_it(moves: bool) -> Non
         assert started[-1] == f"{held.id}@b" and core.moved == 1 and not len(a.queue)
     else:
         assert held.id in a.queue and core.moved == 0 and len(b.in_flight) == 1
+
+
+def test_a_move_is_judged_by_the_prefill_the_call_would_pay_there() -> None:
+    """A call held back where its prompt is cached costs its whole prompt elsewhere."""
+    core, started, (a, b) = _two_replicas(slack())
+    block = PROFILE.block_size
+    for st in (a, b):
+        st.prefixes = PrefixIndex(block, 10_000)
+    tight_a, tight_b = call(output=200), call(output=200)
+    core.place(tight_a, 0.0)  # round robin: a
+    core.place(tight_b, 0.0)  # b
+    tight_a.deadline = predicted_done(a, tight_a, 0.0) + 0.005  # 5 ms to spare
+    tight_b.deadline = predicted_done(b, tight_b, 0.0) + 0.05  # 50 ms to spare
+    hashes = tuple(range(1, 2000 // block + 1))
+    a.prefixes.add(hashes[:-7])  # a holds all but the last ~100 tokens
+    held = call(prompt=2000, output=10)
+    held.block_hashes = hashes
+    core.place(held, 0.0)  # a: its ~10 ms of prefill would make ``tight_a`` late
+    assert held.id in a.queue and held.cached_tokens == 2000 - 7 * block
+    # On b, with nothing cached, its ~190 ms of prefill would make ``tight_b`` late:
+    # it stays (it moved when judged by a's cache).
+    assert core.moved == 0 and started[-1] == f"{tight_b.id}@b"
+    assert held.cached_tokens == 2000 - 7 * block  # as a holds it, unchanged
 
 
 def test_first_token_lets_a_held_call_in() -> None:

@@ -32,6 +32,12 @@ def test_a_variant_changes_only_its_lever() -> None:
     assert getattr(floored.core.admission, "harm_floor", None) == 0.0
     assert getattr(plain.core.admission, "harm_floor", None) == 0.1
     assert floored.scheduler.late_bound == plain.scheduler.late_bound
+    other = Simulator(rq2.config("cato/e2e_floor=0/prefill_share=inf", "fixed", 3))
+    assert getattr(other.core.admission, "e2e_floor", None) == 0.0
+    assert getattr(other.core.admission, "prefill_share", None) == math.inf
+    assert getattr(other.core.admission, "harm_floor", None) == 0.1  # left as it is
+    assert getattr(plain.core.admission, "e2e_floor", None) == 0.02
+    assert getattr(plain.core.admission, "prefill_share", None) == 0.2
 
 
 def test_engine_priority_kind_sends_each_kind_its_fixed_priority() -> None:
@@ -66,6 +72,8 @@ def test_engine_priority_kind_sends_each_kind_its_fixed_priority() -> None:
         ("clairvoyant/late_bound=2", "clairvoyant takes no options"),
         ("cato/engine_priority=deadline", "engine_priority must be route or kind"),
         ("cato/harm_floor=1", "harm_floor must be in [0, 1)"),
+        ("cato/e2e_floor=-0.1", "e2e_floor must be in [0, 1)"),
+        ("cato/prefill_share=0", "prefill_share must be > 0"),
     ],
 )
 def test_bad_variants_say_what_is_wrong(text: str, problem: str) -> None:

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from orchestrator.policy.scheduler import URGENT
 from orchestrator.policy.state import Call, Rates, ReplicaState
 
 if TYPE_CHECKING:
@@ -35,6 +36,11 @@ if TYPE_CHECKING:
 
 # A prefilling ttft call's delay under this share of its budget is not counted as harm.
 DEFAULT_HARM_FLOOR = 0.1
+# A running e2e call's delay under this share of the time left to its deadline is not.
+DEFAULT_E2E_FLOOR = 0.02
+# An e2e call whose prefill takes over this share of a prefilling ttft call's budget
+# waits until that call has its first token.
+DEFAULT_PREFILL_SHARE = 0.2
 
 
 class AdmissionConfigError(ValueError):
@@ -125,6 +131,23 @@ class SlackAdmission(Admission):
     1.08 -> 1.11 +-0.02 x cache_aware), rq2 0.885 -> 0.883 x C, with 31.3 -> 33.7
     tasks/s of goodput at 1.2 x C. A heuristic; 0.1 is the one value tried for it.
 
+    ``e2e_floor``: a running ``e2e`` call is not counted as harmed by a delay under this
+    share of the time left to its deadline. The timing model's error grows with the
+    decode still ahead (each step's cost is a mean), so a delay of 2% of it is within
+    that error; near its deadline, every delay counts, which keeps what the floor on
+    budgets lost (delays adding up over a long decode). ``prefill_share``: an ``e2e``
+    call whose own prefill would take longer than this share of the budget of a ``ttft``
+    call still prefilling on the replica waits until no such call is (unless its slack
+    is nearly gone: ``URGENT``). It does not delay that call (the engine prefills in the
+    order calls started) but the completions that arrive during its prompt's chunks,
+    which vLLM's scheduler serves after every running prefill: a replica where a
+    completion is prefilling is one where completions are arriving. Both heuristics,
+    tuned together on the sessions scenario, seeds 0-4 (``cato bench capacity
+    --scenario sessions --seeds 0-4 --policies cato,cato/e2e_floor=0,
+    cato/prefill_share=inf,...``; see docs/BENCHMARKS.md), and checked not to move rq1
+    and rq2 (seeds 0-2): ``e2e_floor`` 0.05 made rq2's goodput past saturation collapse
+    as the floor on budgets did, 0.02 does not.
+
     With ``moves`` (the default) a call held back starts on another replica whose batch
     takes it, if one has a free slot and nothing queued; otherwise it waits. Step costs
     come from the engine profile of the replica's model when known, the prefill rate
@@ -142,13 +165,20 @@ class SlackAdmission(Admission):
         margin_s: float = 0.0,
         moves: bool = True,
         harm_floor: float = DEFAULT_HARM_FLOOR,
+        e2e_floor: float = DEFAULT_E2E_FLOOR,
+        prefill_share: float = DEFAULT_PREFILL_SHARE,
     ) -> None:
         if margin_s < 0:
             raise AdmissionConfigError(f"margin_s must be >= 0, got {margin_s}")
-        if not 0.0 <= harm_floor < 1.0:
-            raise AdmissionConfigError(f"harm_floor must be in [0, 1), got {harm_floor}")
+        for name, floor in (("harm_floor", harm_floor), ("e2e_floor", e2e_floor)):
+            if not 0.0 <= floor < 1.0:
+                raise AdmissionConfigError(f"{name} must be in [0, 1), got {floor}")
+        if not prefill_share > 0.0:  # inf: never held for it
+            raise AdmissionConfigError(f"prefill_share must be > 0, got {prefill_share}")
         self.margin_s = margin_s
         self.harm_floor = harm_floor
+        self.e2e_floor = e2e_floor
+        self.prefill_share = prefill_share
         self.moves = moves
         self._costs = {name: StepCosts.from_profile(p) for name, p in (profiles or {}).items()}
 
@@ -176,6 +206,15 @@ class SlackAdmission(Admission):
         its_tokens = max(call.expected_output_tokens, 1)
         margin = self.margin_s
         floor = self.harm_floor
+        if call.metric == "e2e" and call.priority != URGENT:
+            share = self.prefill_share
+            for c in running.values():
+                if (
+                    c.metric == "ttft"
+                    and c.first_token_at is None
+                    and extra_prefill > share * (c.deadline - c.arrival)
+                ):
+                    return False  # a long prompt waits for the completions' first tokens
         # With ``net``, a call that meets its own deadline if it joins now may cost one
         # running call its deadline (one met for one missed); otherwise none may.
         allowed = 0
@@ -204,6 +243,8 @@ class SlackAdmission(Admission):
                 left = max(c.expected_output_tokens - c.tokens_done, 1)
                 done = owed + left * step
                 later = done + extra_prefill + min(left, its_tokens) * extra_step
+                if later - done < self.e2e_floor * (c.deadline - now):
+                    continue  # within the model's error over the decode still ahead
             if done <= c.deadline and later > c.deadline - margin:
                 harmed += 1
                 if harmed > allowed:

@@ -12,7 +12,7 @@ from orchestrator.config import ProvisionerConfig
 from orchestrator.engine_model import EngineProfile, Policy
 from orchestrator.graphs import DEFAULTS, Node, TaskDefaults
 from orchestrator.graphs import approx_tokens as _approx_tokens
-from orchestrator.policy.admission import DEFAULT_HARM_FLOOR, resolve_admission
+from orchestrator.policy.admission import resolve_admission
 from orchestrator.policy.state import Rates
 
 OutputModel = Literal["workload", "emulator"]
@@ -84,7 +84,9 @@ class SimConfig:
     # running ones late; ``auto``: the scheduler's default (``slack_net`` for cato).
     admission: str = "auto"
     admission_margin_s: float = 0.0
-    admission_harm_floor: float = DEFAULT_HARM_FLOOR  # see ``SlackAdmission``
+    # Options of the slack admissions (``harm_floor``, ``e2e_floor``, ``prefill_share``:
+    # see ``SlackAdmission``); those not given keep their defaults.
+    admission_options: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.models:

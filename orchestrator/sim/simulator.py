@@ -92,7 +92,7 @@ class Simulator:
                 self.admission,
                 profiles={m.name: m.profile for m in config.models},
                 margin_s=config.admission_margin_s,
-                harm_floor=config.admission_harm_floor,
+                **config.admission_options,
             )
             if self.admission != "none"
             else None

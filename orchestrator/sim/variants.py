@@ -4,7 +4,8 @@ A variant is a scheduler name with ``/key=value`` options, e.g. ``cato/admission
 (CATO without engine admission) or ``cato/late_bound=inf/urgent_margin=0``. It names a
 row of a benchmark table, so each lever's worth is measured on the same seeds by the
 same command as the policies themselves. Keys: ``admission`` (any admission policy),
-``harm_floor`` (the slack admission's, see ``SlackAdmission``), ``engine_priority``
+``harm_floor``, ``e2e_floor`` and ``prefill_share`` (the slack admission's, see
+``SlackAdmission``), ``engine_priority``
 (``route``: the priority the scheduler gives a call, the default;
 ``kind``: the kind's fixed priority that a plain router's user would configure, as the
 peers of ``bench peers`` send) and the options of ``make_scheduler`` (``urgent_margin``,
@@ -20,9 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.policy.admission import (
-    DEFAULT_HARM_FLOOR,
     AdmissionConfigError,
     SlackAdmission,
+    make_admission,
     resolve_admission,
 )
 from orchestrator.policy.scheduler import SchedulerConfigError
@@ -32,7 +33,8 @@ from orchestrator.sim.config import SimConfig
 _FLOATS = ("urgent_margin", "late_bound", "fit_margin", "affinity_margin", "affinity_tolerance")
 _BOOLS = ("best_fit", "affinity")
 _ENGINE_PRIORITIES = ("route", "kind")
-KEYS: tuple[str, ...] = ("admission", "harm_floor", "engine_priority", *_FLOATS, *_BOOLS)
+_ADMISSION_FLOATS = ("harm_floor", "e2e_floor", "prefill_share")
+KEYS: tuple[str, ...] = ("admission", "engine_priority", *_ADMISSION_FLOATS, *_FLOATS, *_BOOLS)
 
 
 class VariantError(ValueError):
@@ -41,14 +43,15 @@ class VariantError(ValueError):
 
 @dataclass(frozen=True)
 class Variant:
-    """``scheduler`` with ``options`` (``make_scheduler`` keywords) and ``admission``."""
+    """``scheduler`` with ``options`` (``make_scheduler`` keywords), ``admission`` and
+    ``admission_options`` (the slack admission's, those changed)."""
 
     name: str
     scheduler: str
     options: dict[str, Any] = field(default_factory=dict)
     admission: str = "auto"
     kind_priority: bool = False
-    harm_floor: float = DEFAULT_HARM_FLOOR
+    admission_options: dict[str, float] = field(default_factory=dict)
 
     def apply(self, config: SimConfig) -> SimConfig:
         """``config`` running this variant."""
@@ -58,7 +61,7 @@ class Variant:
             scheduler_options=dict(self.options),
             admission=self.admission,
             kind_priority=self.kind_priority,
-            admission_harm_floor=self.harm_floor,
+            admission_options=dict(self.admission_options),
         )
 
 
@@ -70,7 +73,7 @@ def parse_variant(text: str) -> Variant:
     options: dict[str, Any] = {}
     admission = "auto"
     kind_priority = False
-    harm_floor = DEFAULT_HARM_FLOOR
+    admission_options: dict[str, float] = {}
     for part in parts:
         key, sep, value = part.partition("=")
         if not sep or key not in KEYS:
@@ -92,15 +95,16 @@ def parse_variant(text: str) -> Variant:
                 raise VariantError(f"{text!r}: {key} must be a number, got {value!r}") from None
             if math.isnan(number):
                 raise VariantError(f"{text!r}: {key} must be a number, got {value!r}")
-            if key == "harm_floor":
-                harm_floor = number
+            if key in _ADMISSION_FLOATS:
+                admission_options[key] = number
             else:
                 options[key] = number
-    variant = Variant(text.strip(), scheduler, options, admission, kind_priority, harm_floor)
+    variant = Variant(text.strip(), scheduler, options, admission, kind_priority, admission_options)
     try:  # the scheduler and admission check their own options
         make_sim_scheduler(scheduler, **options)
         resolve_admission(admission, scheduler)
-        SlackAdmission(harm_floor=harm_floor)
+        checked: dict[str, Any] = dict(admission_options)
+        make_admission(SlackAdmission.name, **checked)
     except (SchedulerConfigError, AdmissionConfigError) as exc:
         raise VariantError(f"{text!r}: {exc}") from None
     return variant
