@@ -146,7 +146,10 @@ class SlackAdmission(Admission):
     --scenario sessions --seeds 0-4 --policies cato,cato/e2e_floor=0,
     cato/prefill_share=inf,...``; see docs/BENCHMARKS.md), and checked not to move rq1
     and rq2 (seeds 0-2): ``e2e_floor`` 0.05 made rq2's goodput past saturation collapse
-    as the floor on budgets did, 0.02 does not.
+    as the floor on budgets did, 0.02 does not. Held out, as a multiple of the
+    cache-aware baseline's capacity without and with each: ``e2e_floor`` 1.13 -> 1.14
+    (seeds 100-109) and 1.12 -> 1.15 (seeds 200-209), ``prefill_share`` 1.14 -> 1.14
+    and 1.13 -> 1.15; small next to the intervals (+-0.03).
 
     With ``moves`` (the default) a call held back starts on another replica whose batch
     takes it, if one has a free slot and nothing queued; otherwise it waits. Step costs
