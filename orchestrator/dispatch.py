@@ -284,19 +284,17 @@ class DispatchCore:
 
     def _move(self, st: ReplicaState, call: Call, now: float) -> bool:
         """Start a call held back on ``st`` on another replica of its model that has a
-        free slot, nothing queued, and a batch that takes it now (with the prefill it
-        would pay there: its prefix cached on ``st`` may not be); whether one did."""
+        free slot, nothing queued, and a batch that takes it now (admission prices it
+        with the prefill it would pay there); whether one did."""
         assert self.admission is not None
         admits = self.admission.admits
-        cached = call.cached_tokens  # what ``st`` holds of its prompt
         for other in self.candidates(call.model, now):
-            if other is st or len(other.queue) or len(other.in_flight) >= other.concurrency_limit:
-                continue
-            # judged by the prefill it would pay there, not on ``st``
-            call.cached_tokens = other.cached_tokens(call)
-            taken = admits(other, call, now)
-            call.cached_tokens = cached
-            if not taken:
+            if (
+                other is st
+                or len(other.queue)
+                or len(other.in_flight) >= other.concurrency_limit
+                or not admits(other, call, now)
+            ):
                 continue
             st.dequeue(call.id)
             other.enqueue(call)

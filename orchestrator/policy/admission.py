@@ -117,39 +117,21 @@ class SlackAdmission(Admission):
     not take, so that many small costs do not add up to a miss. A running ``ttft`` call
     still prefilling is not counted as harmed by a delay under ``harm_floor`` of its
     budget: its first token is a step or two away, within what this timing model can
-    tell apart, while holding ``call`` back costs it for sure (a held completion rarely
-    meets its deadline later: 26 of 458 did in one instrumented run, a script not kept).
-    Cached prompts make such delays a few milliseconds, and admission held completions
-    back to spare other completions them. An ``e2e`` call gets no floor: delays add up
-    over its decode, one admitted call after another. With the floor on both (commit
-    5020133), the sessions scenario's capacity rose further (2.49 x C on tuning seeds
-    0-4) but rq2 past saturation lost what admission is for (held-out seeds, goodput at
-    1.2 x C: 33.8 tasks/s without a floor, 8.1 with it, 4.5 with no admission). With the
-    floor on ``ttft`` calls only (``cato bench capacity --scenario sessions --seeds 0-4
-    --policies cato,cato/harm_floor=0``, and ``--scenario rq2 --seeds 0-2``): sessions
-    2.30 -> 2.36 x C (+-0.25 over seeds: within the spread on the tuning seeds; held out,
-    1.08 -> 1.11 +-0.02 x cache_aware), rq2 0.885 -> 0.883 x C, with 31.3 -> 33.7
-    tasks/s of goodput at 1.2 x C. A heuristic; 0.1 is the one value tried for it.
-
-    ``e2e_floor``: a running ``e2e`` call is not counted as harmed by a delay under this
-    share of the time left to its deadline. The timing model's error grows with the
-    decode still ahead (each step's cost is a mean), so a delay of 2% of it is within
-    that error; near its deadline, every delay counts, which keeps what the floor on
-    budgets lost (delays adding up over a long decode). ``prefill_share``: an ``e2e``
-    call whose own prefill would take longer than this share of the budget of a ``ttft``
-    call still prefilling on the replica waits until no such call is (unless its slack
-    is nearly gone: ``URGENT``). It does not delay that call (the engine prefills in the
-    order calls started) but the completions that arrive during its prompt's chunks,
-    which vLLM's scheduler serves after every running prefill: a replica where a
-    completion is prefilling is one where completions are arriving. Both heuristics,
-    tuned together on the sessions scenario, seeds 0-4 (``cato bench capacity
-    --scenario sessions --seeds 0-4 --policies cato,cato/e2e_floor=0,
-    cato/prefill_share=inf,...``; see docs/BENCHMARKS.md), and checked not to move rq1
-    and rq2 (seeds 0-2): ``e2e_floor`` 0.05 made rq2's goodput past saturation collapse
-    as the floor on budgets did, 0.02 does not. Held out, as a multiple of the
-    cache-aware baseline's capacity without and with each: ``e2e_floor`` 1.13 -> 1.14
-    (seeds 100-109) and 1.12 -> 1.15 (seeds 200-209), ``prefill_share`` 1.14 -> 1.14
-    and 1.13 -> 1.15; small next to the intervals (+-0.03).
+    tell apart, while holding ``call`` back costs it for sure. A running ``e2e`` call
+    is not counted as harmed by a delay under ``e2e_floor`` of the time left to its
+    deadline: the model's error grows with the decode still ahead, and a floor that
+    shrinks as the deadline nears keeps protecting the last steps (a floor on the
+    budget let small delays add up over a long decode, and rq2 collapsed past
+    saturation). ``prefill_share``: an ``e2e`` call whose own prefill would take longer
+    than this share of the budget of a ``ttft`` call still prefilling here waits until
+    no such call is, unless its own slack is nearly gone (``URGENT``). It would not
+    delay that call (the engine prefills in the order calls started) but the
+    completions arriving during its prompt's chunks, which vLLM serves after every
+    running prefill: a replica where a completion prefills is one where completions
+    arrive. All three are heuristics, tuned on the sessions scenario's seeds 0-4 and
+    checked on rq1 and rq2; docs/BENCHMARKS.md ("Prefix cache: editing sessions") has
+    their figures and the commands that measure them (variants ``cato/harm_floor=0``,
+    ``cato/e2e_floor=0``, ``cato/prefill_share=inf``).
 
     With ``moves`` (the default) a call held back starts on another replica whose batch
     takes it, if one has a free slot and nothing queued; otherwise it waits. Step costs
@@ -203,21 +185,22 @@ class SlackAdmission(Admission):
         owed = now + replica.inflight_prefill_tokens * per_token
         # What ``call`` adds: its prefill, and per step that it decodes beside another.
         prompt = call.prompt_tokens
-        computed = call.prefill_tokens  # its cached prefix is not computed again
+        # Its cached prefix here is not computed again (a call is asked about the
+        # replica it is queued on, or, to move, about another one).
+        cached = call.cached_tokens if call.replica == replica.id else replica.cached_tokens(call)
+        computed = prompt - cached
         extra_prefill = computed * per_token
         extra_step = costs.decode_s_per_seq + (prompt + call.expected_output_tokens // 2) * kv
         its_tokens = max(call.expected_output_tokens, 1)
         margin = self.margin_s
         floor = self.harm_floor
-        if call.metric == "e2e" and call.priority != URGENT:
-            share = self.prefill_share
-            for c in running.values():
-                if (
-                    c.metric == "ttft"
-                    and c.first_token_at is None
-                    and extra_prefill > share * (c.deadline - c.arrival)
-                ):
-                    return False  # a long prompt waits for the completions' first tokens
+        # ``prefill_share`` weighs ``call``'s prefill against a prefilling ttft call's
+        # budget; a call that is not e2e, or whose slack is nearly gone, never waits.
+        long_prefill = (
+            extra_prefill / self.prefill_share
+            if call.metric == "e2e" and call.priority != URGENT
+            else 0.0
+        )
         # With ``net``, a call that meets its own deadline if it joins now may cost one
         # running call its deadline (one met for one missed); otherwise none may.
         allowed = 0
@@ -235,12 +218,15 @@ class SlackAdmission(Admission):
             if c.metric == "ttft":
                 if c.first_token_at is not None:
                     continue  # its SLA point is behind it
+                budget_s = c.deadline - c.arrival
+                if long_prefill > budget_s:
+                    return False  # a long prompt waits for the completions' first tokens
                 # Its first token comes in the step that ends its prompt; ``call``,
                 # started after it, only gets that step's leftover token budget.
                 done = now + ahead * per_token + step
                 leftover = max(budget - ahead % budget - len(running), 0)
                 later = done + min(computed, leftover) * per_token + extra_step
-                if later - done < floor * (c.deadline - c.arrival):
+                if later - done < floor * budget_s:
                     continue  # within the model's error (see the class doc)
             else:
                 left = max(c.expected_output_tokens - c.tokens_done, 1)

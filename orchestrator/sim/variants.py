@@ -23,7 +23,6 @@ from typing import Any
 from orchestrator.policy.admission import (
     AdmissionConfigError,
     SlackAdmission,
-    make_admission,
     resolve_admission,
 )
 from orchestrator.policy.scheduler import SchedulerConfigError
@@ -73,7 +72,7 @@ def parse_variant(text: str) -> Variant:
     options: dict[str, Any] = {}
     admission = "auto"
     kind_priority = False
-    admission_options: dict[str, float] = {}
+    admission_options: dict[str, Any] = {}
     for part in parts:
         key, sep, value = part.partition("=")
         if not sep or key not in KEYS:
@@ -103,8 +102,7 @@ def parse_variant(text: str) -> Variant:
     try:  # the scheduler and admission check their own options
         make_sim_scheduler(scheduler, **options)
         resolve_admission(admission, scheduler)
-        checked: dict[str, Any] = dict(admission_options)
-        make_admission(SlackAdmission.name, **checked)
+        SlackAdmission(**admission_options)
     except (SchedulerConfigError, AdmissionConfigError) as exc:
         raise VariantError(f"{text!r}: {exc}") from None
     return variant
