@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.bench.peers import Unavailable, start_frontend
 from orchestrator.emulator.process import launch_emulator
@@ -36,11 +36,15 @@ ROUTERS = ("direct", "vllm-router-cache", "sglang-router")
 
 
 async def gauge(session: aiohttp.ClientSession, base: str, name: str) -> float:
-    """The sum over labels of ``name`` in ``base``'s Prometheus text."""
+    """The sum over labels of the sample ``name`` in ``base``'s metrics."""
     async with session.get(base + "/metrics") as resp:
         text = await resp.text()
-    pattern = rf"^{re.escape(name)}(?:{{[^}}]*}})? ([0-9.e+-]+)$"
-    return sum(float(m.group(1)) for m in re.finditer(pattern, text, re.M))
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    )
 
 
 async def held(session: aiohttp.ClientSession, base: str) -> int:
