@@ -25,7 +25,7 @@ from pathlib import Path
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from orchestrator.bench.peers import Unavailable, start_frontend
+from orchestrator.bench.frontends import Unavailable, start_frontend
 from orchestrator.emulator.process import launch_emulator
 
 PROFILE = "codellama-7b@a100"

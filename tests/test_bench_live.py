@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.bench.live import LiveOptions, run_live_sweep, twin_sweep
-from orchestrator.bench.peers import descendants
+from orchestrator.bench.processes import descendants
 from orchestrator.bench.scenarios import ModelPlan, Scenario, Sweep, capacity_rps, scenario
 from orchestrator.bench.workloads import Workload, build_workload, iter_tasks
 

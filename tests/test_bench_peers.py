@@ -15,10 +15,11 @@ import pytest
 from aiohttp import web
 
 from orchestrator.api import SLAMetric, TaskKind, TaskRequest
-from orchestrator.bench import peers
+from orchestrator.bench import frontends, peers, processes
 from orchestrator.bench.scenarios import scenario
 from orchestrator.emulator.process import StartEmulator
 from orchestrator.graphs import build_graph
+from orchestrator.policy.scheduler import KIND_PRIORITY
 
 _MODEL = "codellama-7b"
 
@@ -39,7 +40,7 @@ def test_peer_body_is_the_call_cato_would_make() -> None:
     node = build_graph(request, defaults).llm_nodes()[0]
     assert job.peer_body["prompt"] == node.prompt
     assert job.peer_body["max_tokens"] == node.max_tokens
-    assert job.peer_body["priority"] == peers.KIND_PRIORITY["summarize"]
+    assert job.peer_body["priority"] == KIND_PRIORITY["summarize"]
     assert job.cato_body["prompt"] == request.code
     assert job.cato_body["cato"] == {"task": "summarize", "language": "python"}
     assert job.sla_metric is SLAMetric.E2E and job.sla_ms == 6000
@@ -63,10 +64,12 @@ def test_cato_is_told_whether_the_replicas_cache_prefixes(tmp_path: Path) -> Non
 
     for name, caching in (("rq2", False), ("sessions", True)):
         chosen = scenario(name)
-        setup = peers.CatoSetup(chosen.defaults(), "codellama-7b@a100", 0.5, chosen.prefix_caching)
-        text = peers.cato_config(_MODEL, POOL, "cato", setup, tmp_path)
+        setup = frontends.CatoSetup(
+            chosen.defaults(), "codellama-7b@a100", 0.5, chosen.prefix_caching
+        )
+        text = frontends.cato_config(_MODEL, POOL, "cato", setup, tmp_path)
         assert parse_config(text, "peers.toml").models[0].prefix_cache is caching
-    plain = parse_config(peers.cato_config(_MODEL, POOL), "peers.toml")
+    plain = parse_config(frontends.cato_config(_MODEL, POOL), "peers.toml")
     assert plain.models[0].prefix_cache is False
 
 
@@ -76,11 +79,11 @@ def test_cpu_of_a_process_tree_counts_its_children() -> None:
     try:
         # the grandchild has exited and been reaped by the child: its time is in cutime
         for _ in range(600):
-            if peers.proc_tree_cpu_s(proc.pid) > 0.2:
+            if processes.proc_tree_cpu_s(proc.pid) > 0.2:
                 break
             subprocess.run([sys.executable, "-c", "import time; time.sleep(0.1)"], check=True)
-        assert peers.proc_tree_cpu_s(proc.pid) > 0.2
-        assert peers.proc_tree_cpu_s(os.getpid()) > 0.0
+        assert processes.proc_tree_cpu_s(proc.pid) > 0.2
+        assert processes.proc_tree_cpu_s(os.getpid()) > 0.0
     finally:
         proc.communicate(b"\n", timeout=30)
 
@@ -92,7 +95,7 @@ def test_direct_and_cato_serve_the_same_load(start_emulator: StartEmulator, tmp_
     jobs = _jobs()
     arrivals = [(0.1 * i, jobs[i % 2]) for i in range(8)]
     options = peers.PeersOptions(start_timeout_s=120.0, drain_s=60.0)
-    setup = peers.CatoSetup(scenario("rq2").defaults(), "codellama-7b@a100", speed=4.0)
+    setup = frontends.CatoSetup(scenario("rq2").defaults(), "codellama-7b@a100", speed=4.0)
     results = [
         peers.run_system(name, urls, _MODEL, tmp_path, arrivals, jobs, options, setup)
         for name in ("direct", "cato")
@@ -129,8 +132,8 @@ def test_cato_is_told_the_slas_and_the_profile_in_wall_time(tmp_path: Path) -> N
     from orchestrator.policy.state import Rates
     from orchestrator.runtime import prior_rates
 
-    setup = peers.CatoSetup(scenario("rq2").defaults(), "codellama-7b@a100", speed=0.25)
-    text = peers.cato_config(_MODEL, POOL, "cato_triage", setup, tmp_path)
+    setup = frontends.CatoSetup(scenario("rq2").defaults(), "codellama-7b@a100", speed=0.25)
+    text = frontends.cato_config(_MODEL, POOL, "cato_triage", setup, tmp_path)
     config = parse_config(text, "peers.toml")
     assert config.scheduler.policy == "cato_triage"
     assert config.models[0].urls == POOL and config.models[0].min_replicas == len(POOL)
@@ -138,7 +141,7 @@ def test_cato_is_told_the_slas_and_the_profile_in_wall_time(tmp_path: Path) -> N
     assert (config.tasks.summarize.sla_metric, config.tasks.summarize.sla_ms) == ("e2e", 24000)
     slow = sped_up(load_profile("codellama-7b@a100"), 0.25)
     assert prior_rates(config.models[0]) == Rates.from_profile(slow)
-    plain = parse_config(peers.cato_config(_MODEL, POOL), "peers.toml")
+    plain = parse_config(frontends.cato_config(_MODEL, POOL), "peers.toml")
     assert plain.tasks.complete.sla_ms == 500 and prior_rates(plain.models[0]) == Rates()
 
 
@@ -147,9 +150,9 @@ def test_a_live_ablation_sets_catos_scheduler_and_bad_settings_are_refused(
 ) -> None:
     from orchestrator.config import parse_config
 
-    lines = peers.scheduler_lines(["admission='none'", " late_bound = 3 "])
-    setup = peers.CatoSetup(scenario("rq2").defaults(), "codellama-7b@a100", scheduler=lines)
-    config = parse_config(peers.cato_config(_MODEL, POOL, "cato", setup, tmp_path), "p.toml")
+    lines = frontends.scheduler_lines(["admission='none'", " late_bound = 3 "])
+    setup = frontends.CatoSetup(scenario("rq2").defaults(), "codellama-7b@a100", scheduler=lines)
+    config = parse_config(frontends.cato_config(_MODEL, POOL, "cato", setup, tmp_path), "p.toml")
     assert (config.scheduler.admission, config.scheduler.late_bound) == ("none", 3)
     for bad, says in [
         ("admission=none", "needs quotes"),
@@ -158,7 +161,7 @@ def test_a_live_ablation_sets_catos_scheduler_and_bad_settings_are_refused(
         ("bogus=1", "bogus: Extra inputs"),
     ]:
         with pytest.raises(ValueError, match=says):
-            peers.scheduler_lines([bad])
+            frontends.scheduler_lines([bad])
 
 
 def test_a_caching_run_reports_the_hit_rate_and_waits_for_every_call(
@@ -184,7 +187,7 @@ def test_a_caching_run_reports_the_hit_rate_and_waits_for_every_call(
     assert len(jobs[-1].peer_bodies) > 1
     arrivals = [(0.2 * i, job) for i, job in enumerate(jobs)]
     options = peers.PeersOptions(start_timeout_s=120.0, drain_s=60.0)
-    setup = peers.CatoSetup(defaults, "codellama-7b@a100", 4.0, prefix_cache=True)
+    setup = frontends.CatoSetup(defaults, "codellama-7b@a100", 4.0, prefix_cache=True)
     result = peers.run_system("direct", urls, _MODEL, tmp_path, arrivals, [], options, setup)
     assert result.requests == 9 and result.overall.errors == 0
     assert result.kinds["translate"].e2e_p50_ms is not None

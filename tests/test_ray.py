@@ -164,7 +164,7 @@ async def test_cato_serve_on_ray_answers_the_openai_client(
     from openai import AsyncOpenAI
 
     from orchestrator.bench.live_serve import start_service, wait_ready
-    from orchestrator.bench.peers import free_port
+    from orchestrator.bench.processes import free_port
 
     text = (
         f"[cluster]\nbackend = 'ray'\naddress = '{cluster.address}'\n\n"

@@ -19,7 +19,7 @@ from processes import group_alive, wait_for
 from test_manager import emulated
 
 from orchestrator.api import TaskKind, TaskRequest
-from orchestrator.bench.peers import free_port
+from orchestrator.bench.processes import free_port
 from orchestrator.config import config_from_dict
 from orchestrator.emulator.process import launch_emulator
 from orchestrator.executor import Orchestrator, ReplicaSpec

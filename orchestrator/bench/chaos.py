@@ -35,7 +35,7 @@ from typing import Any, Literal
 import aiohttp
 
 from orchestrator.bench.live_serve import Service, start_service, wait_ready
-from orchestrator.bench.peers import children, free_port
+from orchestrator.bench.processes import children, free_port
 
 Outcome = Literal["finished", "error", "hung", "garbled"]
 OUTCOMES: tuple[Outcome, ...] = ("finished", "error", "hung", "garbled")

@@ -30,6 +30,7 @@ from orchestrator.bench import (
     capacity_report,
     chaos,
     fairness,
+    frontends,
     overhead,
     peers,
     prefix_report,
@@ -467,7 +468,7 @@ def _run_peers(args: argparse.Namespace) -> int:
     if args.load is not None:
         rate = args.load * capacity_rps(scenario(args.scenario), workload)
     try:
-        scheduler = peers.scheduler_lines(args.cato_scheduler)
+        scheduler = frontends.scheduler_lines(args.cato_scheduler)
     except ValueError as exc:
         err.print(f"--cato-scheduler: {exc}")
         return 2

@@ -27,7 +27,7 @@ from pathlib import Path
 import aiohttp
 
 from orchestrator.bench.live_serve import start_service, wait_ready
-from orchestrator.bench.peers import free_port
+from orchestrator.bench.processes import free_port
 from orchestrator.config import hash_token
 
 LIGHT_USERS = 4

@@ -38,7 +38,7 @@ import aiohttp
 
 from orchestrator.api import SLA, TaskRequest
 from orchestrator.bench.live import LiveOptions, length_counts, length_table, note_lengths
-from orchestrator.bench.peers import free_port, proc_cpu_s
+from orchestrator.bench.processes import free_port, proc_cpu_s
 from orchestrator.bench.scenarios import Point, Scenario, Sweep, capacity_rps, sweep_rates
 from orchestrator.bench.workloads import Workload
 from orchestrator.emulator.lengths import LENGTHS_ENV

@@ -41,7 +41,7 @@ from typing import Any
 
 import aiohttp
 
-from orchestrator.bench import peers
+from orchestrator.bench import frontends, processes
 from orchestrator.bench.overhead_backend import MODEL
 
 FLOOR = "aiohttp-floor"  # the least a router on aiohttp costs (``overhead_floor``)
@@ -169,7 +169,7 @@ class Placement:
         """Pin every thread of ``root``'s process tree (where ``taskset`` is missing)."""
         if self.router is None:
             return
-        for pid in {root} | peers.descendants(root):
+        for pid in {root} | processes.descendants(root):
             for tid in _threads(pid):
                 with contextlib.suppress(OSError):  # a thread that just ended
                     os.sched_setaffinity(tid, self.router)
@@ -187,7 +187,7 @@ def _threads(pid: int) -> list[int]:
 
 def start_backends(count: int, folder: Path) -> tuple[subprocess.Popen[bytes], list[str]]:
     """``count`` zero-delay backends (one process, one port each); their URLs."""
-    ports = [peers.free_port() for _ in range(count)]
+    ports = [processes.free_port() for _ in range(count)]
     log = (folder / "backends.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "orchestrator.bench.overhead_backend", *map(str, ports)],
@@ -205,18 +205,20 @@ def start_backends(count: int, folder: Path) -> tuple[subprocess.Popen[bytes], l
 
 def start_router(
     name: str, urls: Sequence[str], folder: Path, placement: Placement, timeout_s: float
-) -> peers.Frontend:
-    """``name`` in front of ``urls``, pinned; raises ``peers.Unavailable`` where it
+) -> frontends.Frontend:
+    """``name`` in front of ``urls``, pinned; raises ``frontends.Unavailable`` where it
     cannot run here (not installed, or it did not come up)."""
-    port = peers.free_port()
+    port = processes.free_port()
     if name == FLOOR:
         command = [sys.executable, "-m", "orchestrator.bench.overhead_floor", str(port), *urls]
     else:
-        command = peers._argv(name, urls, MODEL, port, folder, None)
-    front = peers._spawn(name, placement.prefix() + command, folder, cato=peers.is_cato(name))
+        command = frontends._argv(name, urls, MODEL, port, folder, None)
+    front = frontends._spawn(
+        name, placement.prefix() + command, folder, cato=frontends.is_cato(name)
+    )
     url = f"http://127.0.0.1:{port}/v1/completions"
     probe: dict[str, Any] = {"model": MODEL, "prompt": "x", "max_tokens": 2}
-    peers._wait_http(front, url, timeout_s, probe)
+    frontends._wait_http(front, url, timeout_s, probe)
     if front.pid is not None and not placement.prefix():
         placement.pin_tree(front.pid)
     front.targets = [url]
@@ -226,17 +228,17 @@ def start_router(
 def version_of(name: str) -> str:
     """The installed version of a router's package ('' when unknown), asked of the
     Python its command runs on (a peer may live in an environment of its own)."""
-    if peers.is_cato(name) or name == FLOOR:
+    if frontends.is_cato(name) or name == FLOOR:
         dist, python = ("cato-assistant" if name != FLOOR else "aiohttp"), sys.executable
     else:
         dist = name.removesuffix("-pow2").removesuffix("-rr")
         try:
-            first = Path(peers._exe(dist)).read_bytes()[:200].split(b"\n")[0]
-        except (OSError, peers.Unavailable):
+            first = Path(frontends._exe(dist)).read_bytes()[:200].split(b"\n")[0]
+        except (OSError, frontends.Unavailable):
             return ""
         python = first[2:].decode().strip() if first.startswith(b"#!") else sys.executable
     code = f"import importlib.metadata as m; print(m.version({dist!r}))"
-    if peers.is_cato(name) and os.environ.get("CATO_UVLOOP", "1") != "0":
+    if frontends.is_cato(name) and os.environ.get("CATO_UVLOOP", "1") != "0":
         # Its event loop is uvloop's when uvloop is installed: say so beside the version.
         code += "; import importlib.util as u; print('on uvloop' if u.find_spec('uvloop') else '')"
     try:
@@ -307,14 +309,14 @@ async def drive(
 
 
 def measure(
-    front: peers.Frontend, case: Case, requests: int, warmup: int, idle_rate: float, rnd: int
+    front: frontends.Frontend, case: Case, requests: int, warmup: int, idle_rate: float, rnd: int
 ) -> Cell:
     """One cell: a warm-up, then the measured batch between two CPU readings."""
     asyncio.run(drive(front.targets, case, warmup))
     pid = front.pid
-    before = peers.proc_tree_cpu_s(pid) if pid is not None else 0.0
+    before = processes.proc_tree_cpu_s(pid) if pid is not None else 0.0
     batch, wall = asyncio.run(drive(front.targets, case, requests))
-    after = peers.proc_tree_cpu_s(pid) if pid is not None else 0.0
+    after = processes.proc_tree_cpu_s(pid) if pid is not None else 0.0
     cpu = None if pid is None else max(after - before - idle_rate * wall, 0.0)
     ttfts = sorted(batch.ttfts) or [float("nan")]
     return Cell(
@@ -332,20 +334,20 @@ def measure(
     )
 
 
-def idle_rate(front: peers.Frontend, seconds: float) -> float:
+def idle_rate(front: frontends.Frontend, seconds: float) -> float:
     """CPU seconds per second the router spends with nothing to route."""
     if front.pid is None or seconds <= 0:
         return 0.0
-    before = peers.proc_tree_cpu_s(front.pid)
+    before = processes.proc_tree_cpu_s(front.pid)
     time.sleep(seconds)
-    return max(peers.proc_tree_cpu_s(front.pid) - before, 0.0) / seconds
+    return max(processes.proc_tree_cpu_s(front.pid) - before, 0.0) / seconds
 
 
 # --------------------------------------------------------------------------- profile
 
 
 def profile_cato(
-    front: peers.Frontend, case: Case, requests: int, seconds: float, folder: Path
+    front: frontends.Frontend, case: Case, requests: int, seconds: float, folder: Path
 ) -> Profile:
     """py-spy's own-time shares of cato's functions and packages over batches of
     ``case``, or why there are none."""
@@ -420,13 +422,15 @@ def run_overhead(
     if placement.rest is not None:
         os.sched_setaffinity(0, placement.rest)  # the client; the backends inherit it
     backends, urls = start_backends(2, workdir)
-    fronts: list[peers.Frontend] = [peers.Frontend("direct", [u + "/v1/completions" for u in urls])]
+    fronts: list[frontends.Frontend] = [
+        frontends.Frontend("direct", [u + "/v1/completions" for u in urls])
+    ]
     try:
         for name in options.routers:
             try:
                 fronts.append(start_router(name, urls, workdir, placement, options.start_timeout_s))
                 run.versions[name] = version_of(name)
-            except peers.Unavailable as exc:
+            except frontends.Unavailable as exc:
                 run.skipped[name] = str(exc).splitlines()[0][:200]
                 say(f"{name}: skipped: {run.skipped[name]}")
         rates = {f.name: idle_rate(f, options.idle_s) for f in fronts if f.pid is not None}
@@ -522,7 +526,7 @@ def markdown(run: OverheadRun) -> str:
     round), added TTFT p50 at concurrency 1, requests/s at the top concurrency."""
     opts = run.options
     routers = run.routers()
-    peer = next((r for r in routers if not peers.is_cato(r) and r != FLOOR), None)
+    peer = next((r for r in routers if not frontends.is_cato(r) and r != FLOOR), None)
     high = max(opts.concurrency)
     cpu_cases = [Case(t, high) for t in opts.tokens]
     low = min(opts.concurrency)

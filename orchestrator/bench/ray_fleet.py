@@ -143,7 +143,7 @@ async def _drive(
     url: str, pid: int, proc_alive: Callable[[], bool], o: FleetOptions, launched: float
 ) -> _Run:
     from orchestrator.bench.chaos import request_once
-    from orchestrator.bench.peers import proc_cpu_s
+    from orchestrator.bench.processes import proc_cpu_s
 
     run = _Run()
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
@@ -195,7 +195,7 @@ async def _drive(
 def fleet(cluster: LocalCluster, workdir: Path, options: FleetOptions | None = None) -> FleetReport:
     """Start ``cato serve`` on ``cluster``, wait for every replica, load it; see the module."""
     from orchestrator.bench.live_serve import start_service
-    from orchestrator.bench.peers import free_port
+    from orchestrator.bench.processes import free_port
 
     o = options or FleetOptions()
     workdir.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ import aiohttp
 
 from orchestrator.bench.chaos import ChaosOptions, chaos_config, request_once
 from orchestrator.bench.live_serve import Service, start_service, wait_ready
-from orchestrator.bench.peers import children, free_port
+from orchestrator.bench.processes import children, free_port
 
 
 @dataclass(frozen=True)
