@@ -114,4 +114,5 @@ def test_plugin_finds_a_pipx_or_workspace_venv_server() -> None:
     output = _run_spec("discovery", {})
     assert "ok - nothing installed: no client, and a message naming the places searched" in output
     assert "ok - a pipx-installed cato-lsp ($PIPX_BIN_DIR) starts and serves the buffer" in output
-    assert "ok - a workspace's .venv/bin/cato-lsp is preferred there" in output
+    assert "ok - a workspace's .venv/bin/cato-lsp does not run until it is trusted" in output
+    assert "ok - a trusted workspace's .venv/bin/cato-lsp is preferred there" in output

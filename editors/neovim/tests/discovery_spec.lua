@@ -132,13 +132,53 @@ T.test(':checkhealth cato names the cato-lsp it found', function()
   T.ok(report:find('OK cato_lsp', 1, true), 'cato_lsp importable in\n' .. report)
 end)
 
-T.test("a workspace's .venv/bin/cato-lsp is preferred there", function()
-  local project = base .. '/project'
+--- Stops the cato clients and waits until they are gone.
+local function stop_clients()
+  local clients = vim.lsp.get_clients({ name = 'cato' })
+  for _, client in ipairs(clients) do
+    client:stop()
+  end
+  T.wait_for('the clients to stop', function()
+    return vim.iter(clients):all(function(c)
+      return c:is_stopped()
+    end)
+  end, 10000)
+end
+
+T.test("a workspace's .venv/bin/cato-lsp does not run until it is trusted", function()
+  local project = base .. '/stranger'
   vim.fn.mkdir(project .. '/.git', 'p')
-  install_script(project .. '/.venv/bin/cato-lsp')
+  local script = project .. '/.venv/bin/cato-lsp'
+  install_script(script)
   local client = open_and_attach(project .. '/src/b.py')
   T.eq(client.root_dir, project)
-  T.eq(started(), { pipx_bin .. '/cato-lsp', project .. '/.venv/bin/cato-lsp' })
+  -- headless, nothing is asked: an unknown script is not trusted, pipx's runs instead
+  T.eq(started(), { pipx_bin .. '/cato-lsp', pipx_bin .. '/cato-lsp' })
+  local _, searched = discovery.find(project)
+  T.ok(
+    vim.tbl_contains(searched, script .. ' (not trusted: open it and run :trust)'),
+    'the untrusted script named: ' .. table.concat(searched, ', ')
+  )
+  vim.cmd('bwipeout!')
+  stop_clients()
+end)
+
+T.test("a trusted workspace's .venv/bin/cato-lsp is preferred there", function()
+  local project = base .. '/project'
+  vim.fn.mkdir(project .. '/.git', 'p')
+  local script = project .. '/.venv/bin/cato-lsp'
+  install_script(script)
+  -- what `:trust` does in the script's buffer
+  vim.cmd.edit(vim.fn.fnameescape(script))
+  vim.secure.trust({ action = 'allow', bufnr = 0 })
+  vim.cmd('bwipeout!')
+  local client = open_and_attach(project .. '/src/b.py')
+  T.eq(client.root_dir, project)
+  T.eq(started(), { pipx_bin .. '/cato-lsp', pipx_bin .. '/cato-lsp', script })
+  -- changed since it was trusted: asked about again, so not run headless
+  vim.fn.writefile({ '# changed' }, script, 'a')
+  local found = discovery.find(project)
+  T.eq(found, pipx_bin .. '/cato-lsp')
 end)
 
 T.finally(function()
