@@ -18,6 +18,7 @@ import { type Discovery, discoverServer, type Probes } from "./discovery";
 import { nodeProbes } from "./probes";
 import { notifyProgress, type ProgressClient } from "./progress";
 import { pythonInterpreter } from "./python";
+import { tailed } from "./serverLog";
 import { type JsonObject, removedKeys, SECTION } from "./settings";
 import { StatusBar } from "./statusBar";
 import {
@@ -146,12 +147,13 @@ export class CatoController implements vscode.Disposable {
     const { command, args, source } = found.server;
     this.output.info(`starting ${[command, ...args].join(" ")} (found via ${source})`);
     this.startedWith = await this.settings();
+    const stderr = tailed(this.output);
     const client = createClient({
       server: found.server,
       languages: enabledLanguages(),
       initializationOptions: this.startedWith,
       settings: (scopeUri) => this.settings(scopeUri),
-      output: this.output,
+      output: stderr.channel,
     });
     let heard = false;
     client.onNotification(STATUS_NOTIFICATION, (params: unknown) => {
@@ -167,7 +169,16 @@ export class CatoController implements vscode.Disposable {
       await client.start();
     } catch (error) {
       this.output.error(`the language server did not start: ${String(error)}`);
-      this.statusBar.stopped(String(error));
+      // What the server printed last says why (a traceback's last line, a usage error).
+      const cause = stderr.lastLine() ?? String(error);
+      this.statusBar.stopped(cause);
+      void vscode.window
+        .showErrorMessage(`CATO: the language server did not start: ${cause}`, SHOW_OUTPUT)
+        .then((choice) => {
+          if (choice === SHOW_OUTPUT) {
+            this.output.show();
+          }
+        });
       await client.dispose().catch(() => undefined);
       return undefined;
     }

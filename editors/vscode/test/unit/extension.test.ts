@@ -39,6 +39,8 @@ interface FakeClientShape {
 const fake = vi.hoisted(() => ({
   instances: [] as unknown[],
   answer: (_params: { command: string }): unknown => ({ applied: true }),
+  /** The next start writes `stderr` (as a server that exits at once) and rejects. */
+  startFailure: undefined as { stderr: string; error: Error } | undefined,
 }));
 
 vi.mock("vscode-languageclient/node", () => {
@@ -73,6 +75,14 @@ vi.mock("vscode-languageclient/node", () => {
       return { dispose: () => undefined };
     }
     start() {
+      const failure = fake.startFailure;
+      if (failure !== undefined) {
+        // the client hands the server's stderr to its output channel, as vscode-languageclient
+        (this.clientOptions as { outputChannel: { append(v: string): void } }).outputChannel.append(
+          failure.stderr,
+        );
+        return Promise.reject(failure.error);
+      }
       this.running = true;
       return Promise.resolve();
     }
@@ -403,6 +413,55 @@ describe("activation", () => {
     expect(secrets.values.get("cato.token")).toBe("keychain-token");
     const pushed = lastClient().sent.at(-1)?.params as { settings: { cato: Record<string, unknown> } };
     expect(pushed.settings.cato["token"]).toBe("keychain-token");
+  });
+});
+
+describe("a server that exits as it starts", () => {
+  beforeEach(() => {
+    mock.reset();
+    fake.instances.length = 0;
+  });
+
+  afterEach(async () => {
+    fake.startFailure = undefined;
+    await deactivate();
+  });
+
+  it("shows the last line it printed, and offers its output", async () => {
+    mock.settings.global["cato.server.command"] = [process.execPath];
+    fake.startFailure = {
+      stderr: [
+        "Traceback (most recent call last):",
+        '  File "/venv/bin/cato-lsp", line 5, in <module>',
+        "ModuleNotFoundError: No module named 'pygls'",
+        "",
+      ].join("\n"),
+      error: new Error("Connection to server got closed. Server will not be restarted."),
+    };
+    mock.messageAnswer = "Show Output";
+    const ctx = extensionContext();
+    expect(await activate(ctx.context).start()).toBeUndefined();
+    const error = mock.messages.find((m) => m.level === "error");
+    expect(error?.text).toBe(
+      "CATO: the language server did not start: ModuleNotFoundError: No module named 'pygls'",
+    );
+    expect(error?.items).toEqual(["Show Output"]);
+    const output = mock.outputs[0];
+    await vi.waitFor(() => expect(output?.shown).toBe(true));
+    // the server's stderr still reaches the output channel, whole
+    expect(output?.lines.join("")).toContain('File "/venv/bin/cato-lsp", line 5');
+    expect(mock.statusItems[0]?.text).toBe("$(error) CATO stopped");
+    ctx.subscriptions.forEach((s) => s.dispose());
+  });
+
+  it("says what the client saw when the server printed nothing", async () => {
+    mock.settings.global["cato.server.command"] = [process.execPath];
+    fake.startFailure = { stderr: "", error: new Error("spawn EACCES") };
+    const ctx = extensionContext();
+    expect(await activate(ctx.context).start()).toBeUndefined();
+    const error = mock.messages.find((m) => m.level === "error");
+    expect(error?.text).toBe("CATO: the language server did not start: Error: spawn EACCES");
+    ctx.subscriptions.forEach((s) => s.dispose());
   });
 });
 
