@@ -13,7 +13,8 @@
 // holds exactly what was shown; Summarize (a docstring, or a comment where the file does
 // not parse, appears and is saved); Translate File... to JavaScript (stats.js written
 // next to it, with content, and opened); then a wrong cato.server.command (changed in the
-// User settings editor, then a fresh window) gives an error that names the value set.
+// User settings editor, then a fresh window) gives an error that names the value set;
+// and a cato-lsp that exits as it starts gives an error with the last line it printed.
 import fs from "node:fs";
 import path from "node:path";
 
@@ -231,6 +232,34 @@ try {
     await bench.screenshot("08-wrong-path-new-window");
   });
 
+  await step("a server that exits as it starts: the error shows its last line", async () => {
+    // A cato-lsp that fails as a broken install does: a traceback on stderr, exit 1.
+    const broken = path.join(workspace, "broken-venv", "cato-lsp");
+    fs.mkdirSync(path.dirname(broken), { recursive: true });
+    fs.writeFileSync(
+      broken,
+      [
+        "#!/bin/sh",
+        "echo 'Traceback (most recent call last):' >&2",
+        "echo \"ModuleNotFoundError: No module named 'pygls'\" >&2",
+        "exit 1",
+        "",
+      ].join("\n"),
+      { mode: 0o755 },
+    );
+    const settings = JSON.parse(fs.readFileSync(userSettings, "utf8"));
+    settings["cato.server.command"] = [broken];
+    fs.writeFileSync(userSettings, JSON.stringify(settings, null, 2) + "\n");
+    await page.reload();
+    await page.locator(".monaco-workbench").waitFor({ state: "visible", timeout: 90_000 });
+    const text = await bench.waitNotification(
+      ["the language server did not start: ModuleNotFoundError: No module named 'pygls'"],
+      90_000,
+    );
+    bench.log(`error for a server that exits: ${JSON.stringify(text.slice(0, 200))}`);
+    await bench.screenshot("09-server-exits");
+  });
+
   if (pageErrors.length > 0) {
     bench.log(`errors in the page (not failing the test): ${pageErrors.slice(0, 5).join("; ")}`);
   }
@@ -244,6 +273,7 @@ try {
     console.error(`vscode-e2e: status bar: ${JSON.stringify(await bench.status())}`);
     console.error(`vscode-e2e: notifications: ${JSON.stringify(await bench.notifications())}`);
     console.error(`vscode-e2e: editor lines: ${JSON.stringify(await bench.visibleLines().catch(() => []))}`);
+    console.error(`vscode-e2e: the CATO output, last lines:\n${catoOutput(userData).slice(-3000)}`);
   } catch (inner) {
     console.error(`vscode-e2e: (could not record the failure: ${inner})`);
   }

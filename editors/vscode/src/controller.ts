@@ -18,7 +18,7 @@ import { type Discovery, discoverServer, type Probes } from "./discovery";
 import { nodeProbes } from "./probes";
 import { notifyProgress, type ProgressClient } from "./progress";
 import { pythonInterpreter } from "./python";
-import { tailed } from "./serverLog";
+import { ServerTail } from "./serverLog";
 import { type JsonObject, removedKeys, SECTION } from "./settings";
 import { StatusBar } from "./statusBar";
 import {
@@ -147,13 +147,14 @@ export class CatoController implements vscode.Disposable {
     const { command, args, source } = found.server;
     this.output.info(`starting ${[command, ...args].join(" ")} (found via ${source})`);
     this.startedWith = await this.settings();
-    const stderr = tailed(this.output);
+    const stderr = new ServerTail();
     const client = createClient({
       server: found.server,
       languages: enabledLanguages(),
       initializationOptions: this.startedWith,
       settings: (scopeUri) => this.settings(scopeUri),
-      output: stderr.channel,
+      output: this.output,
+      stdio: stderr.stdioOptions(),
     });
     let heard = false;
     client.onNotification(STATUS_NOTIFICATION, (params: unknown) => {
@@ -170,7 +171,7 @@ export class CatoController implements vscode.Disposable {
     } catch (error) {
       this.output.error(`the language server did not start: ${String(error)}`);
       // What the server printed last says why (a traceback's last line, a usage error).
-      const cause = stderr.lastLine() ?? String(error);
+      const cause = (await stderr.lastLine()) ?? String(error);
       this.statusBar.stopped(cause);
       void vscode.window
         .showErrorMessage(`CATO: the language server did not start: ${cause}`, SHOW_OUTPUT)

@@ -4,6 +4,7 @@
  */
 import { readFileSync } from "node:fs";
 import * as path from "node:path";
+import { Readable } from "node:stream";
 
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import type * as vscode from "vscode";
@@ -77,10 +78,12 @@ vi.mock("vscode-languageclient/node", () => {
     start() {
       const failure = fake.startFailure;
       if (failure !== undefined) {
-        // the client hands the server's stderr to its output channel, as vscode-languageclient
-        (this.clientOptions as { outputChannel: { append(v: string): void } }).outputChannel.append(
-          failure.stderr,
-        );
+        // the server's stderr, handed to the client's stdio options as vscode-languageclient does
+        const options = this.clientOptions as {
+          outputChannel: unknown;
+          stdioOptions: { stderr(input: unknown, output: unknown): void };
+        };
+        options.stdioOptions.stderr(Readable.from([failure.stderr]), options.outputChannel);
         return Promise.reject(failure.error);
       }
       this.running = true;
@@ -96,6 +99,13 @@ vi.mock("vscode-languageclient/node", () => {
     }
     isRunning() {
       return this.running;
+    }
+    get state() {
+      return this.running ? 2 : 3; // Running, else Starting
+    }
+    createDefaultErrorHandler() {
+      // as the client's own: restart a crashed server
+      return { error: () => ({ action: 1 }), closed: () => ({ action: 2 }) };
     }
     needsStop() {
       return this.running;
@@ -113,6 +123,8 @@ vi.mock("vscode-languageclient/node", () => {
     LanguageClient,
     TransportKind: { stdio: 0 },
     State: { Stopped: 1, Running: 2, Starting: 3 },
+    ErrorAction: { Continue: 1, Shutdown: 2 },
+    CloseAction: { DoNotRestart: 1, Restart: 2 },
     ExecuteCommandRequest: { type: { method: "workspace/executeCommand" } },
     DidChangeConfigurationNotification: { type: { method: "workspace/didChangeConfiguration" } },
   };
@@ -449,8 +461,22 @@ describe("a server that exits as it starts", () => {
     const output = mock.outputs[0];
     await vi.waitFor(() => expect(output?.shown).toBe(true));
     // the server's stderr still reaches the output channel, whole
-    expect(output?.lines.join("")).toContain('File "/venv/bin/cato-lsp", line 5');
+    expect(output?.lines).toContain('[error]   File "/venv/bin/cato-lsp", line 5, in <module>');
     expect(mock.statusItems[0]?.text).toBe("$(error) CATO stopped");
+    ctx.subscriptions.forEach((s) => s.dispose());
+  });
+
+  it("is not restarted or reported by the client while it starts; a crash later is", async () => {
+    type Handler = { closed(): { action: number; handled?: boolean } };
+    mock.settings.global["cato.server.command"] = [process.execPath];
+    const ctx = extensionContext();
+    await activate(ctx.context).start();
+    const client = lastClient() as unknown as { clientOptions: { errorHandler: Handler }; running: boolean };
+    const handler = client.clientOptions.errorHandler;
+    client.running = false; // starting
+    expect(handler.closed()).toEqual({ action: 1, handled: true }); // DoNotRestart, quietly
+    client.running = true; // running: the client's own handling
+    expect(handler.closed()).toEqual({ action: 2 }); // Restart
     ctx.subscriptions.forEach((s) => s.dispose());
   });
 
