@@ -25,17 +25,9 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from orchestrator.bench.capacity import (
-    CASES,
-    Options,
-    _kinds,
-    _workload,
-    arrivals,
-    parse_seeds,
-    search_cell,
-)
-from orchestrator.bench.scenarios import SCENARIOS, capacity_rps
+from orchestrator.bench.capacity import parse_seeds, run_at_capacity
 from orchestrator.policy.state import Call, ReplicaState
+from orchestrator.sim.config import SimConfig
 from orchestrator.sim.simulator import Simulator
 
 CASE = "sessions"
@@ -44,7 +36,9 @@ CASE = "sessions"
 class _Recording(Simulator):
     """The simulator, keeping each started call's prompt size and block hashes."""
 
-    starts: list[tuple[int, tuple[int, ...]]]
+    def __init__(self, config: SimConfig) -> None:
+        super().__init__(config)
+        self.starts: list[tuple[int, tuple[int, ...]]] = []
 
     def _on_start(self, call: Call, st: ReplicaState, now: float) -> None:
         self.starts.append((call.prompt_tokens, call.block_hashes))
@@ -79,13 +73,7 @@ def bound_tokens(starts: Sequence[tuple[int, tuple[int, ...]]], block_tokens: in
 
 def measure(policy: str, seed: int) -> tuple[float, Ceiling]:
     """``policy``'s capacity at ``seed`` (x C) and the ceiling figures of a run there."""
-    scenario, case, options = SCENARIOS[CASE], CASES[CASE], Options(False)
-    workload = _workload(seed, options.per_kind, _kinds([CASE]))
-    cell = search_cell(case, policy, "fixed", seed, workload, options)
-    rate = cell.capacity * capacity_rps(scenario, workload)
-    sim = _Recording(scenario.config(policy, "fixed", seed))
-    sim.starts = []
-    result = sim.run(arrivals(scenario, rate, options.duration(case), workload, seed))
+    cell, sim, result = run_at_capacity(CASE, policy, seed, _Recording)
     engines = [r.engine for r in sim.replicas.values()]
     queries = result.counters.get("prefix_cache_queries", 0)
     prompts = sum(p for p, _ in sim.starts)

@@ -16,16 +16,7 @@ import argparse
 from collections import Counter
 from collections.abc import Sequence
 
-from orchestrator.bench.capacity import (
-    CASES,
-    Options,
-    _kinds,
-    _workload,
-    arrivals,
-    parse_seeds,
-    search_cell,
-)
-from orchestrator.bench.scenarios import SCENARIOS, capacity_rps
+from orchestrator.bench.capacity import parse_seeds, run_at_capacity
 from orchestrator.sim.simulator import Simulator
 
 CASE = "sessions"
@@ -34,12 +25,7 @@ KINDS = ("complete", "generate", "summarize", "translate")
 
 def row(policy: str, seed: int) -> str:
     """One table row: the policy's capacity at ``seed`` and each kind's attainment there."""
-    scenario, case, options = SCENARIOS[CASE], CASES[CASE], Options(False)
-    workload = _workload(seed, options.per_kind, _kinds([CASE]))
-    cell = search_cell(case, policy, "fixed", seed, workload, options)
-    rate = cell.capacity * capacity_rps(scenario, workload)
-    config = scenario.config(policy, "fixed", seed)
-    result = Simulator(config).run(arrivals(scenario, rate, options.duration(case), workload, seed))
+    cell, _, result = run_at_capacity(CASE, policy, seed, Simulator)
     tasks: Counter[str] = Counter()
     met: Counter[str] = Counter()
     for r in result.records():

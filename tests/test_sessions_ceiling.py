@@ -26,7 +26,6 @@ def test_engines_never_find_more_than_the_bound(policy: str) -> None:
     scenario = SCENARIOS["sessions"]
     workload = _workload(0, Options(False).per_kind, _kinds(["sessions"]))
     sim = _Recording(scenario.config(policy, "fixed", 0))
-    sim.starts = []
     result = sim.run(arrivals(scenario, 60.0, 4.0, workload, 0))
     engines = [r.engine for r in sim.replicas.values()]
     assert sum(e.num_preemptions for e in engines) == 0  # the bound's premise

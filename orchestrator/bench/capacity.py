@@ -29,7 +29,7 @@ import random
 import signal
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from orchestrator.bench.arrivals import Mmpp, with_kinds, with_tasks
 from orchestrator.bench.capacity_search import TARGET, TOLERANCE, Censored, find_capacity
@@ -38,6 +38,7 @@ from orchestrator.bench.workloads import Workload, build_workload
 from orchestrator.config import SchedulerConfig
 from orchestrator.policy.provisioner import PROVISIONERS
 from orchestrator.sim.clairvoyant import SIM_SCHEDULERS
+from orchestrator.sim.config import SimConfig
 from orchestrator.sim.results import SimResult
 from orchestrator.sim.simulator import SimTask, Simulator
 from orchestrator.sim.variants import parse_variant
@@ -271,6 +272,25 @@ def search_cell(
         found.inversions,
         sorted(probes.values(), key=lambda p: p.load),
     )
+
+
+_Sim = TypeVar("_Sim", bound=Simulator)
+
+
+def run_at_capacity(
+    case_name: str, policy: str, seed: int, make: Callable[[SimConfig], _Sim]
+) -> tuple[Cell, _Sim, SimResult]:
+    """``policy``'s capacity at ``seed`` on a case, found as ``cato bench capacity``
+    finds it, and one more run of the case there, on a simulator from ``make`` (given
+    the config): a subclass that records what a diagnostic wants to look at."""
+    case = CASES[case_name]
+    scenario, options = SCENARIOS[case.scenario], Options(False)
+    workload = _workload(seed, options.per_kind, _kinds([case_name]))
+    cell = search_cell(case, policy, "fixed", seed, workload, options)
+    rate = cell.capacity * capacity_rps(scenario, workload)
+    sim = make(scenario.config(policy, "fixed", seed))
+    result = sim.run(arrivals(scenario, rate, options.duration(case), workload, seed))
+    return cell, sim, result
 
 
 @dataclass
